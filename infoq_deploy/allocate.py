@@ -1,0 +1,336 @@
+"""Bit allocation as an integer linear program (InfoQ paper, Eq. 5), solved with CBC via PuLP.
+
+One binary per (layer, allowed (w_bits, a_bits) pair), exactly one per layer;
+minimise sum S_w(l, w) + alpha * S_a(l, a) subject to every budget, each a linear
+function of the binaries (costs.py states every metric per layer).
+
+Ties between equally scored allocations go to the one with more bits (weights
+first, then activations), through a penalty far below any real score difference:
+when the scores cannot tell choices apart, the safer one for accuracy wins. CBC
+runs single-threaded, so the same inputs give the same allocation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pulp
+
+from .budgets import Budget, describe_best, resolve_budget, size_mb
+from .costs import fp32_size_bytes, layer_cost, model_cost, total_weight_params
+from .errors import UserError
+from .layers import Layer
+
+FORMAT = "infoq-deploy/allocation/1"
+REL_TOL = 1e-9  # a budget counts as met when used <= limit * (1 + REL_TOL): float sums, not slack
+_TIE = 1e-7  # total tie-break weight, relative to the largest score
+_FLOAT_BITS = 32
+
+
+@dataclass
+class Allocation:
+    layers: list[dict]  # each {"name", "w_bits", "a_bits"} in layer order
+    cost: dict[str, float]  # every metric of the target: "size_bytes", "bitops", "latency_ms", ...
+    objective: float  # sum S_w + alpha * S_a of the chosen bits
+    status: str  # PuLP status string
+    solve_seconds: float
+    budgets: list[dict]  # each {"text", "metric", "limit", "used", "unit"}, limit/used in base units
+    alpha: float = 1.0
+
+
+def allocate(
+    layers: list[Layer],
+    s_w: Mapping[str, Mapping],
+    s_a: Mapping[str, Mapping],
+    target,
+    budgets: Sequence[Budget],
+    alpha: float = 1.0,
+) -> Allocation:
+    if not layers:
+        raise UserError("the layer table is empty, so there is nothing to allocate; check the model import")
+    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha >= 0):
+        raise UserError(f"alpha must be a finite number >= 0, not {alpha!r}")
+    layers = sorted(layers, key=lambda l: l.order)
+    n = len(layers)
+    choices = [target.layer_choices(i, n) for i in range(n)]
+    sw = _scores(s_w, layers, choices, 0, "weight", target)
+    sa = _scores(s_a, layers, choices, 1, "activation", target) if alpha else [{} for _ in layers]
+    score = [[sw[i].get(w, 0.0) + alpha * sa[i].get(a, 0.0) for w, a in choices[i]] for i in range(n)]
+    resolved = [resolve_budget(b, layers, target) for b in budgets]
+    rows = [_budget_row(b, layers, choices, target) for b in resolved]
+    _check_each_budget(resolved, rows, layers, target)
+
+    pick, status, seconds = _solve(score, rows)
+    if status == "Infeasible":
+        raise UserError(_joint_message(resolved, rows, layers, target))
+    if status != "Optimal":
+        raise RuntimeError(f"CBC stopped with status {status!r} on a bit-allocation problem")
+
+    bits = [choices[i][k] for i, k in enumerate(pick)]
+    used = [_used(b, layers, bits, target) for b in resolved]
+    return Allocation(
+        layers=[{"name": l.name, "w_bits": w, "a_bits": a} for l, (w, a) in zip(layers, bits)],
+        cost=model_costs(layers, bits, target),
+        objective=sum(score[i][k] for i, k in enumerate(pick)),
+        status=status,
+        solve_seconds=seconds,
+        budgets=[
+            {"text": b.text, "metric": b.metric, "limit": b.limit, "used": u, "unit": b.unit}
+            for b, u in zip(resolved, used)
+        ],
+        alpha=float(alpha),
+    )
+
+
+def model_costs(layers: Sequence[Layer], bits: Sequence[tuple[int, int]], target) -> dict[str, float]:
+    """Every metric the target reports, under the key names of the allocation JSON."""
+    out: dict[str, float] = {}
+    for metric in target.metrics:
+        if metric == "size":
+            size = model_cost("size", layers, bits)
+            out["size_bytes"] = size
+            out["size_mb"] = size_mb(size)
+            out["compression"] = fp32_size_bytes(layers) / size
+            out["avg_weight_bits"] = model_cost("wbits", layers, bits)
+        elif metric == "bitops":
+            out["bitops"] = model_cost("bitops", layers, bits)
+        elif metric == "latency":
+            out["latency_ms"] = model_cost("latency", layers, bits, target)
+    return out
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def _scores(table, layers, choices, side: int, what: str, target) -> list[dict[int, float]]:
+    """Per layer {bits: score} with int keys; checks every bit-width the layer may take is scored."""
+    if not isinstance(table, Mapping):
+        raise UserError(f"the {what} sensitivity table must map layer names to {{bits: score}}; re-run profile")
+    names = {l.name for l in layers}
+    extra = sorted(set(table) - names)
+    if extra:
+        raise UserError(
+            f"the {what} sensitivity table has layers the model lacks ({', '.join(extra[:3])}); "
+            "it was profiled on another model: re-run profile on this one"
+        )
+    out = []
+    for layer, layer_choices in zip(layers, choices):
+        needed = sorted({c[side] for c in layer_choices})
+        if layer.name not in table:
+            if len(needed) == 1:  # no choice on this side: a constant score cannot change the argmin
+                out.append({})
+                continue
+            raise UserError(f"the {what} sensitivity table has no scores for layer {layer.name}; re-run profile on this model")
+        row = {}
+        for k, v in dict(table[layer.name]).items():
+            try:
+                bits = int(k)
+            except (TypeError, ValueError):
+                raise UserError(f"the {what} sensitivity table has bit-width {k!r} for layer {layer.name}; bit-widths are integers") from None
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise UserError(f"the {what} score of layer {layer.name} at {bits} bits is {v!r}; scores must be finite numbers")
+            row[bits] = float(v)
+        for b in needed:
+            if b not in row and b != _FLOAT_BITS and len(needed) > 1:
+                raise UserError(
+                    f"the {what} sensitivity table has no score for layer {layer.name} at {b} bits, which target "
+                    f"{target.name} allows; re-run profile with these bit-widths"
+                )
+        out.append(row)
+    return out
+
+
+@dataclass
+class _Row:
+    """One budget as coefficients per (layer, choice) <= rhs, in base units."""
+
+    coef: list[list[float]]
+    rhs: float
+
+
+def _budget_row(b: Budget, layers, choices, target) -> _Row:
+    coef = [[layer_cost(b.metric, l, w, a, target) for w, a in cs] for l, cs in zip(layers, choices)]
+    # the average weight bit-width is linear once multiplied out by the total weight count
+    rhs = b.limit * total_weight_params(layers) if b.metric == "wbits" else b.limit
+    return _Row(coef, rhs)
+
+
+def _used(b: Budget, layers, bits, target) -> float:
+    return model_cost(b.metric, layers, bits, target)
+
+
+def _met(total: float, rhs: float) -> bool:
+    return total <= rhs * (1 + REL_TOL)
+
+
+# ---------------------------------------------------------------- infeasibility
+
+
+def _check_each_budget(budgets, rows, layers, target) -> None:
+    """A single budget is feasible exactly when every layer at its cheapest choice meets it."""
+    failed = []
+    for b, row in zip(budgets, rows):
+        best = sum(min(c) for c in row.coef)
+        if not _met(best, row.rhs):
+            failed.append(f"{describe_best(b, _base(b, best, layers), layers)} ({_cheapest_note(target)})")
+            failed[-1] = f"the budget {b.text} cannot be met on {target.name}: {failed[-1]}"
+    if failed:
+        raise UserError("; ".join(failed) + "; raise the budget" + ("s" if len(failed) > 1 else ""))
+
+
+def _joint_message(budgets, rows, layers, target) -> str:
+    each = "; ".join(
+        describe_best(b, _base(b, sum(min(c) for c in row.coef), layers), layers) for b, row in zip(budgets, rows)
+    )
+    texts = " and ".join(b.text for b in budgets)
+    return (
+        f"the budgets {texts} cannot be met together on {target.name}: each alone can ({each}), "
+        "but no allocation meets all of them at once; raise one of them"
+    )
+
+
+def _base(b: Budget, row_total: float, layers) -> float:
+    return row_total / total_weight_params(layers) if b.metric == "wbits" else row_total
+
+
+def _cheapest_note(target) -> str:
+    pins = target.pin_note()
+    return "every layer at its cheapest allowed choice" + (f", {pins}" if pins else "")
+
+
+# ---------------------------------------------------------------- the ILP
+
+
+def _solve(score: list[list[float]], rows: list[_Row]) -> tuple[list[int], str, float]:
+    """Returns the chosen index per layer, the PuLP status and CBC's wall time."""
+    rhs = [1.0] * len(rows)
+    for _ in range(4):
+        prob, x = _build(score, rows, rhs)
+        t0 = time.perf_counter()
+        prob.solve(_solver())
+        seconds = time.perf_counter() - t0
+        status = pulp.LpStatus[prob.status]
+        if status != "Optimal":
+            return [], status, seconds
+        pick = [_picked(xs) for xs in x]
+        over = [sum(row.coef[i][k] for i, k in enumerate(pick)) / row.rhs - 1 for row in rows]
+        if all(o <= REL_TOL for o in over):
+            return pick, status, seconds
+        # CBC's feasibility tolerance let a row exceed its limit by ~1e-7: tighten only that row
+        rhs = [r - 2 * o if o > REL_TOL else r for r, o in zip(rhs, over)]
+    raise RuntimeError("CBC kept returning allocations a hair over budget; report this with the inputs")
+
+
+def _build(score: list[list[float]], rows: list[_Row], rhs: list[float]):
+    n = len(score)
+    scale = max((abs(s) for layer in score for s in layer), default=0.0) or 1.0
+    tie = _TIE / n
+    prob = pulp.LpProblem("infoq_bit_allocation", pulp.LpMinimize)
+    x = [[pulp.LpVariable(f"x_{i}_{k}", cat=pulp.LpBinary) for k in range(len(score[i]))] for i in range(n)]
+    # Scores scaled to at most 1 and budget rows to a right-hand side of 1, so that CBC's
+    # absolute tolerances mean the same on every model. Choices are listed ascending in
+    # bits: the last (most bits) carries no tie penalty.
+    prob += pulp.lpSum(
+        (s / scale + tie * (len(layer) - 1 - k) / max(len(layer) - 1, 1)) * x[i][k]
+        for i, layer in enumerate(score)
+        for k, s in enumerate(layer)
+    )
+    for i in range(n):
+        prob += pulp.lpSum(x[i]) == 1, f"one_choice_{i}"
+    for j, row in enumerate(rows):
+        terms = ((row.coef[i][k] / row.rhs) * x[i][k] for i in range(n) for k in range(len(x[i])))
+        prob += pulp.lpSum(terms) <= rhs[j], f"budget_{j}"
+    return prob, x
+
+
+def _picked(xs) -> int:
+    hot = [k for k, v in enumerate(xs) if (v.value() or 0) > 0.5]
+    if len(hot) != 1:
+        raise RuntimeError(f"CBC returned {len(hot)} choices for one layer")
+    return hot[0]
+
+
+def _solver():
+    # increment: CBC skips solutions less than this much better than the incumbent (default 1e-5),
+    # which would hide real score differences; 0 gaps: prove optimality.
+    return pulp.PULP_CBC_CMD(msg=False, threads=1, gapRel=0, gapAbs=0, options=["increment 1e-12"])
+
+
+# ---------------------------------------------------------------- JSON
+
+
+def allocation_to_json(a: Allocation, target, sensitivity_meta: dict | None) -> dict:
+    return {
+        "format": FORMAT,
+        "target": target.name,
+        "alpha": a.alpha,
+        "budgets": a.budgets,
+        "layers": a.layers,
+        "cost": a.cost,
+        "objective": a.objective,
+        "solver": {"name": "CBC", "status": a.status, "seconds": a.solve_seconds},
+        "sensitivity": sensitivity_meta,
+    }
+
+
+def load_allocation(path: str | os.PathLike) -> dict:
+    """Read an allocation JSON; UserError naming the file and the problem when it is malformed."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"allocation file {path} does not exist; run allocate first or fix the path") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not valid JSON ({exc}); re-run allocate") from None
+
+    def bad(what: str) -> UserError:
+        return UserError(f"{path} is not a valid allocation: {what}; re-run allocate")
+
+    if not isinstance(doc, dict):
+        raise bad("the top level must be an object")
+    required = {"format", "target", "alpha", "budgets", "layers", "cost", "objective", "solver", "sensitivity"}
+    if doc.get("format") != FORMAT:
+        raise bad(f"'format' is {doc.get('format')!r}, expected {FORMAT!r}")
+    if missing := sorted(required - set(doc)):
+        raise bad(f"key '{missing[0]}' is missing")
+    if unknown := sorted(set(doc) - required):
+        raise bad(f"key '{unknown[0]}' is not part of the format")
+    if not isinstance(doc["target"], str):
+        raise bad("'target' must be a string")
+    if not _is_number(doc["alpha"]) or not _is_number(doc["objective"]):
+        raise bad("'alpha' and 'objective' must be numbers")
+    layers = doc["layers"]
+    if not isinstance(layers, list) or not layers:
+        raise bad("'layers' must be a non-empty list")
+    seen = set()
+    for i, l in enumerate(layers):
+        if not isinstance(l, dict) or set(l) != {"name", "w_bits", "a_bits"}:
+            raise bad(f"layers[{i}] must have exactly the keys name, w_bits, a_bits")
+        if not isinstance(l["name"], str) or l["name"] in seen:
+            raise bad(f"layers[{i}].name must be a string naming each layer once")
+        seen.add(l["name"])
+        for k in ("w_bits", "a_bits"):
+            b = l[k]
+            if not isinstance(b, int) or isinstance(b, bool) or not (2 <= b <= 16 or b == _FLOAT_BITS):
+                raise bad(f"layers[{i}].{k} is {b!r}; bit-widths are 2..16 or 32 (float)")
+    if not isinstance(doc["cost"], dict) or not all(_is_number(v) for v in doc["cost"].values()):
+        raise bad("'cost' must map metric names to numbers")
+    if not isinstance(doc["budgets"], list) or not all(
+        isinstance(b, dict) and {"text", "metric", "limit", "used"} <= set(b) for b in doc["budgets"]
+    ):
+        raise bad("'budgets' must be a list of {text, metric, limit, used, unit}")
+    if not isinstance(doc["solver"], dict) or not {"name", "status", "seconds"} <= set(doc["solver"]):
+        raise bad("'solver' must be {name, status, seconds}")
+    if doc["sensitivity"] is not None and not isinstance(doc["sensitivity"], dict):
+        raise bad("'sensitivity' must be an object or null")
+    return doc
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

@@ -1,0 +1,433 @@
+"""The Brevitas quantized model of an allocation: build it, calibrate it, read its bits back.
+
+The quantizers below restate `quantizer.py` in Brevitas's own injector style, so that the
+deployed model quantizes exactly as the profiler simulated (DESIGN.md, "one quantizer,
+everywhere"). Two Brevitas defaults differ from that reference and are replaced:
+
+- Brevitas divides the range by ``2^(b-1)`` for signed non-narrow tensors, and its
+  ``POWER_OF_TWO`` scaling rounds the range and that integer threshold to powers of two
+  separately (scale = 2^ceil(log2 max) / 2^(b-1), which clips the largest value). The
+  reference divides by the largest level (``2^(b-1)-1`` signed, ``2^b-1`` unsigned) and
+  rounds the *resulting scale* up to a power of two. `MaxIntScaling` and
+  `CeilPowerOfTwoScale` implement exactly that.
+- Brevitas's `calibration_mode` averages per-batch statistics (percentile by default);
+  the reference uses the global absolute maximum of the calibration set. `calibrate`
+  collects the global min/max with Brevitas's quantization disabled, then sets each
+  activation quantizer's signedness and learned scale from them.
+
+Scales are learned parameters (weights: initialised from the weight's max, activations:
+from the calibrated max), so LSQ-style fine-tuning is a plain optimizer loop.
+
+Residual adds and concatenations: all tensor inputs of one join go through ONE shared
+`QuantIdentity`, so they reach the add with the same scale (what FINN/hls4ml need for an
+integer add). The join quantizer is not part of the allocation (which covers layers
+only); it uses ``join_bits`` (8 by default, so its error stays well under any <= 8-bit
+consumer's) and exists only when a quantized layer reads the join's result.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import operator
+from collections import deque
+
+import brevitas
+import brevitas.nn as qnn
+import torch
+import torch.fx
+from brevitas.core.function_wrapper import CeilSte, LogTwo
+from brevitas.core.restrict_val import PowerOfTwoRestrictValue
+from brevitas.function.ops import max_int
+from brevitas.graph.calibrate import quantization_status_manager
+from brevitas.inject.enum import RestrictValueType, ScalingImplType, ScalingPerOutputType, StatsOp
+from brevitas.nn.quant_layer import QuantWeightBiasInputOutputLayer
+from brevitas.quant.base import IntQuant, NarrowIntQuant
+from brevitas.quant.solver import ActQuantSolver, WeightQuantSolver
+from torch import Tensor, nn
+
+from .errors import UserError
+from .layers import QUANTIZABLE, Layer
+from .quantizer import FLOAT_BITS, QuantSpec
+
+MIN_BITS = 2  # 1 bit has no symmetric level besides 0 under the reference rule
+MAX_INT_BITS = 16
+DEFAULT_JOIN_BITS = 8
+SCALE_MIN = 1e-12  # the reference clamps the range at 1e-12 before dividing
+
+_QUANT_CLASS = {
+    nn.Conv1d: qnn.QuantConv1d,
+    nn.Conv2d: qnn.QuantConv2d,
+    nn.Conv3d: qnn.QuantConv3d,
+    nn.Linear: qnn.QuantLinear,
+}
+
+
+# ----------------------------------------------------------------------------- quantizers
+
+
+class MaxIntScaling(brevitas.jit.ScriptModule):
+    """Integer threshold = the largest level (2^(b-1)-1 signed, 2^b-1 unsigned), as quantizer.py."""
+
+    __constants__ = ["signed"]
+
+    def __init__(self, signed: bool) -> None:
+        super().__init__()
+        self.signed = signed
+
+    @brevitas.jit.script_method
+    def forward(self, bit_width: Tensor) -> Tensor:
+        return max_int(self.signed, False, bit_width)
+
+
+class CeilPowerOfTwoScale(brevitas.jit.ScriptModule):
+    """Round a (linear-domain) scale up to a power of two; straight-through gradient."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log2 = LogTwo()
+        self.ceil_po2 = PowerOfTwoRestrictValue(restrict_value_float_to_int_impl=CeilSte())
+
+    @brevitas.jit.script_method
+    def forward(self, x: Tensor) -> Tensor:
+        return self.ceil_po2(self.log2(x))
+
+
+class WeightPerTensorQuant(NarrowIntQuant, WeightQuantSolver):
+    """Signed narrow-range weights, scale = max|w| / (2^(b-1)-1), learned after init."""
+
+    bit_width = 8
+    scaling_impl_type = ScalingImplType.PARAMETER_FROM_STATS
+    scaling_stats_op = StatsOp.MAX
+    scaling_per_output_type = ScalingPerOutputType.TENSOR
+    restrict_scaling_type = RestrictValueType.FP
+    scaling_min_val = SCALE_MIN
+    int_scaling_impl = MaxIntScaling
+
+
+class WeightPerChannelQuant(WeightPerTensorQuant):
+    scaling_per_output_type = ScalingPerOutputType.CHANNEL
+
+
+class ActQuant(IntQuant, ActQuantSolver):
+    """Per-tensor activations, scale = calibrated max|x| / largest level, learned after init.
+
+    Signed range is the full [-2^(b-1), 2^(b-1)-1] (not narrow), as quantizer.py; unsigned
+    variants are made with ``.let(signed=False)``. ``scaling_init`` is the calibrated max.
+    """
+
+    bit_width = 8
+    scaling_impl_type = ScalingImplType.PARAMETER
+    scaling_per_output_type = ScalingPerOutputType.TENSOR
+    restrict_scaling_type = RestrictValueType.FP
+    scaling_min_val = SCALE_MIN
+    scaling_init = 1.0  # placeholder until `calibrate`
+    int_scaling_impl = MaxIntScaling
+
+
+def weight_quantizer(bits: int, spec: QuantSpec):
+    """The Brevitas weight quantizer for ``bits`` under ``spec`` (None: float weights)."""
+    if bits >= FLOAT_BITS:
+        return None
+    quant = WeightPerChannelQuant if spec.weight_per_channel else WeightPerTensorQuant
+    if spec.weight_po2:
+        quant = quant.let(restrict_scale_threshold_impl=CeilPowerOfTwoScale)
+    return quant.let(bit_width=bits)
+
+
+def act_quantizer(bits: int, spec: QuantSpec, signed: bool = True, absmax: float = 1.0):
+    """The Brevitas activation quantizer for ``bits`` with a calibrated range (None: float)."""
+    if bits >= FLOAT_BITS:
+        return None
+    quant = ActQuant.let(bit_width=bits, signed=signed, scaling_init=max(float(absmax), SCALE_MIN))
+    if spec.act_po2:
+        quant = quant.let(restrict_scale_threshold_impl=CeilPowerOfTwoScale)
+    return quant
+
+
+def _act_proxy(owner: nn.Module, quant):
+    # What Brevitas's QuantProxyMixin does for an input/act quantizer without an activation.
+    quant = quant.let(act_impl=None, passthrough_act=True)
+    return quant.proxy_class(owner, quant)
+
+
+# ----------------------------------------------------------------------------- build
+
+
+def _check_allocation(gm: torch.fx.GraphModule, layers: list[Layer], allocation: dict) -> None:
+    names = [layer.name for layer in layers]
+    extra = sorted(set(allocation) - set(names))
+    missing = [n for n in names if n not in allocation]
+    if extra:
+        raise UserError(
+            f"the allocation names layer(s) {', '.join(extra)} that the model does not have; "
+            "allocate for this model's layer table"
+        )
+    if missing:
+        raise UserError(
+            f"the allocation has no bit-widths for layer(s) {', '.join(missing)}; "
+            "give every layer of the layer table a (w_bits, a_bits) pair"
+        )
+    modules = dict(gm.named_modules())
+    for name in names:
+        if not isinstance(modules.get(name), QUANTIZABLE):
+            raise UserError(
+                f"layer {name} of the layer table is not a Conv/Linear module of this model; "
+                "rebuild the layer table from this model"
+            )
+    for name, pair in allocation.items():
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+            raise UserError(f"the allocation for layer {name} is {pair!r}; give a (w_bits, a_bits) pair")
+        for bits in pair:
+            if not (isinstance(bits, int) and (MIN_BITS <= bits <= MAX_INT_BITS or bits == FLOAT_BITS)):
+                raise UserError(
+                    f"layer {name} is allocated {bits!r} bits; use an integer from {MIN_BITS} to "
+                    f"{MAX_INT_BITS}, or {FLOAT_BITS} for float"
+                )
+
+
+def _quant_layer(module: nn.Module, w_bits: int, a_bits: int, spec: QuantSpec) -> nn.Module:
+    cls = _QUANT_CLASS[type(module)]
+    common = dict(
+        weight_quant=weight_quantizer(w_bits, spec),
+        input_quant=act_quantizer(a_bits, spec),
+        bias_quant=None,  # bias stays float: the reference quantizes weights and inputs only
+        return_quant_tensor=False,
+        bias=module.bias is not None,
+        device=module.weight.device,
+        dtype=module.weight.dtype,
+    )
+    if isinstance(module, nn.Linear):
+        new = cls(module.in_features, module.out_features, **common)
+    else:
+        new = cls(
+            module.in_channels,
+            module.out_channels,
+            module.kernel_size,
+            stride=module.stride,
+            padding=module.padding,
+            dilation=module.dilation,
+            groups=module.groups,
+            padding_mode=module.padding_mode,
+            **common,
+        )
+    with torch.no_grad():
+        # in-place: the weight quantizer tracks this very Parameter object
+        new.weight.copy_(module.weight)
+        if module.bias is not None:
+            new.bias.copy_(module.bias)
+    if new.weight_quant.is_quant_enabled:
+        new.quant_weight()  # fixes the learned scale from these weights now, not at first use
+    new.train(module.training)
+    return new
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, attr, module)
+
+
+_SCALAR_METHODS = {"size", "dim", "numel", "item", "tolist", "nelement"}
+_SCALAR_ATTRS = {"shape", "ndim", "dtype", "device"}
+
+
+def _is_tensor(node) -> bool:
+    """Structural guess that an fx value is a tensor (not an int from ``x.size(0)`` etc.)."""
+    if not isinstance(node, torch.fx.Node):
+        return False
+    if node.op == "call_method" and node.target in _SCALAR_METHODS:
+        return False
+    if node.op == "call_function":
+        if node.target is getattr and len(node.args) > 1 and node.args[1] in _SCALAR_ATTRS:
+            return False
+        if node.target is len:
+            return False
+        if getattr(node.target, "__module__", None) in ("_operator", "operator", "math"):
+            node_args = [a for a in node.args if isinstance(a, torch.fx.Node)]
+            return any(_is_tensor(a) for a in node_args)
+    return True
+
+
+_ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
+_CAT_FUNCTIONS = {torch.cat, torch.concat, torch.concatenate}
+
+
+def _join_inputs(node: torch.fx.Node) -> list[torch.fx.Node] | None:
+    """The tensor inputs of a residual add / concatenation node, or None if it is not one."""
+    if node.op == "call_function" and node.target in _ADD_FUNCTIONS:
+        ins = list(node.args[:2])
+    elif node.op == "call_method" and node.target in ("add", "add_"):
+        ins = list(node.args[:2])
+    elif node.op == "call_function" and node.target in _CAT_FUNCTIONS:
+        ins = list(node.args[0]) if node.args else list(node.kwargs.get("tensors", ()))
+    else:
+        return None
+    if len(ins) < 2 or not all(_is_tensor(a) for a in ins):
+        return None
+    return ins
+
+
+def _feeds_quantized_layer(node: torch.fx.Node, layer_bits: dict[str, tuple[int, int]]) -> bool:
+    """Whether a layer with a quantized input reads (through any ops) the value of ``node``."""
+    seen, todo = set(), deque(node.users)
+    while todo:
+        user = todo.popleft()
+        if user in seen:
+            continue
+        seen.add(user)
+        if user.op == "call_module" and user.target in layer_bits:
+            if layer_bits[user.target][1] < FLOAT_BITS:
+                return True
+            continue  # a float layer ends this path
+        todo.extend(user.users)
+    return False
+
+
+def _insert_join_quantizers(gm: torch.fx.GraphModule, allocation, spec: QuantSpec, join_bits: int) -> list[str]:
+    names = []
+    for node in list(gm.graph.nodes):
+        ins = _join_inputs(node)
+        if ins is None or not _feeds_quantized_layer(node, allocation):
+            continue
+        name = f"{node.name}_quant"
+        while hasattr(gm, name):
+            name += "_"
+        gm.add_submodule(name, qnn.QuantIdentity(act_quant=act_quantizer(join_bits, spec), return_quant_tensor=False))
+        names.append(name)
+        quantized = {}
+        with gm.graph.inserting_before(node):
+            for inp in ins:
+                if inp not in quantized:
+                    quantized[inp] = gm.graph.call_module(name, args=(inp,))
+        if node.target in _CAT_FUNCTIONS:
+            tensors = [quantized[a] for a in ins]
+            if node.args:
+                node.args = (tensors, *node.args[1:])
+            else:
+                node.kwargs = {**node.kwargs, "tensors": tensors}
+        else:
+            node.args = (quantized[ins[0]], quantized[ins[1]], *node.args[2:])
+            if node.target is operator.iadd:
+                node.target = operator.add  # the quantized operand is a fresh tensor: no aliasing
+            elif node.op == "call_method" and node.target == "add_":
+                node.target = "add"
+    gm.graph.lint()
+    gm.recompile()
+    return names
+
+
+def build_quant_model(
+    gm: torch.fx.GraphModule,
+    layers: list[Layer],
+    allocation: dict[str, tuple[int, int]],
+    spec: QuantSpec,
+    *,
+    join_bits: int = DEFAULT_JOIN_BITS,
+) -> torch.fx.GraphModule:
+    """A copy of ``gm`` with each layer quantized to its (w_bits, a_bits); call `calibrate` next.
+
+    Layers at 32/32 bits stay plain torch modules; the others become Brevitas
+    ``QuantConvNd``/``QuantLinear`` with ``weight_quant`` and ``input_quant`` (a_bits is the
+    layer's input activation). Residual adds and concatenations feeding a quantized layer get
+    one shared ``QuantIdentity`` on all their inputs (module ``<node>_quant``).
+    """
+    _check_allocation(gm, layers, allocation)
+    if not (MIN_BITS <= join_bits <= MAX_INT_BITS):
+        raise UserError(f"join_bits is {join_bits}; use an integer from {MIN_BITS} to {MAX_INT_BITS}")
+    qmodel = copy.deepcopy(gm)
+    modules = dict(qmodel.named_modules())
+    for layer in layers:
+        w_bits, a_bits = allocation[layer.name]
+        if w_bits < FLOAT_BITS or a_bits < FLOAT_BITS:
+            _set_submodule(qmodel, layer.name, _quant_layer(modules[layer.name], w_bits, a_bits, spec))
+    joins = _insert_join_quantizers(qmodel, dict(allocation), spec, join_bits)
+    qmodel.infoq_spec = spec
+    qmodel.infoq_joins = joins
+    qmodel.infoq_calibrated = not _act_sites(qmodel)  # nothing to calibrate when all float
+    return qmodel
+
+
+# ----------------------------------------------------------------------------- calibrate
+
+
+def _act_sites(qmodel: nn.Module) -> dict[str, tuple[nn.Module, str]]:
+    """Every enabled activation quantizer: name -> (owner module, proxy attribute)."""
+    sites = {}
+    for name, module in qmodel.named_modules():
+        if isinstance(module, QuantWeightBiasInputOutputLayer) and module.input_quant.is_quant_enabled:
+            sites[name] = (module, "input_quant")
+        elif isinstance(module, qnn.QuantIdentity) and module.act_quant.is_quant_enabled:
+            sites[name] = (module, "act_quant")
+    return sites
+
+
+def calibrate(qmodel: nn.Module, x: Tensor, batch_size: int = 256) -> None:
+    """Set every activation quantizer's signedness and scale from the float ranges seen on ``x``.
+
+    Ranges are global over ``x`` (max|x| as `quantizer.act_range`), measured with all
+    quantization disabled (weights too), as Brevitas's calibration_mode does.
+    """
+    if x.shape[0] == 0:
+        raise UserError("the calibration set is empty; pass at least one input")
+    spec: QuantSpec = qmodel.infoq_spec
+    sites = _act_sites(qmodel)
+    lo = {name: math.inf for name in sites}
+    hi = {name: 0.0 for name in sites}
+
+    def record(name):
+        def hook(_module, inputs, _output):
+            t = inputs[0].value if hasattr(inputs[0], "value") else inputs[0]
+            lo[name] = min(lo[name], float(t.min()))
+            hi[name] = max(hi[name], float(t.abs().max()))
+
+        return hook
+
+    handles = [getattr(owner, attr).register_forward_hook(record(name)) for name, (owner, attr) in sites.items()]
+    was_training = qmodel.training
+    try:
+        with torch.no_grad(), quantization_status_manager(
+            qmodel, disable_act_quant=True, disable_weight_quant=True, disable_bias_quant=True, is_training=False
+        ):
+            for start in range(0, x.shape[0], batch_size):
+                qmodel(x[start : start + batch_size])
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    unseen = [name for name in sites if lo[name] == math.inf]
+    if unseen:
+        raise RuntimeError(f"calibration never reached the activation quantizer(s) {', '.join(unseen)}")
+    for name, (owner, attr) in sites.items():
+        if spec.act_signed == "auto":
+            signed = lo[name] < 0
+        else:
+            signed = spec.act_signed == "signed"
+        bits = int(getattr(owner, attr).bit_width())
+        setattr(owner, attr, _act_proxy(owner, act_quantizer(bits, spec, signed=signed, absmax=hi[name])))
+    qmodel.train(was_training)
+    qmodel.infoq_calibrated = True
+
+
+# ----------------------------------------------------------------------------- read back
+
+
+def read_bits(qmodel: nn.Module) -> dict[str, tuple[int, int]]:
+    """(w_bits, a_bits) of every Conv/Linear layer, read from the modules (32 = float)."""
+    bits = {}
+    for name, module in qmodel.named_modules():
+        if isinstance(module, QuantWeightBiasInputOutputLayer):
+            w = module.weight_quant
+            a = module.input_quant
+            bits[name] = (
+                int(w.bit_width()) if w.is_quant_enabled else FLOAT_BITS,
+                int(a.bit_width()) if a.is_quant_enabled else FLOAT_BITS,
+            )
+        elif isinstance(module, QUANTIZABLE):
+            bits[name] = (FLOAT_BITS, FLOAT_BITS)
+    return bits
+
+
+def read_join_quantizers(qmodel: nn.Module) -> dict[str, int]:
+    """Shared add/concat input quantizers: module name -> bits."""
+    modules = dict(qmodel.named_modules())
+    return {name: int(modules[name].act_quant.bit_width()) for name in getattr(qmodel, "infoq_joins", [])}

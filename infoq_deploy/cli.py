@@ -1,0 +1,118 @@
+"""`infoq-deploy`: the whole pipeline with no subcommand, or one stage per subcommand.
+
+Every user mistake surfaces as `UserError`: one line on stderr, exit code 2, and no
+output file written (outputs are written atomically, at the end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import UserError
+
+SUBCOMMANDS = ("inspect", "profile", "allocate", "targets")
+
+
+def _input_shape(text: str) -> tuple[int, int, int]:
+    try:
+        dims = tuple(int(p) for p in text.split(","))
+    except ValueError:
+        dims = ()
+    if len(dims) != 3 or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not C,H,W (three positive integers, e.g. 3,224,224)")
+    return dims  # type: ignore[return-value]
+
+
+def _model_args(p: argparse.ArgumentParser, positional_required: bool = True) -> None:
+    kw = {} if positional_required else {"nargs": "?", "default": None}
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        help="torchvision:NAME | zoo:NAME | path/to/model.onnx | path/to/file.py:factory",
+        **kw,
+    )
+    p.add_argument("--weights", help="weights file (a state dict) for torchvision:, file.py: and zoo: models")
+    p.add_argument("--input-shape", type=_input_shape, help="C,H,W of one input (default: the model's own)")
+    p.add_argument("--data-root", help="where the zoo finds its weights (default ../shared/data)")
+
+
+def _profile_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", required=True, help="a target name (see `infoq-deploy targets`) or a .toml file")
+    p.add_argument("--method", choices=("mse", "infoq"), default=None, help="sensitivity method")
+    p.add_argument("--data", help="calibration data: image folder, .tar.gz of one, .npz/.pt, or builtin:NAME")
+    p.add_argument("--labels", help="labels file overriding those of --data")
+    p.add_argument("--calib-size", type=int, default=None, help="number of calibration samples (default: all, at most 1000)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    sub_parser = argparse.ArgumentParser(prog="infoq-deploy", description=__doc__)
+    sub_parser.add_argument("--version", action="version", version=f"infoq-deploy {__version__}")
+    sub = sub_parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("inspect", help="list the quantizable layers of a model")
+    _model_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+    p = sub.add_parser("profile", help="write a sensitivity table")
+    _model_args(p)
+    _profile_args(p)
+    p.add_argument("-o", "--output", required=True, help="sensitivity table to write (JSON)")
+
+    p = sub.add_parser("allocate", help="choose bit-widths under budgets with an ILP")
+    p.add_argument("sensitivity", metavar="SENSITIVITY.json")
+    p.add_argument("--target", required=True)
+    p.add_argument("--budget", action="append", required=True, help="e.g. 4.5MB, 300KB, 23GBOPs, 2.5ms, 12x, 3.5bit; repeat for several")
+    p.add_argument("--alpha", type=float, default=1.0, help="weight of activation sensitivity in the objective")
+    p.add_argument("-o", "--output", required=True, help="allocation to write (JSON)")
+    p.add_argument("--json", action="store_true", help="print the allocation JSON to stdout")
+
+    p = sub.add_parser("targets", help="list the hardware targets")
+    p.add_argument("--json", action="store_true")
+
+    run_parser = argparse.ArgumentParser(
+        prog="infoq-deploy",
+        description="Run the whole pipeline (import, profile, allocate, ...) on MODEL, or on the bundled "
+        "default model when none is named. Stages: " + ", ".join(SUBCOMMANDS) + " (see `infoq-deploy STAGE -h`).",
+    )
+    run_parser.add_argument("--version", action="version", version=f"infoq-deploy {__version__}")
+    _model_args(run_parser, positional_required=False)
+    _profile_args(run_parser)
+    run_parser.add_argument("--budget", action="append", required=True, help="repeat for several budgets")
+    run_parser.add_argument("--alpha", type=float, default=1.0)
+    run_parser.add_argument("-o", "--output", default=None, help="run directory (default runs/<model>-<target>)")
+    run_parser.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    return sub_parser, run_parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    sub_parser, run_parser = build_parsers()
+    try:
+        if argv and argv[0] in SUBCOMMANDS:
+            args = sub_parser.parse_args(argv)
+            from . import commands
+
+            return getattr(commands, f"cmd_{args.command}")(args)
+        if argv and argv[0] in ("-h", "--help") and len(argv) == 1:
+            run_parser.print_help()
+            print("\nsubcommands:\n  " + "\n  ".join(SUBCOMMANDS))
+            return 0
+        args = run_parser.parse_args(argv)
+        from . import commands
+
+        return commands.cmd_run(args)
+    except UserError as exc:
+        print(f"infoq-deploy: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("infoq-deploy: interrupted; no output was left half-written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

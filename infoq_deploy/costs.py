@@ -1,0 +1,61 @@
+"""Cost metrics of a bit allocation, in base units.
+
+- "size": bytes; weights at w_bits, biases always 32-bit (they are added into the
+  32-bit accumulator). Users see MB = 2^20 bytes, the MPQ literature convention.
+- "bitops": sum of MACs x w_bits x a_bits (per sample).
+- "latency": milliseconds, macs * ns_per_mac + overhead_ns from the target's table.
+- "wbits": the weight bits of a layer (weight_params x w_bits); the model value is
+  their average over all weights (biases excluded), i.e. the "3.5bit" budget.
+
+Every layer term is linear in the layer's choice, which is what lets the allocator
+state budgets as linear constraints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from .layers import Layer
+
+BYTES_PER_MB = 2**20
+BIAS_BITS = 32
+FP32_BITS = 32
+COST_METRICS = ("size", "bitops", "latency", "wbits")
+
+Bits = Sequence[tuple[int, int]] | Mapping[str, tuple[int, int]]
+
+
+def layer_cost(metric: str, layer: Layer, w_bits: int, a_bits: int, target=None) -> float:
+    """One layer's term of ``metric`` (for "wbits": its weight bits, the numerator of the average)."""
+    if metric == "size":
+        return layer.weight_params * w_bits / 8 + layer.bias_params * BIAS_BITS / 8
+    if metric == "bitops":
+        return float(layer.macs * w_bits * a_bits)
+    if metric == "latency":
+        if target is None or target.latency is None:
+            raise ValueError("latency needs a target with a latency table")
+        e = target.latency.lookup(layer.kind, w_bits, a_bits)
+        return (layer.macs * e.ns_per_mac + e.overhead_ns) / 1e6
+    if metric == "wbits":
+        return float(layer.weight_params * w_bits)
+    raise ValueError(f"unknown cost metric {metric!r}; expected one of {COST_METRICS}")
+
+
+def model_cost(metric: str, layers: Sequence[Layer], bits: Bits, target=None) -> float:
+    """``metric`` of the whole model; ``bits`` is (w, a) per layer, in layer order or by name."""
+    pairs = [bits[l.name] for l in layers] if isinstance(bits, Mapping) else list(bits)
+    if len(pairs) != len(layers):
+        raise ValueError(f"{len(pairs)} bit pairs for {len(layers)} layers")
+    total = sum(layer_cost(metric, l, w, a, target) for l, (w, a) in zip(layers, pairs))
+    if metric == "wbits":
+        return total / total_weight_params(layers)
+    return total
+
+
+def total_weight_params(layers: Sequence[Layer]) -> int:
+    return sum(l.weight_params for l in layers)
+
+
+def fp32_size_bytes(layers: Sequence[Layer]) -> float:
+    """Size of the quantizable layers left in float (the reference of "12x" compression)."""
+    return sum(layer_cost("size", l, FP32_BITS, FP32_BITS) for l in layers)

@@ -1,0 +1,9 @@
+"""The one exception type the CLI turns into a single sentence and exit code 2."""
+
+
+class UserError(Exception):
+    """Bad input from the user: the message says what is wrong and what to do.
+
+    Raised only at boundaries (argument parsing, file loading, validation); the
+    CLI prints ``str(exc)`` on one line and exits non-zero without a traceback.
+    """

@@ -1,0 +1,118 @@
+"""The layer table: one row per quantizable layer of a traced model.
+
+Counts are exact for one input sample: MACs of a convolution are
+``out_elements * (C_in / groups) * k_h * k_w``, of a linear layer
+``out_features * in_features`` times any extra leading dimensions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.fx
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from .errors import UserError
+
+QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str  # qualified module name, as fx calls it (e.g. "layer1.0.conv1")
+    kind: str  # "conv" | "dwconv" | "linear"
+    weight_params: int
+    bias_params: int
+    macs: int  # per sample
+    in_shape: tuple[int, ...]  # one sample, no batch dimension
+    out_shape: tuple[int, ...]
+    order: int  # topological position among quantizable layers
+
+    @property
+    def params(self) -> int:
+        return self.weight_params + self.bias_params
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["params"] = self.params
+        d["in_shape"] = list(self.in_shape)
+        d["out_shape"] = list(self.out_shape)
+        return d
+
+    @staticmethod
+    def from_json(d: dict) -> "Layer":
+        return Layer(
+            name=d["name"],
+            kind=d["kind"],
+            weight_params=int(d["weight_params"]),
+            bias_params=int(d["bias_params"]),
+            macs=int(d["macs"]),
+            in_shape=tuple(d["in_shape"]),
+            out_shape=tuple(d["out_shape"]),
+            order=int(d["order"]),
+        )
+
+
+def layer_kind(module: nn.Module) -> str:
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if module.groups > 1 and module.groups == module.in_channels:
+        return "dwconv"
+    return "conv"
+
+
+def layer_macs(module: nn.Module, out_shape: tuple[int, ...]) -> int:
+    out_elems = math.prod(out_shape)
+    if isinstance(module, nn.Linear):
+        return out_elems * module.in_features
+    kernel = math.prod(module.kernel_size)
+    return out_elems * (module.in_channels // module.groups) * kernel
+
+
+def build_layer_table(gm: torch.fx.GraphModule, input_shape: tuple[int, ...]) -> list[Layer]:
+    """Propagate one sample of ``input_shape`` (no batch dim) and list the quantizable layers."""
+    example = torch.zeros((1, *input_shape))
+    was_training = gm.training
+    gm.eval()
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(example)
+    except Exception as exc:  # the model's own error says why the shape is wrong
+        raise UserError(
+            f"the model rejects inputs of shape {tuple(input_shape)} ({type(exc).__name__}: {exc}); "
+            "pass the right one with --input-shape C,H,W"
+        ) from None
+    finally:
+        gm.train(was_training)
+
+    modules = dict(gm.named_modules())
+    layers: list[Layer] = []
+    seen: set[str] = set()
+    for node in gm.graph.nodes:
+        if node.op != "call_module":
+            continue
+        module = modules[node.target]
+        if not isinstance(module, QUANTIZABLE) or node.target in seen:
+            continue
+        seen.add(node.target)
+        in_meta = node.args[0].meta.get("tensor_meta")
+        out_meta = node.meta.get("tensor_meta")
+        in_shape = tuple(in_meta.shape[1:])
+        out_shape = tuple(out_meta.shape[1:])
+        bias = getattr(module, "bias", None)
+        layers.append(
+            Layer(
+                name=node.target,
+                kind=layer_kind(module),
+                weight_params=module.weight.numel(),
+                bias_params=0 if bias is None else bias.numel(),
+                macs=layer_macs(module, out_shape),
+                in_shape=in_shape,
+                out_shape=out_shape,
+                order=len(layers),
+            )
+        )
+    return layers

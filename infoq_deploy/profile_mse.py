@@ -1,0 +1,76 @@
+"""A cheap, honest sensitivity proxy: relative quantization error per layer and bit-width.
+
+Weights: ``||Q_b(W) - W||^2 / ||W||^2`` with the target's quantizer. Activations: the
+same ratio for each layer's input over the calibration set, with the range calibrated
+on that set. It is local (no information flow), so it is the baseline InfoQ must beat,
+and it exercises the allocator end to end before the InfoQ profiler runs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.fx
+
+from .layers import Layer
+from .quantizer import FLOAT_BITS, ActRange, QuantSpec, quantize_act, quantize_weight
+
+
+def weight_scores(gm: torch.fx.GraphModule, layers: list[Layer], bits: list[int], spec: QuantSpec) -> dict[str, dict[int, float]]:
+    modules = dict(gm.named_modules())
+    out: dict[str, dict[int, float]] = {}
+    for layer in layers:
+        w = modules[layer.name].weight.detach()
+        energy = float((w * w).sum()) or 1.0
+        out[layer.name] = {
+            b: 0.0 if b >= FLOAT_BITS else float(((quantize_weight(w, b, spec) - w) ** 2).sum()) / energy for b in bits
+        }
+    return out
+
+
+def _layer_inputs(gm: torch.fx.GraphModule, layers: list[Layer], x: torch.Tensor, batch_size: int, fn) -> None:
+    """Run ``x`` through ``gm`` and call ``fn(layer_name, input_batch)`` for every quantizable layer."""
+    modules = dict(gm.named_modules())
+    handles = [
+        modules[layer.name].register_forward_pre_hook(lambda m, args, name=layer.name: fn(name, args[0].detach()))
+        for layer in layers
+    ]
+    try:
+        with torch.no_grad():
+            for start in range(0, len(x), batch_size):
+                gm(x[start : start + batch_size])
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def calibrate_act_ranges(gm, layers: list[Layer], x: torch.Tensor, spec: QuantSpec, batch_size: int = 250) -> dict[str, ActRange]:
+    """Per-layer input range over the whole calibration set (the deployed activation range)."""
+    absmax: dict[str, float] = {}
+    minimum: dict[str, float] = {}
+
+    def record(name: str, t: torch.Tensor) -> None:
+        absmax[name] = max(absmax.get(name, 0.0), float(t.abs().max()))
+        minimum[name] = min(minimum.get(name, float("inf")), float(t.min()))
+
+    _layer_inputs(gm, layers, x, batch_size, record)
+    signed = {
+        name: (minimum[name] < 0 if spec.act_signed == "auto" else spec.act_signed == "signed") for name in absmax
+    }
+    return {name: ActRange(absmax=absmax[name], signed=signed[name]) for name in absmax}
+
+
+def activation_scores(
+    gm, layers: list[Layer], bits: list[int], spec: QuantSpec, x: torch.Tensor, batch_size: int = 250
+) -> dict[str, dict[int, float]]:
+    ranges = calibrate_act_ranges(gm, layers, x, spec, batch_size)
+    err = {layer.name: {b: 0.0 for b in bits} for layer in layers}
+    energy = {layer.name: 0.0 for layer in layers}
+
+    def accumulate(name: str, t: torch.Tensor) -> None:
+        energy[name] += float((t * t).sum())
+        for b in bits:
+            if b < FLOAT_BITS:
+                err[name][b] += float(((quantize_act(t, b, ranges[name], spec) - t) ** 2).sum())
+
+    _layer_inputs(gm, layers, x, batch_size, accumulate)
+    return {name: {b: e / (energy[name] or 1.0) for b, e in d.items()} for name, d in err.items()}

@@ -1,0 +1,108 @@
+"""The sensitivity table: the stable artefact between profiling and allocation.
+
+JSON format ``infoq-deploy/sensitivity/1``::
+
+    {
+      "format": "infoq-deploy/sensitivity/1",
+      "model": "zoo:cifar10-resnet20",
+      "target": "fpga-int",
+      "layers": [ {Layer.to_json()}, ... ],          # so `allocate` needs no model
+      "weights":     {"layer1.0.conv1": {"2": 0.31, "3": 0.12, ...}, ...},
+      "activations": {"layer1.0.conv1": {"2": 0.08, ...}, ...},
+      "meta": {"method": "mse" | "infoq", "settings": {...}, "data_hash": "...",
+               "model_fingerprint": "...", "seed": 0, ...}
+    }
+
+Scores are "lower is better" costs of choosing that bit-width for that layer; layers
+are named as `infoq-deploy inspect` names them. JSON keys are strings; in memory the
+bit-widths are ints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .atomic import write_json
+from .errors import UserError
+from .layers import Layer
+
+FORMAT = "infoq-deploy/sensitivity/1"
+
+Scores = dict[str, dict[int, float]]
+
+
+@dataclass
+class SensitivityTable:
+    model: str
+    target: str
+    layers: list[Layer]
+    weights: Scores
+    activations: Scores
+    meta: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        def enc(s: Scores) -> dict:
+            return {name: {str(b): v for b, v in sorted(d.items())} for name, d in s.items()}
+
+        return {
+            "format": FORMAT,
+            "model": self.model,
+            "target": self.target,
+            "layers": [layer.to_json() for layer in self.layers],
+            "weights": enc(self.weights),
+            "activations": enc(self.activations),
+            "meta": self.meta,
+        }
+
+    def save(self, path: str | Path) -> None:
+        write_json(path, self.to_json())
+
+
+def _decode_scores(obj: object, what: str, path: Path, names: list[str]) -> Scores:
+    if not isinstance(obj, dict):
+        raise UserError(f"{path}: '{what}' must map layer names to {{bits: score}}; regenerate it with `infoq-deploy profile`")
+    out: Scores = {}
+    for name, scores in obj.items():
+        if name not in names:
+            raise UserError(f"{path}: '{what}' names layer '{name}', which is not in its 'layers' list; regenerate the table")
+        if not isinstance(scores, dict) or not scores:
+            raise UserError(f"{path}: '{what}.{name}' must be a non-empty {{bits: score}} object")
+        decoded: dict[int, float] = {}
+        for b, v in scores.items():
+            try:
+                bits = int(b)
+            except ValueError:
+                raise UserError(f"{path}: '{what}.{name}' has bit-width key '{b}', which is not an integer") from None
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+                raise UserError(f"{path}: '{what}.{name}.{b}' is {v!r}; scores must be finite numbers")
+            decoded[bits] = float(v)
+        out[name] = decoded
+    return out
+
+
+def load_sensitivity(path: str | Path) -> SensitivityTable:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"sensitivity table {path} does not exist; create it with `infoq-deploy profile MODEL ... -o {path}`")
+    try:
+        obj = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not valid JSON ({exc}); regenerate it with `infoq-deploy profile`") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise UserError(f"{path} is not an infoq-deploy sensitivity table (expected \"format\": \"{FORMAT}\")")
+    try:
+        layers = [Layer.from_json(d) for d in obj["layers"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{path}: the 'layers' list is malformed ({exc!r}); regenerate the table") from None
+    names = [layer.name for layer in layers]
+    return SensitivityTable(
+        model=str(obj.get("model", "")),
+        target=str(obj.get("target", "")),
+        layers=layers,
+        weights=_decode_scores(obj.get("weights"), "weights", path, names),
+        activations=_decode_scores(obj.get("activations"), "activations", path, names),
+        meta=dict(obj.get("meta", {})),
+    )

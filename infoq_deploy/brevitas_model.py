@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import operator
 from collections import deque
 
@@ -39,6 +40,7 @@ import torch.fx
 from brevitas.core.function_wrapper import CeilSte, LogTwo
 from brevitas.core.restrict_val import PowerOfTwoRestrictValue
 from brevitas.function.ops import max_int
+from brevitas.inject import ExtendedInjector
 from brevitas.graph.calibrate import quantization_status_manager
 from brevitas.inject.enum import RestrictValueType, ScalingImplType, ScalingPerOutputType, StatsOp
 from brevitas.nn.quant_layer import QuantWeightBiasInputOutputLayer
@@ -54,6 +56,7 @@ MIN_BITS = 2  # 1 bit has no symmetric level besides 0 under the reference rule
 MAX_INT_BITS = 16
 DEFAULT_JOIN_BITS = 8
 SCALE_MIN = 1e-12  # the reference clamps the range at 1e-12 before dividing
+SPEC_KEY, JOINS_KEY, CALIBRATED_KEY = "infoq_spec", "infoq_joins", "infoq_calibrated"
 
 _QUANT_CLASS = {
     nn.Conv1d: qnn.QuantConv1d,
@@ -109,6 +112,20 @@ class WeightPerChannelQuant(WeightPerTensorQuant):
     scaling_per_output_type = ScalingPerOutputType.CHANNEL
 
 
+class CeilPowerOfTwoScaling(ExtendedInjector):
+    """Scale = (range / largest level) rounded up to a power of two (the "po2" scale rule)."""
+
+    restrict_scale_threshold_impl = CeilPowerOfTwoScale
+
+
+class WeightPerTensorPo2Quant(CeilPowerOfTwoScaling, WeightPerTensorQuant):
+    pass
+
+
+class WeightPerChannelPo2Quant(CeilPowerOfTwoScaling, WeightPerChannelQuant):
+    pass
+
+
 class ActQuant(IntQuant, ActQuantSolver):
     """Per-tensor activations, scale = calibrated max|x| / largest level, learned after init.
 
@@ -125,24 +142,31 @@ class ActQuant(IntQuant, ActQuantSolver):
     int_scaling_impl = MaxIntScaling
 
 
+class ActPo2Quant(CeilPowerOfTwoScaling, ActQuant):
+    pass
+
+
+_WEIGHT_QUANT = {  # (per_channel, po2) -> quantizer
+    (False, False): WeightPerTensorQuant,
+    (True, False): WeightPerChannelQuant,
+    (False, True): WeightPerTensorPo2Quant,
+    (True, True): WeightPerChannelPo2Quant,
+}
+
+
 def weight_quantizer(bits: int, spec: QuantSpec):
     """The Brevitas weight quantizer for ``bits`` under ``spec`` (None: float weights)."""
     if bits >= FLOAT_BITS:
         return None
-    quant = WeightPerChannelQuant if spec.weight_per_channel else WeightPerTensorQuant
-    if spec.weight_po2:
-        quant = quant.let(restrict_scale_threshold_impl=CeilPowerOfTwoScale)
-    return quant.let(bit_width=bits)
+    return _WEIGHT_QUANT[(spec.weight_per_channel, spec.weight_po2)].let(bit_width=bits)
 
 
 def act_quantizer(bits: int, spec: QuantSpec, signed: bool = True, absmax: float = 1.0):
     """The Brevitas activation quantizer for ``bits`` with a calibrated range (None: float)."""
     if bits >= FLOAT_BITS:
         return None
-    quant = ActQuant.let(bit_width=bits, signed=signed, scaling_init=max(float(absmax), SCALE_MIN))
-    if spec.act_po2:
-        quant = quant.let(restrict_scale_threshold_impl=CeilPowerOfTwoScale)
-    return quant
+    quant = ActPo2Quant if spec.act_po2 else ActQuant
+    return quant.let(bit_width=bits, signed=signed, scaling_init=max(float(absmax), SCALE_MIN))
 
 
 def _act_proxy(owner: nn.Module, quant):
@@ -154,7 +178,16 @@ def _act_proxy(owner: nn.Module, quant):
 # ----------------------------------------------------------------------------- build
 
 
-def _check_allocation(gm: torch.fx.GraphModule, layers: list[Layer], allocation: dict) -> None:
+def _is_bits(bits) -> bool:
+    return (
+        isinstance(bits, numbers.Integral)
+        and not isinstance(bits, bool)
+        and (MIN_BITS <= bits <= MAX_INT_BITS or bits == FLOAT_BITS)
+    )
+
+
+def _check_allocation(gm: torch.fx.GraphModule, layers: list[Layer], allocation: dict) -> dict[str, tuple[int, int]]:
+    """The allocation as plain int pairs, or UserError naming what is wrong."""
     names = [layer.name for layer in layers]
     extra = sorted(set(allocation) - set(names))
     missing = [n for n in names if n not in allocation]
@@ -179,11 +212,12 @@ def _check_allocation(gm: torch.fx.GraphModule, layers: list[Layer], allocation:
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
             raise UserError(f"the allocation for layer {name} is {pair!r}; give a (w_bits, a_bits) pair")
         for bits in pair:
-            if not (isinstance(bits, int) and (MIN_BITS <= bits <= MAX_INT_BITS or bits == FLOAT_BITS)):
+            if not _is_bits(bits):
                 raise UserError(
                     f"layer {name} is allocated {bits!r} bits; use an integer from {MIN_BITS} to "
                     f"{MAX_INT_BITS}, or {FLOAT_BITS} for float"
                 )
+    return {name: (int(w), int(a)) for name, (w, a) in allocation.items()}
 
 
 def _quant_layer(module: nn.Module, w_bits: int, a_bits: int, spec: QuantSpec) -> nn.Module:
@@ -331,8 +365,8 @@ def build_quant_model(
     layer's input activation). Residual adds and concatenations feeding a quantized layer get
     one shared ``QuantIdentity`` on all their inputs (module ``<node>_quant``).
     """
-    _check_allocation(gm, layers, allocation)
-    if not (MIN_BITS <= join_bits <= MAX_INT_BITS):
+    allocation = _check_allocation(gm, layers, allocation)
+    if not (_is_bits(join_bits) and join_bits < FLOAT_BITS):
         raise UserError(f"join_bits is {join_bits}; use an integer from {MIN_BITS} to {MAX_INT_BITS}")
     qmodel = copy.deepcopy(gm)
     modules = dict(qmodel.named_modules())
@@ -340,11 +374,16 @@ def build_quant_model(
         w_bits, a_bits = allocation[layer.name]
         if w_bits < FLOAT_BITS or a_bits < FLOAT_BITS:
             _set_submodule(qmodel, layer.name, _quant_layer(modules[layer.name], w_bits, a_bits, spec))
-    joins = _insert_join_quantizers(qmodel, dict(allocation), spec, join_bits)
-    qmodel.infoq_spec = spec
-    qmodel.infoq_joins = joins
-    qmodel.infoq_calibrated = not _act_sites(qmodel)  # nothing to calibrate when all float
+    joins = _insert_join_quantizers(qmodel, allocation, spec, join_bits)
+    # GraphModule.meta survives deepcopy (plain attributes do not)
+    qmodel.meta[SPEC_KEY] = spec
+    qmodel.meta[JOINS_KEY] = joins
+    qmodel.meta[CALIBRATED_KEY] = not _act_sites(qmodel)  # nothing to calibrate when all float
     return qmodel
+
+
+def is_calibrated(qmodel: nn.Module) -> bool:
+    return bool(getattr(qmodel, "meta", {}).get(CALIBRATED_KEY, False))
 
 
 # ----------------------------------------------------------------------------- calibrate
@@ -369,7 +408,9 @@ def calibrate(qmodel: nn.Module, x: Tensor, batch_size: int = 256) -> None:
     """
     if x.shape[0] == 0:
         raise UserError("the calibration set is empty; pass at least one input")
-    spec: QuantSpec = qmodel.infoq_spec
+    if batch_size < 1:
+        raise UserError(f"the calibration batch size is {batch_size}; use a positive integer")
+    spec: QuantSpec = qmodel.meta[SPEC_KEY]
     sites = _act_sites(qmodel)
     lo = {name: math.inf for name in sites}
     hi = {name: 0.0 for name in sites}
@@ -402,25 +443,47 @@ def calibrate(qmodel: nn.Module, x: Tensor, batch_size: int = 256) -> None:
             signed = lo[name] < 0
         else:
             signed = spec.act_signed == "signed"
-        bits = int(getattr(owner, attr).bit_width())
+        _, bits = act_quant_params(getattr(owner, attr))
         setattr(owner, attr, _act_proxy(owner, act_quantizer(bits, spec, signed=signed, absmax=hi[name])))
     qmodel.train(was_training)
-    qmodel.infoq_calibrated = True
+    qmodel.meta[CALIBRATED_KEY] = True
 
 
 # ----------------------------------------------------------------------------- read back
 
 
-def read_bits(qmodel: nn.Module) -> dict[str, tuple[int, int]]:
-    """(w_bits, a_bits) of every Conv/Linear layer, read from the modules (32 = float)."""
+def act_quant_params(proxy) -> tuple[Tensor, int]:
+    """(scale, bits) of an enabled activation quantizer, computed now.
+
+    The proxy's own ``scale()``/``bit_width()`` return the values cached by the last
+    export or cached forward, which go stale once the scale is trained.
+    """
+    _, scale, _, bits = proxy.fused_activation_quant_proxy.tensor_quant(torch.zeros(()))
+    return scale.detach(), int(bits)
+
+
+def clear_act_caches(qmodel: nn.Module) -> None:
+    """Drop quantizer outputs cached by Brevitas (export fills them; they never refresh)."""
+    for module in qmodel.modules():
+        for attr in ("_cached_act", "_cached_weight"):
+            if getattr(module, attr, None) is not None:
+                setattr(module, attr, None)
+
+
+def read_bits(qmodel: torch.fx.GraphModule) -> dict[str, tuple[int, int]]:
+    """(w_bits, a_bits) of every Conv/Linear layer the graph calls, read from the modules (32 = float)."""
+    modules = dict(qmodel.named_modules())
     bits = {}
-    for name, module in qmodel.named_modules():
+    for node in qmodel.graph.nodes:
+        if node.op != "call_module" or node.target in bits:
+            continue
+        name, module = node.target, modules[node.target]
         if isinstance(module, QuantWeightBiasInputOutputLayer):
             w = module.weight_quant
             a = module.input_quant
             bits[name] = (
                 int(w.bit_width()) if w.is_quant_enabled else FLOAT_BITS,
-                int(a.bit_width()) if a.is_quant_enabled else FLOAT_BITS,
+                act_quant_params(a)[1] if a.is_quant_enabled else FLOAT_BITS,
             )
         elif isinstance(module, QUANTIZABLE):
             bits[name] = (FLOAT_BITS, FLOAT_BITS)
@@ -428,6 +491,6 @@ def read_bits(qmodel: nn.Module) -> dict[str, tuple[int, int]]:
 
 
 def read_join_quantizers(qmodel: nn.Module) -> dict[str, int]:
-    """Shared add/concat input quantizers: module name -> bits."""
+    """Shared add/concat input quantizers, in graph order: module name -> bits."""
     modules = dict(qmodel.named_modules())
-    return {name: int(modules[name].act_quant.bit_width()) for name in getattr(qmodel, "infoq_joins", [])}
+    return {name: act_quant_params(modules[name].act_quant)[1] for name in qmodel.meta.get(JOINS_KEY, [])}

@@ -81,13 +81,34 @@ def cmd_allocate(args) -> int:
     return 0
 
 
+def _target_json(t) -> dict:
+    return {
+        "name": t.name,
+        "description": t.description,
+        "export": t.export,
+        "metrics": list(t.metrics),
+        "weights": {"bits": list(t.weights.bits), "granularity": t.weights.granularity, "scale": t.weights.scale},
+        "activations": {"bits": list(t.activations.bits), "scale": t.activations.scale, "signed": t.activations.signed},
+        "pin_first": list(t.pin_first) if t.pin_first else None,
+        "pin_last": list(t.pin_last) if t.pin_last else None,
+        "pairs": [list(p) for p in t.pairs] if t.pairs else None,
+        "path": t.path,
+    }
+
+
 def cmd_targets(args) -> int:
     targets = list_targets()
     if args.json:
-        print(json.dumps([t.to_json() for t in targets], indent=2))
+        print(json.dumps([_target_json(t) for t in targets], indent=2))
         return 0
     for t in targets:
-        print(f"{t.name:<14} {t.summary()}")
+        bits = f"w{{{','.join(map(str, t.weights.bits))}}} a{{{','.join(map(str, t.activations.bits))}}}"
+        if t.pairs:
+            bits = "pairs " + " ".join(f"w{w}/a{a}" for w, a in t.pairs)
+        pins = t.pin_note() or "no pinned layers"
+        print(f"{t.name:<13} {t.export:<6} {bits}; {t.weights.granularity} {t.weights.scale} weights; "
+              f"metrics {', '.join(t.metrics)}; {pins}")
+        print(f"{'':<13} {t.description}")
     return 0
 
 

@@ -34,6 +34,9 @@ with PIL (RGB, or L when ``preprocess.grayscale``), the shorter side resized to
 ``preprocess.resize`` and centre-cropped to ``preprocess.crop`` (torchvision's
 rounding).
 
+Image files are those ending in one of ``IMG_EXTENSIONS`` (any case); files
+and folders whose name starts with "." are skipped (macOS ``._*`` debris).
+
 ``limit`` draws a seeded random subset -- class-stratified whenever labels are
 known -- whose indices are sorted so the order follows the source's order.
 ``labels`` overrides the source's labels with a ``.npy`` / ``.txt`` / ``.csv``

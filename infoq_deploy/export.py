@@ -20,7 +20,7 @@ from brevitas.export import export_onnx_qcdq, export_qonnx
 from torch import nn
 
 from .atomic import atomic_path
-from .brevitas_model import read_bits, read_join_quantizers
+from .brevitas_model import clear_act_caches, is_calibrated, read_bits, read_join_quantizers
 from .errors import UserError
 from .quantizer import FLOAT_BITS
 
@@ -37,7 +37,7 @@ def check_format(fmt: str) -> None:
 def check_exportable(qmodel: nn.Module, fmt: str) -> None:
     """Raise UserError when ``qmodel`` cannot be written in ``fmt``."""
     check_format(fmt)
-    if not getattr(qmodel, "infoq_calibrated", False):
+    if not is_calibrated(qmodel):
         raise UserError("the quantized model has not been calibrated; run calibrate(qmodel, x) before exporting")
     if fmt != "qcdq":
         return
@@ -61,7 +61,10 @@ def export_model(qmodel: nn.Module, example: torch.Tensor, fmt: str, path: str |
     """Write ``qmodel`` traced on ``example`` (its batch size is baked in) to ``path`` atomically."""
     check_exportable(qmodel, fmt)
     export = export_qonnx if fmt == "qonnx" else export_onnx_qcdq
-    with atomic_path(path) as tmp, warnings.catch_warnings():
-        # the tracer's and Brevitas's export warnings are about tracing internals, not the model
-        warnings.simplefilter("ignore")
-        export(qmodel, example, export_path=str(tmp), dynamo=False, opset_version=ONNX_OPSET)
+    try:
+        with atomic_path(path) as tmp, warnings.catch_warnings():
+            # the tracer's and Brevitas's export warnings are about tracing internals, not the model
+            warnings.simplefilter("ignore")
+            export(qmodel, example, export_path=str(tmp), dynamo=False, opset_version=ONNX_OPSET)
+    finally:
+        clear_act_caches(qmodel)  # else scale() keeps answering the exported value after training

@@ -53,7 +53,7 @@ _PAD = 4
 class FinetuneConfig:
     epochs: int
     lr: float = 1e-4  # Adam, for weights and biases
-    scale_lr: float | None = 1e-5  # Adam, for quantizer scales; None = same as lr
+    scale_lr: float | None = 1e-3  # Adam, for quantizer scales, relative to each scale's size; None = lr, absolute
     batch_size: int = 128
     weight_decay: float = 0.0  # decoupled, weights only
     augment: str = "auto"  # "auto" | "none" | "crop-flip"
@@ -103,23 +103,35 @@ def scale_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
 
 
 def _param_groups(model: nn.Module, cfg: FinetuneConfig) -> list[dict]:
+    """Weights (decayed), biases/other quantizer state, and one group per scale tensor.
+
+    Each scale gets ``scale_lr * mean|value|``: Brevitas stores a scale as its clipping
+    range (max|w| ~ 0.1 for weights, max|x| ~ 1..20 for activations), and Adam's step is
+    about the learning rate in absolute terms, so a relative rate moves every scale by
+    the same fraction of itself per step.
+    """
     scales, decayed, plain = [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         if is_scale_param(name):
-            scales.append(p)
+            scales.append((name, p))
         elif "_quant." in name or p.dim() <= 1:  # other quantizer state, biases
             plain.append(p)
         else:
             decayed.append(p)
-    scale_lr = cfg.lr if cfg.scale_lr is None else cfg.scale_lr
     groups = [
-        {"name": "weights", "params": decayed, "lr": cfg.lr, "base_lr": cfg.lr, "weight_decay": cfg.weight_decay},
-        {"name": "biases", "params": plain, "lr": cfg.lr, "base_lr": cfg.lr, "weight_decay": 0.0},
-        {"name": "scales", "params": scales, "lr": scale_lr, "base_lr": scale_lr, "weight_decay": 0.0},
+        {"name": "weights", "params": decayed, "base_lr": cfg.lr, "weight_decay": cfg.weight_decay},
+        {"name": "biases", "params": plain, "base_lr": cfg.lr, "weight_decay": 0.0},
     ]
-    return [g for g in groups if g["params"]]
+    for name, p in scales:
+        size = float(p.detach().abs().mean())
+        lr = cfg.scale_lr * size if cfg.scale_lr is not None and size > 0 else cfg.lr
+        groups.append({"name": name, "params": [p], "base_lr": lr, "weight_decay": 0.0})
+    groups = [g for g in groups if g["params"]]
+    for g in groups:
+        g["lr"] = g["base_lr"]
+    return groups
 
 
 def _settle_runtime_stats(model: nn.Module) -> None:

@@ -24,7 +24,7 @@ from infoq_deploy.errors import UserError
 from infoq_deploy.mi_estimators import ksg_columns, ross_columns
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=16)  # a 16k x 64 matrix is 8 MB
 def _directions(dim: int, n_proj: int, seed: int, stream: int) -> np.ndarray:
     g = np.random.default_rng([seed, stream]).standard_normal((dim, n_proj))
     g /= np.linalg.norm(g, axis=0)

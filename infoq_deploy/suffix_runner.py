@@ -34,7 +34,7 @@ from .quantizer import FLOAT_BITS, ActRange, QuantSpec, quantize_act, quantize_w
 
 Env = dict[str, torch.Tensor]
 Transform = Callable[[torch.Tensor], torch.Tensor]
-Tap = Transform | None | tuple[str, Transform | None]
+Tap = Transform | None | str | tuple[str, Transform | None]
 
 
 @dataclass(frozen=True)
@@ -206,6 +206,10 @@ class SuffixRunner:
         check_finite: bool,
     ) -> Env:
         """Evaluate ``order`` (indices >= start) from ``env``; values are freed after their last use."""
+        with torch.no_grad():
+            return self._run_one_inner(env, order, keep, perturb, w_pert, check_finite)
+
+    def _run_one_inner(self, env, order, keep, perturb, w_pert, check_finite) -> Env:
         last_use: dict[str, int] = {}
         for i in order:
             for a in self.nodes[i].all_input_nodes:
@@ -254,11 +258,14 @@ class SuffixRunner:
         ``observers`` maps a label to what to collect: a node name's value is the node's
         output flattened to (batch, features) float32, passed per batch through the
         transform (e.g. a projection onto random directions; ``None`` keeps it). The
-        value may also be ``(node_name, transform)`` to collect one node under several
-        labels. Only the nodes the observers depend on are evaluated; observers before
+        value may also be ``(node_name, transform)`` or just ``node_name`` (no transform), to
+        collect one node under several labels. Only the nodes the observers depend on are evaluated; observers before
         ``start`` are read from the frontier.
         """
-        taps = {label: (tap if isinstance(tap, tuple) else (label, tap)) for label, tap in observers.items()}
+        taps = {
+            label: tap if isinstance(tap, tuple) else (tap, None) if isinstance(tap, str) else (label, tap)
+            for label, tap in observers.items()
+        }
         targets = tuple(sorted({node for node, _ in taps.values()}, key=lambda s: self.index[s]))
         order = self._needed(start, targets)
         w_pert = None

@@ -45,21 +45,21 @@ class FashionCNN(nn.Module):
         self.stem = _conv_bn_relu(1, 16)                  # 16x28x28
         self.pool = nn.MaxPool2d(2)                       # 16x14x14
         self.conv2 = _conv_bn_relu(16, 32)                # 32x14x14
+        # Depthwise downsampling: dw 3x3 stride 2.
+        self.dw = _conv_bn_relu(32, 32, stride=2, groups=32)   # 32x7x7
         # Residual block: the addition is the point, not depth.
         self.res_conv1 = _conv_bn_relu(32, 32)
         self.res_conv2 = nn.Conv2d(32, 32, 3, padding=1, bias=False)
         self.res_bn2 = nn.BatchNorm2d(32)
         self.res_relu = nn.ReLU(inplace=True)
-        # Depthwise-separable downsampling: dw 3x3 stride 2, then pointwise.
-        self.dw = _conv_bn_relu(32, 32, stride=2, groups=32)   # 32x7x7
         self.pw = _conv_bn_relu(32, 64, k=1)                   # 64x7x7
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(64, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv2(self.pool(self.stem(x)))
+        x = self.dw(self.conv2(self.pool(self.stem(x))))
         x = self.res_relu(x + self.res_bn2(self.res_conv2(self.res_conv1(x))))
-        x = self.pw(self.dw(x))
+        x = self.pw(x)
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 

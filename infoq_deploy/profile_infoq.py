@@ -1,0 +1,514 @@
+"""The InfoQ profiler: global, information-flow sensitivity scores (paper Algorithm 1).
+
+``profile_infoq(model, target, data)`` returns a ``SensitivityTable`` whose scores are
+
+    S(l, b) = (1/b) * sum_obs |ΔSMI| / sum_obs SMI_8bit            (paper Eq. 4)
+
+for every quantizable layer l and candidate bit-width b, separately for the layer's
+weights and for its input activation, measured at the observer layers downstream of l
+(paper Eq. 3 for ΔSMI_XL = |SMI(X_E; L_j,8bit) - SMI(X_E; L_j,b)| and ΔSMI_LY =
+|SMI(L_j,8bit; Y) - SMI(L_j,b; Y)|).
+
+Steps (DESIGN.md decisions where the paper is silent):
+
+1. The deployed graph (BatchNorm folded) with every layer's weights and input activation
+   fake-quantized to 8 bits by the target's quantizer (``quantizer.py``; activation
+   ranges from ``calibrate_act_ranges`` on the float model) is the baseline.
+2. Labels Y: the data's labels, else the float model's predictions (meta says which).
+3. X_E: ``embedding.embed`` (default: pooled-input PCA, 64 dims; pluggable encoder).
+4. Baseline SMI at every candidate observer (``observers.find_candidates``).
+5. Correlation analysis: every layer's weights at the lowest candidate bit-width; top-1
+   accuracy drop and ΔSMI at all downstream candidates; Pearson r per (candidate,
+   kind); keep r > 0.7 (``observers.select``). Those runs are reused as the sweep's
+   lowest-bit weight entries.
+6. The sweep: every other (layer, bits < 8) for weights and activations; b >= 8 scores
+   0 (b = 8 is the baseline itself, wider is no perturbation worse than it; 32 = float).
+
+Forward passes are the cost: a perturbation at layer l leaves everything before l's
+first call unchanged, so the 8-bit prefix is advanced once across the whole sweep and
+each perturbed run evaluates only the suffix (``suffix_runner``). Observer outputs are
+projected onto their random directions batch by batch, so no activation is ever held
+for the whole calibration set.
+
+Randomness and determinism: the directions at an observer (and the estimator's jitter)
+come from a seed derived from (seed, observer node), identical for the baseline and
+every perturbed run at that observer, so ΔSMI is never projection noise, and no value
+depends on the order in which the work is done. Partial results are written atomically
+per completed layer to ``<cache>/<key>.partial.json``; a killed run resumes there and
+ends with the same table as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .embedding import embed, encoder_identity
+from .errors import UserError
+from .observers import KINDS, Candidate, correlate, find_candidates, layer_observers, measured_for, select
+from .profile_cache import ProfileCache, cache_key
+from .profile_mse import calibrate_act_ranges
+from .quantizer import FLOAT_BITS
+from .sensitivity import SensitivityTable
+from .smi import directions, mi_projected_continuous, mi_projected_labels
+from .suffix_runner import NonFiniteError, Perturb, SuffixRunner, split_batches
+
+PROFILER_VERSION = 1  # bump when a change alters the numbers: old cache entries stop matching
+BASE_BITS = 8
+BATCH_SIZE = 250
+
+
+def min_samples(k: int) -> int:
+    """Fewest calibration images the k-NN estimators are run on (k+1 neighbours, some margin)."""
+    return max(20, 5 * (k + 1))
+
+
+def derive_seed(seed: int, *parts: object) -> int:
+    text = "|".join([str(seed), *map(str, parts)])
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+
+
+def _note(msg: str) -> None:
+    print(f"infoq-deploy: note: {msg}", file=sys.stderr)
+
+
+class _Clock:
+    def __init__(self):
+        self.forward = 0.0  # model evaluation (prefix + suffix), projections excluded
+        self.project = 0.0  # projecting observer outputs onto their directions
+        self.mi = 0.0  # 1-D MI estimates
+
+    def to_json(self, total: float) -> dict:
+        return {
+            "total_s": round(total, 3),
+            "forward_s": round(self.forward, 3),
+            "estimator_s": round(self.project + self.mi, 3),
+            "projection_s": round(self.project, 3),
+            "mi_s": round(self.mi, 3),
+            "estimator_over_forward": round((self.project + self.mi) / self.forward, 4) if self.forward > 0 else None,
+        }
+
+
+# --------------------------------------------------------------------- validation
+
+
+def _check_settings(n_proj: int, k: int, seed: int) -> None:
+    for name, v, lo in (("n_proj", n_proj, 1), ("k", k, 1), ("seed", seed, 0)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise UserError(f"{name} must be an integer >= {lo}, got {v!r}; pass a valid --{name.replace('_', '-')}")
+
+
+def _check_data(model, data, k: int) -> torch.Tensor:
+    x = data.x
+    if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[0] == 0:
+        raise UserError(f"the calibration set {data.source} holds no images; pass a data source with images")
+    shape = tuple(model.preprocess.input_shape)
+    if tuple(x.shape[1:]) != shape:
+        raise UserError(
+            f"the calibration images have shape {tuple(x.shape[1:])} but {model.spec} takes {shape}; "
+            "load the data with this model's preprocessing (or pass the model's --input-shape)"
+        )
+    need = min_samples(k)
+    if x.shape[0] < need:
+        raise UserError(
+            f"InfoQ's k-NN mutual-information estimators (k={k}) need at least {need} calibration images, "
+            f"got {x.shape[0]}; pass more data or lower k"
+        )
+    x = x.float()
+    if not bool(torch.isfinite(x).all()):
+        raise UserError(f"the calibration images from {data.source} contain NaN or inf values; fix the data")
+    return x
+
+
+def _check_labels(y, n: int, num_classes: int, k: int, source: str, what: str) -> np.ndarray:
+    y = torch.as_tensor(y)
+    if y.dim() != 1 or y.shape[0] != n:
+        raise UserError(f"{source} has {tuple(y.shape)} labels for {n} images; pass one integer label per image")
+    if y.is_floating_point() and not bool((y == y.round()).all()):
+        raise UserError(f"the labels of {source} are not integer class ids; pass integer labels")
+    y = y.long()
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi >= num_classes:
+        raise UserError(
+            f"the labels of {source} range over {lo}..{hi} but the model has {num_classes} classes (0..{num_classes - 1}); "
+            "pass labels in the model's class order"
+        )
+    counts = np.bincount(y.numpy(), minlength=num_classes)
+    if int((counts >= k + 1).sum()) < 2:
+        raise UserError(
+            f"the {what} of the {n} calibration images put fewer than two classes at {k + 1} or more images each, "
+            f"so SMI(L;Y) cannot be estimated with k={k}; pass more varied calibration data"
+        )
+    return y.numpy()
+
+
+def _check_weights(runner: SuffixRunner) -> None:
+    for name in runner.layers:
+        m = runner.modules[name]
+        for pname in ("weight", "bias"):
+            p = getattr(m, pname, None)
+            if p is not None and not bool(torch.isfinite(p).all()):
+                raise UserError(f"layer {name} has NaN or inf in its {pname}; fix the model's weights")
+
+
+# --------------------------------------------------------------------- the profiler
+
+
+def _cache_parts(model, target, data, spec, w_bits, a_bits, *, seed, n_proj, k, encoder, use_inverse_bits) -> dict:
+    return {
+        "profiler": "infoq",
+        "profiler_version": PROFILER_VERSION,
+        "model_fingerprint": model.fingerprint,
+        "data_hash": data.sha256,
+        "labels_given": data.y is not None,
+        "quant_spec": asdict(spec),
+        "weight_bits": w_bits,
+        "act_bits": a_bits,
+        "baseline_bits": BASE_BITS,
+        "n_proj": n_proj,
+        "k": k,
+        "seed": seed,
+        "encoder": encoder_identity(encoder),
+        "use_inverse_bits": use_inverse_bits,
+        "batch_size": BATCH_SIZE,
+    }
+
+
+def profile_infoq(
+    model,
+    target,
+    data,
+    *,
+    seed: int = 0,
+    n_proj: int = 32,
+    k: int = 3,
+    encoder: str | None = None,
+    use_inverse_bits: bool = True,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    plots_dir: str | Path | None = None,
+) -> SensitivityTable:
+    """InfoQ sensitivity scores of ``model`` for ``target``'s bit-widths on calibration ``data``."""
+    t_start = time.perf_counter()
+    _check_settings(n_proj, k, seed)
+    x = _check_data(model, data, k)
+    spec = target.quant_spec()
+    w_bits = sorted({int(b) for b in target.weights.bits})
+    a_bits = sorted({int(b) for b in target.activations.bits})
+    parts = _cache_parts(
+        model, target, data, spec, w_bits, a_bits,
+        seed=seed, n_proj=n_proj, k=k, encoder=encoder, use_inverse_bits=use_inverse_bits,
+    )
+    key = cache_key(parts)
+    cache = ProfileCache(cache_dir, key)
+    cached = cache.load_table()
+    if cached is not None:
+        cached.model, cached.target = model.spec, target.name
+        cached.meta["cache_hit"] = True
+        if plots_dir is not None:
+            _plots(cached, plots_dir)
+        return cached
+
+    from .stages import deployable  # stages imports the whole pipeline; keep this module light
+
+    deployed = deployable(model)
+    layers = deployed.layers
+    names = [layer.name for layer in layers]
+    if not layers:
+        raise UserError(f"{model.spec} has no quantizable layers (Conv or Linear); nothing to profile")
+    clock = _Clock()
+    batches = split_batches(x, BATCH_SIZE)
+
+    # ---- float pass: finite check, predictions; activation ranges (the deployed quantizer's)
+    float_runner = SuffixRunner(deployed.graph, layers, spec, None, FLOAT_BITS)
+    _check_weights(float_runner)
+    if float_runner.result_node is None or len(float_runner.placeholders) != 1:
+        raise UserError(f"{model.spec} must take one input and return one tensor of logits to be profiled with InfoQ")
+    t = time.perf_counter()
+    try:
+        logits = float_runner.run(float_runner.start(batches), 0, {"logits": float_runner.result_node}, check_finite=True)["logits"]
+    except NonFiniteError as exc:
+        raise UserError(
+            f"layer {exc.node} produces NaN or inf activations on the calibration data; "
+            "check the model's weights and the input normalisation"
+        ) from None
+    except RuntimeError as exc:
+        raise UserError(f"{model.spec} rejects the calibration inputs of shape {tuple(x.shape[1:])} ({exc}); "
+                        "pass data preprocessed for this model") from None
+    if logits.dim() != 2:
+        raise UserError(f"{model.spec} returns shape {tuple(logits.shape)}, not (batch, classes); InfoQ profiles classifiers")
+    num_classes = int(model.preprocess.num_classes or logits.shape[1])
+    ranges = calibrate_act_ranges(deployed.graph, layers, x, spec, batch_size=BATCH_SIZE)
+    clock.forward += time.perf_counter() - t
+
+    if data.y is not None:
+        labels_source = "true"
+        y = _check_labels(data.y, len(x), num_classes, k, data.source, "labels")
+    else:
+        labels_source = "predictions"
+        y = _check_labels(logits.argmax(1), len(x), num_classes, k, data.source, "float model's predictions")
+        _note(f"{data.source} has no labels; using the float model's own predictions as Y (DESIGN.md)")
+    y_t = torch.from_numpy(y)
+
+    emb = embed(x, encoder, BATCH_SIZE)
+    xe = emb.values
+
+    runner = SuffixRunner(deployed.graph, layers, spec, ranges, BASE_BITS)
+    candidates = find_candidates(runner, tuple(model.preprocess.input_shape))
+    by_node = {c.node: c for c in candidates}
+
+    # ---- per-observer directions (same for baseline and every perturbed run there)
+    obs_seed = {c.node: derive_seed(seed, "observer", c.node) for c in candidates}
+    theta_l: dict[str, torch.Tensor] = {}
+    px: dict[str, np.ndarray] = {}
+
+    def l_dirs(node: str) -> torch.Tensor:
+        if node not in theta_l:
+            theta_l[node] = torch.from_numpy(np.array(directions(by_node[node].dim, n_proj, obs_seed[node], 1), dtype=np.float32))
+        return theta_l[node]
+
+    def x_proj(node: str) -> np.ndarray:
+        if node not in px:
+            t0 = time.perf_counter()
+            px[node] = xe @ directions(xe.shape[1], n_proj, obs_seed[node], 0)
+            clock.project += time.perf_counter() - t0
+        return px[node]
+
+    def projector(node: str):
+        theta = l_dirs(node)
+
+        def fn(flat: torch.Tensor) -> torch.Tensor:
+            t0 = time.perf_counter()
+            out = flat @ theta
+            clock.project += time.perf_counter() - t0
+            return out
+
+        return fn
+
+    def smi(node: str, proj: torch.Tensor, kinds) -> dict[str, float]:
+        pl = proj.double().numpy()
+        if not np.all(np.isfinite(pl)):
+            raise UserError(f"observer {by_node[node].name} has NaN or inf activations; check the model's weights")
+        pxn = x_proj(node) if "XL" in kinds else None
+        t0 = time.perf_counter()
+        out = {}
+        if "XL" in kinds:
+            out["XL"] = float(np.mean(mi_projected_continuous(pxn, pl, k, obs_seed[node])))
+        if "LY" in kinds:
+            out["LY"] = float(np.mean(mi_projected_labels(pl, y, k, obs_seed[node])))
+        clock.mi += time.perf_counter() - t0
+        return out
+
+    def measure(frontier, start: int, wanted: dict[str, tuple[str, ...]], perturb: Perturb | None, logits_too: bool):
+        taps = {node: projector(node) for node in wanted}
+        if logits_too:
+            taps["__logits__"] = (runner.result_node, None)
+        t0 = time.perf_counter()
+        p0 = clock.project
+        out = runner.run(frontier, start, taps, perturb)
+        clock.forward += time.perf_counter() - t0 - (clock.project - p0)
+        values = {node: smi(node, out[node], kinds) for node, kinds in wanted.items()}
+        acc = float((out["__logits__"].argmax(1) == y_t).double().mean() * 100) if logits_too else None
+        return values, acc
+
+    # ---- state: resumed from the partial file when one exists for this key
+    state = cache.load_partial() or {}
+    resumed = bool(state)
+    frontier0 = runner.start(batches)
+    if "baseline" not in state:
+        values, acc = measure(frontier0, 0, {c.node: KINDS for c in candidates}, None, True)
+        state = {"baseline": {"accuracy": acc, "smi": values}, "corr": {}, "sweep": {}}
+        cache.save_partial(state)
+    base_smi: dict[str, dict[str, float]] = state["baseline"]["smi"]
+    base_acc: float = state["baseline"]["accuracy"]
+
+    low_w = [b for b in w_bits if b < BASE_BITS]
+    low_a = [b for b in a_bits if b < BASE_BITS]
+    corr_what, corr_bits = ("w", low_w[0]) if low_w else (("a", low_a[0]) if low_a else (None, None))
+    corr_per_layer = 1 if corr_what else 0
+    total_runs = len(layers) * (corr_per_layer + len(low_w) + len(low_a) - corr_per_layer)
+    done_runs = len(state["corr"]) + sum(
+        len(low_w) + len(low_a) - corr_per_layer for name in names if name in state["sweep"]
+    )
+    bar = _progress(total_runs, done_runs, progress, model.spec)
+
+    cursor = {"cut": 0, "frontier": frontier0}
+
+    def frontier_at(layer: str):
+        cut = runner.cut(layer)
+        if cut < cursor["cut"]:
+            cursor["cut"], cursor["frontier"] = 0, frontier0
+        t0 = time.perf_counter()
+        cursor["frontier"] = runner.advance(cursor["frontier"], cursor["cut"], cut)
+        clock.forward += time.perf_counter() - t0
+        cursor["cut"] = cut
+        return cursor["frontier"], cut
+
+    # ---- correlation analysis: every layer at the lowest bit-width, all downstream candidates
+    if corr_what:
+        for name in names:
+            if name in state["corr"]:
+                continue
+            frontier, cut = frontier_at(name)
+            wanted = {c.node: KINDS for c in measured_for(runner, name, candidates)}
+            values, acc = measure(frontier, cut, wanted, Perturb(name, corr_what, corr_bits), True)
+            dsmi = {node: {kd: abs(base_smi[node][kd] - v[kd]) for kd in v} for node, v in values.items()}
+            state["corr"][name] = {"accuracy": acc, "acc_drop": base_acc - acc, "dsmi": dsmi}
+            cache.save_partial(state)
+            bar.update(1)
+        acc_drop = {name: state["corr"][name]["acc_drop"] for name in names}
+        dsmi_corr = {name: state["corr"][name]["dsmi"] for name in names}
+        correlations = correlate(runner, names, candidates, acc_drop, dsmi_corr)
+        selection = select(correlations, candidates)
+    else:
+        acc_drop, dsmi_corr, correlations = {}, {}, []
+        selection = select([], candidates)
+    if selection.fallback and corr_what:
+        _note(selection.note)
+
+    obs_for = {name: layer_observers(runner, name, selection, candidates) for name in names}
+
+    # ---- the sweep: remaining (layer, bits) for weights and activations
+    for name in names:
+        if name in state["sweep"]:
+            continue
+        pairs, _ = obs_for[name]
+        kinds_at: dict[str, set[str]] = {}
+        for node, kind in pairs:
+            kinds_at.setdefault(node, set()).add(kind)
+        wanted = {node: tuple(kd for kd in KINDS if kd in s) for node, s in kinds_at.items()}
+        entry: dict[str, dict[str, dict]] = {"w": {}, "a": {}}
+        frontier = None
+        for what, bits_list in (("w", low_w), ("a", low_a)):
+            for b in sorted(bits_list, reverse=True):
+                if what == corr_what and b == corr_bits:
+                    continue  # the correlation run is this entry: reused below, not rerun
+                if frontier is None:
+                    frontier, cut = frontier_at(name)
+                values, _ = measure(frontier, cut, wanted, Perturb(name, what, b), False)
+                entry[what][str(b)] = {node: {kd: abs(base_smi[node][kd] - v[kd]) for kd in v} for node, v in values.items()}
+                bar.update(1)
+        state["sweep"][name] = entry
+        cache.save_partial(state)
+    bar.close()
+
+    # ---- scores (Eq. 4), from the stored ΔSMI values only (resumed == uninterrupted)
+    def score(name: str, what: str, b: int) -> float:
+        if b >= BASE_BITS:
+            return 0.0
+        if what == corr_what and b == corr_bits:
+            dsmi = state["corr"][name]["dsmi"]
+        else:
+            dsmi = state["sweep"][name][what][str(b)]
+        pairs, _ = obs_for[name]
+        num = sum(dsmi[node][kind] for node, kind in pairs)
+        den = sum(base_smi[node][kind] for node, kind in pairs)
+        if not den > 0:
+            raise UserError(
+                f"the 8-bit baseline carries no measurable information at the observers of layer {name} "
+                f"(sum of SMI = {den:.3g}); pass more or more varied calibration data"
+            )
+        s = num / den
+        return s / b if use_inverse_bits else s
+
+    weights = {name: {b: score(name, "w", b) for b in w_bits} for name in names}
+    activations = {name: {b: score(name, "a", b) for b in a_bits} for name in names}
+    for what, table in (("weight", weights), ("activation", activations)):
+        for name, d in table.items():
+            for b, v in d.items():
+                if not (math.isfinite(v) and v >= 0):
+                    raise UserError(f"the InfoQ score of layer {name} at {b}-bit {what}s is {v}; this is a bug, please report it")
+
+    total = time.perf_counter() - t_start
+    fallback_layers = {name: fb for name, (pairs, fb) in obs_for.items() if fb}
+    meta = {
+        "method": "infoq",
+        "tool_version": __version__,
+        "profiler_version": PROFILER_VERSION,
+        "settings": {
+            "n_proj": n_proj,
+            "k": k,
+            "seed": seed,
+            "calib_size": int(len(x)),
+            "encoder": emb.info,
+            "use_inverse_bits": use_inverse_bits,
+            "baseline_bits": BASE_BITS,
+            "quant_spec": asdict(spec),
+            "weight_bits": w_bits,
+            "act_bits": a_bits,
+            "batch_size": BATCH_SIZE,
+            "estimators": {"XL": "KSG (Kraskov et al. 2003), sliced", "LY": "Ross (2014) mixed, sliced"},
+        },
+        "model_fingerprint": model.fingerprint,
+        "data_hash": data.sha256,
+        "data_source": data.source,
+        "labels": labels_source,
+        "observers": [
+            {"name": c.name, "node": c.node, "kind": c.kind, "r": None if c.r is None else round(c.r, 6), "n": c.n}
+            for c in selection.observers
+        ],
+        "correlation_fallback": selection.fallback,
+        "correlation_note": selection.note,
+        "correlation": {
+            "what": {"w": "weights", "a": "activations", None: None}[corr_what],
+            "bits": corr_bits,
+            "threshold": 0.7,
+            "acc_drop": acc_drop,
+            "table": [c.to_json() for c in correlations],
+            "dsmi": {
+                c.node: {kd: {name: dsmi_corr[name][c.node][kd] for name in names if c.node in dsmi_corr.get(name, {})}
+                         for kd in KINDS}
+                for c in candidates
+            } if corr_what else {},
+        },
+        "candidates": [{"name": c.name, "node": c.node, "role": c.role, "dim": c.dim} for c in candidates],
+        "layer_observers": {
+            name: [{"name": by_node[node].name, "kind": kind} for node, kind in obs_for[name][0]] for name in names
+        },
+        "layer_observer_fallback": fallback_layers,
+        "baseline": {
+            "accuracy": base_acc,
+            "smi": {by_node[node].name: v for node, v in base_smi.items()},
+        },
+        "timings": clock.to_json(total),
+        "resumed": resumed,
+        "cache_key": key,
+        "cache_hit": False,
+    }
+    table = SensitivityTable(
+        model=model.spec, target=target.name, layers=layers, weights=weights, activations=activations, meta=meta
+    )
+    cache.save_table(table)
+    if plots_dir is not None:
+        _plots(table, plots_dir)
+    return table
+
+
+def _progress(total: int, initial: int, enabled: bool, what: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        initial=initial,
+        disable=not enabled,
+        desc=f"InfoQ {what}",
+        unit="run",
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+
+
+def _plots(table: SensitivityTable, plots_dir: str | Path) -> None:
+    from .plots import plot_observers, plot_sensitivity
+
+    out = Path(plots_dir)
+    plot_sensitivity(table, out / "sensitivity.png")
+    plot_observers(table.meta, out / "observers.png")

@@ -1,0 +1,362 @@
+"""The run report: report.json (machine-readable) + report.md (for people) + PNG plots.
+
+``report.json`` is written last and an older one is removed first: its presence marks a
+run directory whose report is complete and current.
+
+Cost references, used when no budget names a metric: size against the float32 model
+(the "12x" compression convention), BitOps against 8-bit weights and activations,
+average weight bits against 32. Latency has no reference the report can compute
+without the target's table; pass ``model_info["reference_cost"] = {"latency_ms": ...}``
+(e.g. ``allocate.model_costs(layers, [(8, 8)] * n, target)``) to get one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+from . import __version__
+from .atomic import write_json, write_text
+from .costs import BYTES_PER_MB, fp32_size_bytes
+from .layers import Layer
+from .report_plots import (
+    ACCURACY_LABELS,
+    FLOAT_BITS,
+    plot_accuracy,
+    plot_bits_per_layer,
+    plot_cost_vs_budget,
+    plot_sensitivity_heatmap,
+)
+from .sensitivity import SensitivityTable
+
+FORMAT = "infoq-deploy/report/1"
+PLOTS = ("bits_per_layer.png", "sensitivity_heatmap.png", "cost_vs_budget.png", "accuracy.png")
+
+# metric -> (cost key in the allocation, title)
+_METRICS = {
+    "size": ("size_bytes", "model size"),
+    "bitops": ("bitops", "BitOps"),
+    "latency": ("latency_ms", "latency"),
+    "wbits": ("avg_weight_bits", "average weight bits"),
+}
+
+
+# ---------------------------------------------------------------- formatting
+
+def fmt_metric(metric: str, value: float | None) -> str:
+    if value is None:
+        return "—"
+    if metric == "size":  # MB (2^20) as the MPQ literature; small models read better in KB
+        if value >= 0.1 * BYTES_PER_MB:
+            return f"{value / BYTES_PER_MB:.4g} MB"
+        return f"{value / 1024:.4g} KB" if value >= 1024 else f"{value:.4g} B"
+    if metric == "bitops":
+        for prefix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+            if abs(value) >= scale:
+                return f"{value / scale:.4g} {prefix}BOPs"
+        return f"{value:.4g} BOPs"
+    if metric == "latency":
+        return f"{value:.4g} ms"
+    if metric == "wbits":
+        return f"{value:.3g} bit"
+    return f"{value:.4g}"
+
+
+def fmt_acc(value: float | None) -> str:
+    return "—" if value is None else f"{100.0 * value:.2f}%"
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_fmt(v) for v in value)
+    return str(value)
+
+
+def _cell(text) -> str:
+    return _fmt(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    out += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return out
+
+
+def _jsonable(obj):
+    """Plain JSON values: dataclasses, Paths, tuples and non-finite floats made safe."""
+    if isinstance(obj, Layer):
+        return obj.to_json()
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _jsonable(dataclasses.asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, bool) or obj is None or isinstance(obj, (int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return _jsonable(obj.item())
+    return str(obj)
+
+
+# ---------------------------------------------------------------- content
+
+def _layers(model_info: dict, sensitivity: SensitivityTable | None) -> list[Layer]:
+    if sensitivity is not None and sensitivity.layers:
+        return sorted(sensitivity.layers, key=lambda l: l.order)
+    rows = model_info.get("layers") or []
+    return sorted((r if isinstance(r, Layer) else Layer.from_json(r) for r in rows), key=lambda l: l.order)
+
+
+def layer_rows(allocation: dict, layers: list[Layer], sensitivity: SensitivityTable | None) -> list[dict]:
+    """One row per allocated layer: its table facts, bits, and its scores at those bits."""
+    by_name = {l.name: l for l in layers}
+    rows = []
+    for i, entry in enumerate(allocation["layers"]):
+        name, w, a = entry["name"], int(entry["w_bits"]), int(entry["a_bits"])
+        layer = by_name.get(name)
+        s_w = s_a = None
+        if sensitivity is not None:
+            s_w = sensitivity.weights.get(name, {}).get(w)
+            s_a = sensitivity.activations.get(name, {}).get(a)
+        rows.append({
+            "index": i, "name": name,
+            "kind": layer.kind if layer else None,
+            "params": layer.params if layer else None,
+            "macs": layer.macs if layer else None,
+            "w_bits": w, "a_bits": a, "w_score": s_w, "a_score": s_a,
+        })
+    return rows
+
+
+def cost_panels(allocation: dict, layers: list[Layer], reference_cost: dict | None = None) -> list[dict]:
+    """Per metric of the target (and of any budget): cost / budget, or cost / reference."""
+    cost = allocation.get("cost", {})
+    reference_cost = reference_cost or {}
+    metrics = [m for m, (key, _) in _METRICS.items() if key in cost and m != "wbits"]
+    for b in allocation.get("budgets", []):
+        if b["metric"] not in metrics:
+            metrics.append(b["metric"])
+    panels = []
+    for metric in metrics:
+        key, title = _METRICS.get(metric, (metric, metric))
+        used = cost.get(key)
+        budgets = [b for b in allocation.get("budgets", []) if b["metric"] == metric]
+        bars = []
+        for b in budgets:
+            frac = b["used"] / b["limit"] if b["limit"] else None
+            bars.append({"label": f"budget {b['text']}", "kind": "budget", "fraction": frac,
+                         "used": b["used"], "limit": b["limit"],
+                         "text": f"{fmt_metric(metric, b['used'])}\nof {fmt_metric(metric, b['limit'])}"})
+        if not budgets:
+            ref, ref_label = _reference(metric, layers, reference_cost)
+            frac = used / ref if (used is not None and ref) else None
+            text = fmt_metric(metric, used) + (f"\nof {fmt_metric(metric, ref)}" if ref else "\n(no reference)")
+            bars.append({"label": ref_label, "kind": "reference", "fraction": frac, "used": used, "limit": ref,
+                         "text": text})
+        panels.append({"metric": metric, "title": title, "bars": bars})
+    return panels
+
+
+def _reference(metric: str, layers: list[Layer], reference_cost: dict) -> tuple[float | None, str]:
+    key = _METRICS.get(metric, (metric, ""))[0]
+    if key in reference_cost:
+        return float(reference_cost[key]), "vs reference"
+    if not layers:
+        return None, "no reference"
+    if metric == "size":
+        return fp32_size_bytes(layers), "vs float32"
+    if metric == "bitops":
+        return float(sum(l.macs * 8 * 8 for l in layers)), "vs 8/8-bit"
+    if metric == "wbits":
+        return float(FLOAT_BITS), "vs float32"
+    return None, "no reference"
+
+
+def _check_accuracies(accuracies: dict) -> None:
+    for k, v in accuracies.items():
+        if k not in ACCURACY_LABELS:
+            raise ValueError(f"unknown accuracy key {k!r}; expected one of {', '.join(ACCURACY_LABELS)}")
+        if v is not None and not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):
+            raise ValueError(f"accuracy {k}={v!r} is not a fraction in [0, 1]")
+
+
+# ---------------------------------------------------------------- markdown
+
+def render_markdown(doc: dict) -> str:
+    alloc = doc["allocation"]
+    lines = ["# infoq-deploy run report", ""]
+
+    lines += ["## What ran", ""]
+    lines += [f"- **{k}**: {_fmt(v)}" for k, v in doc["inputs"].items()] or ["- (no inputs recorded)"]
+    lines += [f"- **tool version**: {doc['tool_version']}", ""]
+
+    lines += ["## Model", ""]
+    model = {k: v for k, v in doc["model"].items() if k not in ("layers", "reference_cost")}
+    lines += [f"- **{k}**: {_fmt(v)}" for k, v in model.items()]
+    lines += [f"- **quantizable layers**: {len(doc['layers'])}"]
+    sens = doc.get("sensitivity_meta")
+    if sens:
+        lines += [f"- **sensitivity**: method {_fmt(sens.get('method'))}"
+                  + "".join(f", {k} {_fmt(sens[k])}" for k in ("seed", "calib_size", "data_source", "seconds")
+                            if k in sens)]
+    lines.append("")
+
+    lines += ["## Target, budgets and costs", "",
+              f"- **target**: {alloc.get('target')}",
+              f"- **alpha** (activation weight in the objective): {_fmt(alloc.get('alpha'))}",
+              f"- **objective** (sum S_w + alpha * S_a): {_fmt(alloc.get('objective'))}",
+              f"- **solver**: {_fmt((alloc.get('solver') or {}).get('name'))}, "
+              f"status {_fmt((alloc.get('solver') or {}).get('status'))}", ""]
+    rows = []
+    for panel in doc["cost_panels"]:
+        for bar in panel["bars"]:
+            frac = "—" if bar["fraction"] is None else f"{100.0 * bar['fraction']:.1f}%"
+            ok = "" if bar["kind"] != "budget" or bar["fraction"] is None else ("met" if bar["fraction"] <= 1 + 1e-9 else "EXCEEDED")
+            rows.append([panel["title"], bar["label"], fmt_metric(panel["metric"], bar["used"]),
+                         fmt_metric(panel["metric"], bar["limit"]), frac, ok])
+    lines += _table(["metric", "against", "cost", "budget / reference", "fraction", "status"], rows)
+    lines += ["", "All costs of the allocation:", ""]
+    lines += _table(["cost", "value"], [[k, v] for k, v in alloc.get("cost", {}).items()])
+    lines.append("")
+
+    lines += ["## Per-layer allocation", ""]
+    lines += _table(
+        ["#", "layer", "kind", "params", "MACs", "w_bits", "a_bits", "weight score", "activation score"],
+        [[r["index"], r["name"], r["kind"], r["params"], r["macs"],
+          "float" if r["w_bits"] >= FLOAT_BITS else r["w_bits"], "float" if r["a_bits"] >= FLOAT_BITS else r["a_bits"],
+          None if r["w_score"] is None else f"{r['w_score']:.4g}",
+          None if r["a_score"] is None else f"{r['a_score']:.4g}"] for r in doc["layers"]],
+    )
+    lines += ["", "Scores are the sensitivity table's costs at the chosen bits (lower is better).", ""]
+
+    lines += ["## Accuracy (top-1)", ""]
+    acc = doc["accuracies"]
+    if any(v is not None for v in acc.values()):
+        base = acc.get("float")
+        rows = []
+        for k, label in ACCURACY_LABELS.items():
+            v = acc.get(k)
+            delta = None if v is None or base is None or k == "float" else f"{100.0 * (v - base):+.2f} pt"
+            rows.append([label, fmt_acc(v) if v is not None else "not measured", delta])
+        lines += _table(["model", "top-1", "vs float"], rows)
+    else:
+        lines.append("No accuracy was measured.")
+    lines.append("")
+
+    lines += ["## Verification", ""]
+    verify = doc["verify"]
+    if verify:
+        for k, v in verify.items():
+            if isinstance(v, dict):
+                lines += [f"- **{k}**:"] + [f"  - {kk}: {_fmt(vv)}" for kk, vv in v.items()]
+            else:
+                lines.append(f"- **{k}**: {_fmt(v)}")
+    else:
+        lines.append("Not run.")
+    lines.append("")
+
+    lines += ["## Fine-tuning", ""]
+    ft = doc["finetune"]
+    if ft:
+        lines += [f"- **{k}**: {_fmt(ft[k])}" for k in ("epochs_run", "best_epoch", "resumed_from", "checkpoint", "note")
+                  if k in ft and ft[k] not in ("", None)]
+        for k in ("start_accuracy", "best_accuracy"):
+            if ft.get(k) is not None:
+                lines.append(f"- **{k}** (eval set): {fmt_acc(ft[k])}")
+        if ft.get("history"):
+            lines += ["", *_table(["epoch", "lr", "loss", "train acc", "eval acc", "seconds"],
+                                  [[h.get("epoch"), h.get("lr"), h.get("loss"), fmt_acc(h.get("train_acc")),
+                                    fmt_acc(h.get("eval_acc")), h.get("seconds")] for h in ft["history"]])]
+    else:
+        lines.append("Not run.")
+    lines.append("")
+
+    lines += ["## Stage timings", ""]
+    timings = doc["timings"]
+    lines += _table(["stage", "seconds"], [[k, f"{v:.2f}"] for k, v in timings.items()]
+                    + [["total", f"{sum(timings.values()):.2f}"]])
+    lines.append("")
+
+    lines += ["## Notes", ""]
+    lines += [f"- {n}" for n in doc["notes"]] or ["- none"]
+    lines.append("")
+
+    lines += ["## Plots", ""]
+    for name in doc["plots"]:
+        lines += [f"![{name[:-4]}]({name})", ""]
+    for name, why in doc["plots_skipped"].items():
+        lines.append(f"- {name} not drawn: {why}")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# ---------------------------------------------------------------- entry point
+
+def write_report(run_dir: Path, *, inputs: dict, model_info: dict, allocation: dict,
+                 sensitivity: SensitivityTable | None, accuracies: dict, verify: dict | None,
+                 timings: dict[str, float], finetune: dict | None, notes: list[str]) -> None:
+    """Write the plots, report.md and, last, report.json into ``run_dir``."""
+    _check_accuracies(accuracies)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "report.json").unlink(missing_ok=True)  # no stale "finished" marker while we write
+
+    layers = _layers(model_info, sensitivity)
+    rows = layer_rows(allocation, layers, sensitivity)
+    panels = cost_panels(allocation, layers, model_info.get("reference_cost"))
+    names = [r["name"] for r in rows]
+    chosen = [(r["w_bits"], r["a_bits"]) for r in rows]
+
+    plots, skipped = [], {}
+    plot_bits_per_layer(run_dir / "bits_per_layer.png", names, [w for w, _ in chosen], [a for _, a in chosen])
+    plots.append("bits_per_layer.png")
+    if sensitivity is not None:
+        plot_sensitivity_heatmap(run_dir / "sensitivity_heatmap.png", names, sensitivity.weights,
+                                 sensitivity.activations, chosen)
+        plots.append("sensitivity_heatmap.png")
+    else:
+        skipped["sensitivity_heatmap.png"] = "no sensitivity table was given"
+    if panels:
+        plot_cost_vs_budget(run_dir / "cost_vs_budget.png", panels)
+        plots.append("cost_vs_budget.png")
+    else:
+        skipped["cost_vs_budget.png"] = "the allocation has no costs"
+    if any(v is not None for v in accuracies.values()):
+        plot_accuracy(run_dir / "accuracy.png", accuracies)
+        plots.append("accuracy.png")
+    else:
+        skipped["accuracy.png"] = "no accuracy was measured"
+    for name in skipped:  # a plot left from an earlier run would contradict this report
+        (run_dir / name).unlink(missing_ok=True)
+
+    doc = _jsonable({
+        "format": FORMAT,
+        "tool_version": __version__,
+        "inputs": inputs,
+        "model": model_info,
+        "allocation": allocation,
+        "layers": rows,
+        "cost_panels": panels,
+        "sensitivity_meta": None if sensitivity is None else sensitivity.meta,
+        "sensitivity": None if sensitivity is None else sensitivity.to_json(),
+        "accuracies": {k: accuracies.get(k) for k in ACCURACY_LABELS},
+        "verify": verify,
+        "timings": {k: float(v) for k, v in timings.items()},
+        "finetune": finetune,
+        "notes": list(notes),
+        "plots": plots,
+        "plots_skipped": skipped,
+    })
+    write_text(run_dir / "report.md", render_markdown(doc))
+    write_json(run_dir / "report.json", doc)

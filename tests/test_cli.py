@@ -1,0 +1,109 @@
+"""The command-line contract: subcommands, files they write, and one-line errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from infoq_deploy.cli import main
+
+TINY = str(Path(__file__).parent / "fixtures" / "tiny_cnn.py") + ":build"
+
+
+@pytest.fixture
+def data(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(64, 1, 8, 8), dtype=np.uint8)
+    y = rng.integers(0, 4, size=64)
+    p = tmp_path / "calib.npz"
+    np.savez(p, x=x, y=y)
+    return str(p)
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_targets_lists_shipped_targets(capsys):
+    code, out, _ = run(capsys, "targets", "--json")
+    assert code == 0
+    names = {t["name"] for t in json.loads(out)}
+    assert {"fpga-int", "edge-cpu-ort", "mcu-int"} <= names
+
+
+def test_inspect_json_counts(capsys):
+    code, out, _ = run(capsys, "inspect", TINY, "--input-shape", "1,8,8", "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert [layer["name"] for layer in doc["layers"]] == ["conv1", "dw", "pw", "fc"]
+    # conv1 8*1*9*64, dw 8*1*9*64, pw 8*8*64, fc 4*8
+    assert doc["macs"] == 4608 + 4608 + 4096 + 32
+    assert doc["layers"][1]["kind"] == "dwconv"
+
+
+def test_profile_allocate_roundtrip(capsys, tmp_path, data):
+    table = tmp_path / "s.json"
+    code, _, err = run(
+        capsys, "profile", TINY, "--input-shape", "1,8,8", "--target", "fpga-int", "--method", "mse", "--data", data, "-o", str(table)
+    )
+    assert code == 0, err
+    doc = json.loads(table.read_text())
+    assert set(doc["weights"]) == {"conv1", "dw", "pw", "fc"}
+    assert set(doc["weights"]["dw"]) == {str(b) for b in range(2, 9)}
+    alloc = tmp_path / "a.json"
+    code, _, err = run(capsys, "allocate", str(table), "--target", "fpga-int", "--budget", "5bit", "-o", str(alloc))
+    assert code == 0, err
+    a = json.loads(alloc.read_text())
+    bits = {layer["name"]: (layer["w_bits"], layer["a_bits"]) for layer in a["layers"]}
+    assert bits["conv1"] == (8, 8) and bits["fc"] == (8, 8)  # pinned by fpga-int
+    assert a["cost"]["avg_weight_bits"] <= 5 + 1e-9
+    assert {"size_bytes", "bitops"} <= set(a["cost"])
+
+
+@pytest.mark.parametrize(
+    "budget, needle",
+    [("1B", "cannot be met"), ("4.5MBB", "unknown unit"), ("3mb", "lower-case b")],
+)
+def test_bad_budget_fails_cleanly(capsys, tmp_path, data, budget, needle):
+    table = tmp_path / "s.json"
+    assert run(capsys, "profile", TINY, "--input-shape", "1,8,8", "--target", "fpga-int", "--data", data, "-o", str(table))[0] == 0
+    alloc = tmp_path / "a.json"
+    code, out, err = run(capsys, "allocate", str(table), "--target", "fpga-int", "--budget", budget, "-o", str(alloc))
+    assert code == 2
+    assert needle in err and err.count("\n") == 1
+    assert not alloc.exists()
+
+
+def test_unknown_target_and_missing_model(capsys, tmp_path):
+    code, _, err = run(capsys, "inspect", str(tmp_path / "nope.onnx"))
+    assert code == 2 and "does not exist" in err
+    code, _, err = run(capsys, "targets")
+    assert code == 0
+    code, _, err = run(capsys, "profile", TINY, "--input-shape", "1,8,8", "--target", "fpga-intt", "-o", str(tmp_path / "s.json"))
+    assert code == 2 and "fpga-int" in err
+
+
+def test_pipeline_writes_run_dir_and_refuses_another_run(capsys, tmp_path, data):
+    run_dir = tmp_path / "run"
+    argv = [TINY, "--input-shape", "1,8,8", "--data", data, "--target", "fpga-int", "--budget", "5bit", "-o", str(run_dir)]
+    code, _, err = run(capsys, *argv)
+    assert code == 0, err
+    for name in ("sensitivity.json", "allocation.json", "report.json", "run.json"):
+        assert (run_dir / name).is_file()
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "complete"
+    code, _, err = run(capsys, *argv[:-4], "--budget", "3bit", "-o", str(run_dir))
+    assert code == 2 and "another run" in err
+
+
+def test_console_script_exit_codes(tmp_path):
+    exe = Path(sys.executable).with_name("infoq-deploy")
+    ok = subprocess.run([str(exe), "targets"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "fpga-int" in ok.stdout
+    bad = subprocess.run([str(exe), "inspect", str(tmp_path / "missing.py") + ":build", "--input-shape", "1,8,8"], capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert "Traceback" not in bad.stderr and bad.stderr.startswith("infoq-deploy: error:")

@@ -1,0 +1,156 @@
+"""QONNX / QCDQ export of a mixed-precision model, and verification of the exported file."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+import infoq_deploy.export as export_mod
+from infoq_deploy.brevitas_model import build_quant_model, calibrate
+from infoq_deploy.errors import UserError
+from infoq_deploy.export import export_model
+from infoq_deploy.quantizer import QuantSpec
+from infoq_deploy.verify import MIN_AGREEMENT, verify_export
+from test_brevitas_model import MIXED, inputs, make_tiny
+
+FORMATS = ["qonnx", "qcdq"]
+N_VERIFY = 300
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    gm, layers = make_tiny()
+    qmodel = build_quant_model(gm, layers, MIXED, QuantSpec())
+    calibrate(qmodel, inputs(200, 10), batch_size=64)
+    return gm, layers, qmodel
+
+
+@pytest.fixture(scope="module")
+def exported(tiny, tmp_path_factory):
+    _, _, qmodel = tiny
+    out = tmp_path_factory.mktemp("export")
+    paths = {}
+    for fmt in FORMATS:
+        paths[fmt] = out / f"tiny.{fmt}.onnx"
+        export_model(qmodel, inputs(1, 11), fmt, paths[fmt])
+    return paths
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_exported_file_verifies(tiny, exported, fmt):
+    gm, _, qmodel = tiny
+    x = inputs(N_VERIFY, 12)
+    with torch.no_grad():
+        labels = gm(x).argmax(dim=1)  # float model's predictions stand in for labels
+    result = verify_export(exported[fmt], fmt, qmodel, x, labels, allocation=MIXED)
+    assert result.n_inputs == N_VERIFY
+    assert result.bits_in_graph == MIXED
+    assert result.mismatches == []
+    assert result.agreement >= MIN_AGREEMENT
+    assert result.mean_abs_diff <= result.tolerance
+    assert result.quant_error > 0
+    assert result.ok
+    # top-1 of exported and Brevitas differ on at most the disagreeing inputs
+    assert abs(result.accuracy - result.reference_accuracy) <= 1 - result.agreement + 1e-12
+
+
+def _producer(model: onnx.ModelProto) -> dict:
+    return {out: n for n in model.graph.node for out in n.output}
+
+
+def _value(model: onnx.ModelProto, name: str) -> np.ndarray:
+    for init in model.graph.initializer:
+        if init.name == name:
+            return numpy_helper.to_array(init)
+    raise AssertionError(f"{name} is not an initializer")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_add_and_concat_inputs_share_one_scale_in_graph(exported, fmt):
+    model = onnx.load(str(exported[fmt]))
+    producer = _producer(model)
+    quant_op = "Quant" if fmt == "qonnx" else "DequantizeLinear"
+    joins = [n for n in model.graph.node if n.op_type in ("Add", "Concat")]
+    assert sorted(n.op_type for n in joins) == ["Add", "Concat"]
+    for node in joins:
+        srcs = [producer[i] for i in node.input]
+        assert [s.op_type for s in srcs] == [quant_op] * len(srcs), node.name
+        scales = [_value(model, s.input[1]) for s in srcs]
+        assert all(np.array_equal(scales[0], s) for s in scales[1:]), node.name
+        if fmt == "qonnx":
+            assert len({int(_value(model, s.input[3])) for s in srcs}) == 1  # same bit width too
+
+
+def test_verify_detects_a_model_that_differs_from_the_file(tiny, exported):
+    _, _, qmodel = tiny
+    rescaled = copy.deepcopy(qmodel)
+    with torch.no_grad():
+        rescaled.get_submodule("conv_b").input_quant.fused_activation_quant_proxy.tensor_quant.scaling_impl.value.mul_(3)
+    result = verify_export(exported["qcdq"], "qcdq", rescaled, inputs(50, 13), allocation=MIXED)
+    assert any("conv_b" in m and "scale" in m for m in result.mismatches)
+    assert not result.ok
+
+    shifted = copy.deepcopy(qmodel)
+    with torch.no_grad():
+        shifted.get_submodule("fc").bias.add_(0.05)  # a float layer: no scale or bit-width changes
+    result = verify_export(exported["qonnx"], "qonnx", shifted, inputs(50, 13), allocation=MIXED)
+    assert result.mismatches == []
+    assert result.mean_abs_diff > result.tolerance
+    assert not result.ok
+
+    wrong = {**MIXED, "dw": (4, 4)}
+    result = verify_export(exported["qcdq"], "qcdq", qmodel, inputs(20, 14), allocation=wrong)
+    assert any("dw" in m for m in result.mismatches)
+    assert not result.ok
+
+
+def test_qcdq_rejects_more_than_8_bits_qonnx_keeps_them(tmp_path):
+    gm, layers = make_tiny()
+    allocation = {**MIXED, "conv_a": (12, 6)}
+    qmodel = build_quant_model(gm, layers, allocation, QuantSpec())
+    calibrate(qmodel, inputs(64, 15))
+    with pytest.raises(UserError, match="conv_a"):
+        export_model(qmodel, inputs(1, 16), "qcdq", tmp_path / "wide.onnx")
+    assert not (tmp_path / "wide.onnx").exists()
+    export_model(qmodel, inputs(1, 16), "qonnx", tmp_path / "wide.qonnx.onnx")
+    result = verify_export(tmp_path / "wide.qonnx.onnx", "qonnx", qmodel, inputs(50, 17), allocation=allocation)
+    assert result.bits_in_graph["conv_a"] == (12, 6)
+    assert result.ok
+
+
+def test_bad_format_and_uncalibrated_model_raise(tiny, tmp_path):
+    gm, layers, qmodel = tiny
+    with pytest.raises(UserError, match="format"):
+        export_model(qmodel, inputs(1, 18), "tflite", tmp_path / "m.onnx")
+    fresh = build_quant_model(gm, layers, MIXED, QuantSpec())
+    with pytest.raises(UserError, match="calibrat"):
+        export_model(fresh, inputs(1, 18), "qonnx", tmp_path / "m.onnx")
+    with pytest.raises(UserError, match="format"):
+        verify_export(tmp_path / "m.onnx", "onnx", qmodel, inputs(4, 18))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_export_leaves_no_file(tiny, tmp_path, monkeypatch):
+    _, _, qmodel = tiny
+    dest = tmp_path / "model.onnx"
+
+    def interrupted(model, example, export_path, **kwargs):
+        with open(export_path, "wb") as f:
+            f.write(b"half an onnx file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export_mod, "export_qonnx", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_model(qmodel, inputs(1, 19), "qonnx", dest)
+    assert list(tmp_path.iterdir()) == []
+
+    dest.write_bytes(b"previous export")
+    with pytest.raises(KeyboardInterrupt):
+        export_model(qmodel, inputs(1, 19), "qonnx", dest)
+    assert dest.read_bytes() == b"previous export"
+    assert list(tmp_path.iterdir()) == [dest]

@@ -1,0 +1,364 @@
+"""InfoQ profiler: mechanics, determinism, cache, SIGKILL resume, suffix runner, bad input.
+
+The tiny CNN below has random (seeded) weights: these tests check mechanics only and
+make no accuracy claims. When the bundled Fashion-MNIST CNN and its data are installed,
+one test also profiles it end to end on a small subset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import nn
+
+from infoq_deploy.errors import UserError
+from infoq_deploy.fold_bn import FoldBatchNorm
+from infoq_deploy.layers import build_layer_table
+from infoq_deploy.model_sources import ImportedModel, Preprocess
+from infoq_deploy.profile_mse import calibrate_act_ranges
+from infoq_deploy.quantizer import QuantSpec
+from infoq_deploy.suffix_runner import Perturb, SuffixRunner, split_batches
+
+SHAPE = (1, 12, 12)
+CLASSES = 4
+
+
+class Tiny(nn.Module):
+    """Conv+BN, a residual add, a depthwise-separable pair, global pooling, a classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 8, 3, padding=1, bias=False)
+        self.b1 = nn.BatchNorm2d(8)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.c3 = nn.Conv2d(8, 8, 3, padding=1)
+        self.dw = nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8)
+        self.pw = nn.Conv2d(8, 16, 1)
+        self.relu = nn.ReLU(inplace=True)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, CLASSES)
+
+    def forward(self, x):
+        x = self.relu(self.b1(self.c1(x)))
+        x = self.relu(x + self.c3(F.relu(self.c2(x))))
+        x = F.relu(self.pw(F.relu(self.dw(x))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def tiny_model(poison: str | None = None) -> ImportedModel:
+    torch.manual_seed(0)
+    net = Tiny()
+    with torch.no_grad():
+        net.b1.running_mean.uniform_(-0.1, 0.1)
+        net.b1.running_var.uniform_(0.5, 1.5)
+    net.eval()
+    with torch.no_grad():
+        # centre and spread the random logits so the predictions use every class
+        logits = net(tiny_data().x)
+        net.fc.weight.mul_(3.0 / logits.std(0).mean())
+        net.fc.bias.sub_(net(tiny_data().x).mean(0))
+        if poison is not None:
+            getattr(net, poison).weight.fill_(3e38)
+    gm = torch.fx.symbolic_trace(net)
+    h = hashlib.sha256()
+    for k, v in net.state_dict().items():
+        h.update(k.encode() + v.numpy().tobytes())
+    return ImportedModel(
+        spec="test:tiny",
+        graph=gm,
+        layers=build_layer_table(gm, SHAPE),
+        preprocess=Preprocess(SHAPE, (0.0,), (1.0,), num_classes=CLASSES),
+        fingerprint=h.hexdigest(),
+    )
+
+
+@dataclass
+class FakeData:
+    x: torch.Tensor
+    y: torch.Tensor | None
+    classes: list | None = None
+    source: str = "test data"
+    sha256: str = ""
+
+    def __post_init__(self):
+        if not self.sha256:
+            h = hashlib.sha256(self.x.numpy().tobytes())
+            if self.y is not None:
+                h.update(self.y.numpy().tobytes())
+            self.sha256 = h.hexdigest()
+
+
+def tiny_data(n: int = 160, labels: bool = False) -> FakeData:
+    """Smooth random images (blobs), so pooling-based embeddings carry signal."""
+    g = torch.Generator().manual_seed(1)
+    coarse = torch.randn(n, 1, 3, 3, generator=g)
+    x = F.interpolate(coarse, size=SHAPE[1:], mode="bilinear", align_corners=False)
+    x = x + 0.1 * torch.randn(n, *SHAPE, generator=g)
+    y = torch.arange(n) % CLASSES if labels else None
+    return FakeData(x=x.float(), y=y)
+
+
+@dataclass
+class Bits:
+    bits: list
+
+
+@dataclass
+class FakeTarget:
+    """What the profiler reads from a target (name, bits, quant_spec)."""
+
+    name: str = "test-target"
+    weights: Bits = field(default_factory=lambda: Bits([2, 4, 8]))
+    activations: Bits = field(default_factory=lambda: Bits([3, 8, 32]))
+    spec: QuantSpec = field(default_factory=lambda: QuantSpec(weight_per_channel=True, weight_po2=True, act_po2=True))
+
+    def quant_spec(self) -> QuantSpec:
+        return self.spec
+
+
+def run_profile(cache_dir, **kw):
+    from infoq_deploy.profile_infoq import profile_infoq
+
+    kw.setdefault("n_proj", 8)
+    model = kw.pop("model", None) or tiny_model()
+    data = kw.pop("data", None) or tiny_data()
+    target = kw.pop("target", None) or FakeTarget()
+    return profile_infoq(model, target, data, cache_dir=cache_dir, progress=False, **kw)
+
+
+def scores(table) -> dict:
+    return {"w": table.weights, "a": table.activations}
+
+
+# ------------------------------------------------------------------ suffix runner
+
+
+def test_suffix_runner_matches_full_forward_at_every_cut():
+    model = tiny_model()
+    gm = FoldBatchNorm().apply(model.graph)
+    layers = build_layer_table(gm, SHAPE)
+    x = tiny_data(70).x
+    with torch.no_grad():
+        ref = gm(x)
+    runner = SuffixRunner(gm, layers, base_bits=32)
+    frontier, at = runner.start(split_batches(x, 25)), 0
+    assert any(len(runner.frontier_names(runner.cut(l.name))) > 1 for l in layers), "no residual cut exercised"
+    for layer in layers:
+        cut = runner.cut(layer.name)
+        frontier, at = runner.advance(frontier, at, cut), cut
+        out = runner.run(frontier, cut, {runner.result_node: None})[runner.result_node]
+        assert (out - ref).abs().max().item() < 1e-5, layer.name
+
+    # quantized: a suffix from any cut equals the full quantized run, perturbed or not
+    spec = QuantSpec(weight_po2=True, act_po2=True)
+    q = SuffixRunner(gm, layers, spec, calibrate_act_ranges(gm, layers, x, spec), 8)
+    start = q.start(split_batches(x, 25))
+    frontier, at = start, 0
+    for layer in layers:
+        cut = q.cut(layer.name)
+        frontier, at = q.advance(frontier, at, cut), cut
+        for p in (None, Perturb(layer.name, "w", 2), Perturb(layer.name, "a", 3)):
+            full = q.run(start, 0, {q.result_node: None}, p)[q.result_node]
+            part = q.run(frontier, cut, {q.result_node: None}, p)[q.result_node]
+            assert (full - part).abs().max().item() < 1e-5, (layer.name, p)
+    # the frontier was not mutated by the runs (in-place ReLU switched off)
+    again = q.run(q.start(split_batches(x, 25)), 0, {q.result_node: None})[q.result_node]
+    assert torch.equal(again, q.run(start, 0, {q.result_node: None})[q.result_node])
+
+
+# ------------------------------------------------------------------ the table
+
+
+def test_table_complete_finite_and_zero_at_8_bits(tmp_path):
+    table = run_profile(tmp_path / "cache", plots_dir=tmp_path / "plots")
+    names = [layer.name for layer in table.layers]
+    assert names == ["c1", "c2", "c3", "dw", "pw", "fc"]
+    for name in names:
+        assert sorted(table.weights[name]) == [2, 4, 8]
+        assert sorted(table.activations[name]) == [3, 8, 32]
+        assert table.weights[name][8] == 0.0 and table.activations[name][8] == 0.0
+        assert table.activations[name][32] == 0.0
+        for v in [*table.weights[name].values(), *table.activations[name].values()]:
+            assert np.isfinite(v) and v >= 0.0
+    assert any(table.weights[n][2] > 0 for n in names)
+    meta = table.meta
+    assert meta["method"] == "infoq"
+    assert meta["labels"] == "predictions"
+    s = meta["settings"]
+    assert (s["n_proj"], s["k"], s["seed"], s["calib_size"], s["baseline_bits"]) == (8, 3, 0, 160, 8)
+    assert s["encoder"]["name"] == "pool-pca" and s["use_inverse_bits"] is True
+    assert meta["observers"] and all(o["kind"] in ("XL", "LY") for o in meta["observers"])
+    assert set(meta["timings"]) >= {"total_s", "forward_s", "estimator_s"}
+    assert "correlation_fallback" in meta and meta["model_fingerprint"] and meta["data_hash"]
+    assert {c["role"] for c in meta["candidates"]} == {"layer", "global-pool"}
+    for png in ("sensitivity.png", "observers.png"):
+        assert (tmp_path / "plots" / png).read_bytes()[:4] == b"\x89PNG"
+    # the saved table loads back as the same scores
+    from infoq_deploy.sensitivity import load_sensitivity
+
+    table.save(tmp_path / "t.json")
+    back = load_sensitivity(tmp_path / "t.json")
+    assert scores(back) == scores(table)
+
+
+def test_deterministic_and_inverse_bits_ablation(tmp_path):
+    a = run_profile(tmp_path / "a", data=tiny_data(labels=True))
+    b = run_profile(tmp_path / "b", data=tiny_data(labels=True))
+    assert scores(a) == scores(b)
+    assert a.meta["observers"] == b.meta["observers"] and a.meta["labels"] == "true"
+    c = run_profile(tmp_path / "c", data=tiny_data(labels=True), use_inverse_bits=False)
+    for name, d in a.weights.items():
+        for bits, v in d.items():
+            assert v == pytest.approx(c.weights[name][bits] / bits if bits < 8 else 0.0, rel=1e-12, abs=0)
+
+
+def test_cache_hit_is_fast(tmp_path):
+    first = run_profile(tmp_path)
+    t = time.perf_counter()
+    second = run_profile(tmp_path)
+    assert time.perf_counter() - t < 0.5
+    assert second.meta["cache_hit"] is True and scores(second) == scores(first)
+    assert not list(tmp_path.glob("*.partial.json"))
+    # any setting change is another key
+    third = run_profile(tmp_path, seed=1)
+    assert third.meta["cache_key"] != first.meta["cache_key"]
+
+
+_CHILD = r"""
+import sys, time
+sys.path.insert(0, {tests!r})
+import test_profile_infoq as t
+from infoq_deploy import profile_cache
+
+orig = profile_cache.ProfileCache.save_partial
+def slow_save(self, state):
+    orig(self, state)
+    if state.get("sweep"):
+        time.sleep(30)  # the parent kills us here, mid-sweep
+profile_cache.ProfileCache.save_partial = slow_save
+t.run_profile({cache!r})
+print("finished", flush=True)
+"""
+
+
+def test_sigkill_mid_sweep_resumes_to_the_same_table(tmp_path):
+    cache = tmp_path / "killed"
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD.format(tests=str(Path(__file__).parent), cache=str(cache)))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    partial = None
+    deadline = time.time() + 90
+    try:
+        while time.time() < deadline:
+            found = list(cache.glob("*.partial.json"))
+            if found:
+                try:
+                    state = json.loads(found[0].read_text())
+                except ValueError:
+                    state = {}
+                if state.get("sweep"):
+                    partial = state
+                    break
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert partial is not None, proc.stderr.read().decode()[-2000:]
+    assert proc.returncode == -signal.SIGKILL
+    assert not list(cache.glob("*[0-9a-f].json")), "the table must not exist before the sweep ends"
+    n_done = len(partial["sweep"])
+    assert 0 < n_done < 6
+
+    resumed = run_profile(cache)
+    fresh = run_profile(tmp_path / "fresh")
+    assert resumed.meta["resumed"] is True and fresh.meta["resumed"] is False
+    assert scores(resumed) == scores(fresh)
+    assert resumed.meta["observers"] == fresh.meta["observers"]
+    assert resumed.meta["baseline"] == fresh.meta["baseline"]
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def _one_sentence(exc: UserError) -> str:
+    msg = str(exc)
+    assert "\n" not in msg and msg
+    return msg
+
+
+def test_bad_input_errors(tmp_path):
+    with pytest.raises(UserError) as e:
+        run_profile(tmp_path, data=tiny_data(10))
+    assert "at least 20" in _one_sentence(e.value) and "got 10" in str(e.value)
+
+    with pytest.raises(UserError) as e:
+        run_profile(tmp_path, data=FakeData(x=torch.zeros(0, *SHAPE), y=None))
+    assert "no images" in _one_sentence(e.value)
+
+    d = tiny_data()
+    d.y = torch.arange(len(d.x)) % 7
+    with pytest.raises(UserError) as e:
+        run_profile(tmp_path, data=d)
+    assert "classes" in _one_sentence(e.value)
+
+    with pytest.raises(UserError) as e:
+        run_profile(tmp_path, data=FakeData(x=torch.zeros(40, 1, 10, 10), y=None))
+    assert "(1, 12, 12)" in _one_sentence(e.value)
+
+    bad = tiny_data()
+    bad.x[3, 0, 2, 2] = float("nan")
+    with pytest.raises(UserError) as e:
+        run_profile(tmp_path, data=FakeData(x=bad.x, y=None))
+    assert "NaN" in _one_sentence(e.value)
+
+    with pytest.raises(UserError) as e:
+        run_profile(tmp_path, model=tiny_model(poison="c2"))
+    assert "layer c2" in _one_sentence(e.value)
+
+    wrong = tiny_model()
+    wrong.preprocess = Preprocess((2, 12, 12), (0.0, 0.0), (1.0, 1.0), num_classes=CLASSES)
+    with pytest.raises(UserError):
+        run_profile(tmp_path, model=wrong, data=FakeData(x=torch.zeros(40, 2, 12, 12), y=None))
+    assert not list(tmp_path.glob("*.json")), "no table may be written for bad input"
+
+
+# ------------------------------------------------------------------ bundled model
+
+
+def _fashion():
+    try:
+        from infoq_deploy.data import load_data
+        from infoq_deploy.model_sources import load_model
+        from infoq_deploy.targets import load_target
+
+        model = load_model("zoo:fashion-cnn")
+        data = load_data("builtin:fashion-mnist", model.preprocess, limit=200, seed=0)
+        return model, data, load_target("fpga-int")
+    except (ImportError, UserError) as exc:
+        pytest.skip(f"bundled Fashion-MNIST CNN or its data not available: {exc}")
+
+
+def test_fashion_cnn_end_to_end(tmp_path):
+    model, data, target = _fashion()
+    table = run_profile(tmp_path, model=model, data=data, target=target)
+    assert [l.name for l in table.layers] == list(table.weights)
+    for name in table.weights:
+        assert sorted(table.weights[name]) == sorted(set(target.weights.bits))
+        assert table.weights[name][8] == 0.0
+        assert all(np.isfinite(v) and v >= 0 for v in table.weights[name].values())
+    assert table.meta["observers"]

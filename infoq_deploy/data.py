@@ -131,7 +131,7 @@ def load_data(spec: str | Path, preprocess: Preprocess, limit: int | None = None
     x = normalise(arr, preprocess)
     y_t = None if y is None else torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
     if limit is not None:
-        desc += f", random subset of {limit} (seed {seed})"
+        desc += f", random subset of {limit} (seed {seed}{', class-stratified' if y is not None else ''})"
     if override is not None:
         desc += f", labels from {labels}"
     return Dataset(x=x, y=y_t, classes=classes, source=desc, sha256=content_hash(x, y_t))

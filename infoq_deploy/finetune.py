@@ -134,6 +134,10 @@ def _param_groups(model: nn.Module, cfg: FinetuneConfig) -> list[dict]:
     return groups
 
 
+def _optimizer(model: nn.Module, cfg: FinetuneConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 def _settle_runtime_stats(model: nn.Module) -> None:
     """Freeze activation scales still collecting runtime statistics into learned values.
 
@@ -284,13 +288,15 @@ def finetune(qmodel: nn.Module, train: Dataset, eval: Dataset, cfg: FinetuneConf
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
     _settle_runtime_stats(qmodel)
     augment = _augment_mode(cfg, train.x)
-    opt = torch.optim.AdamW(_param_groups(qmodel, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     if resume and last_path.is_file():
         ckpt = _load(last_path)
         _check_checkpoint(ckpt, last_path, identity, cfg)
+        # Brevitas rebuilds its quantizers (new scale Parameters) on load_state_dict,
+        # so the optimizer must be made after loading, never before.
         qmodel.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
+        opt = _optimizer(qmodel, cfg)
+        opt.load_state_dict(ckpt["optimizer"])  # also restores each group's base_lr
         start_epoch = int(ckpt["epoch"])
         history = list(ckpt["history"])
         best_epoch, best_acc = int(ckpt["best_epoch"]), float(ckpt["best_accuracy"])
@@ -298,6 +304,7 @@ def finetune(qmodel: nn.Module, train: Dataset, eval: Dataset, cfg: FinetuneConf
         if not best_path.is_file():
             raise UserError(f"{best_path} is missing although {last_path} is there; delete {ckpt_dir} to start over")
     else:
+        opt = _optimizer(qmodel, cfg)
         start_epoch, history = 0, []
         start_acc = accuracy(qmodel, eval.x, eval.y)
         best_epoch, best_acc = 0, start_acc

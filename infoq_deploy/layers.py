@@ -81,8 +81,10 @@ def build_layer_table(gm: torch.fx.GraphModule, input_shape: tuple[int, ...]) ->
         with torch.no_grad():
             ShapeProp(gm).propagate(example)
     except Exception as exc:  # the model's own error says why the shape is wrong
+        cause = exc.__cause__ or exc  # ShapeProp wraps the real error in a multi-line message
+        reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
         raise UserError(
-            f"the model rejects inputs of shape {tuple(input_shape)} ({type(exc).__name__}: {exc}); "
+            f"the model rejects inputs of shape {tuple(input_shape)} ({reason}); "
             "pass the right one with --input-shape C,H,W"
         ) from None
     finally:

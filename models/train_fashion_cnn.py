@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import hashlib
+import io
 import json
 import math
 import os
@@ -109,6 +110,15 @@ def write_subset(path: Path, seed: int) -> dict:
     return arrays
 
 
+def save_state_dict(state: dict, path: Path) -> None:
+    # Through a buffer: torch.save names the zip's root folder after the file,
+    # and the atomic temp name is random, so bytes (and sha256) would differ.
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.getvalue())
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -133,8 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     result = train(args)
     model = result["model"]
     out: Path = args.out
-    with atomic_path(out) as tmp:
-        torch.save(model.state_dict(), tmp)
+    save_state_dict(model.state_dict(), out)
     subset_path = out.with_name("fashion_calib.npz")
     arrays = write_subset(subset_path, args.subset_seed)
     eval_x = normalise(arrays["eval_x"][:, None], PREPROCESS)

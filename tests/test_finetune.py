@@ -74,7 +74,7 @@ def test_accuracy_and_predict_agree_with_a_direct_computation(toy):
     assert accuracy(gm, evals.x, evals.y, batch_size=37) == pytest.approx(expected)
 
 
-def test_finetuning_recovers_accuracy_and_learns_scales(toy, tmp_path):
+def test_finetuning_recovers_accuracy_and_learns_scales(toy, tmp_path, capsys):
     gm, _, train, evals = toy
     float_acc = accuracy(gm, evals.x, evals.y)
     q = quantized(toy)
@@ -84,7 +84,9 @@ def test_finetuning_recovers_accuracy_and_learns_scales(toy, tmp_path):
     scales = {n: p.detach().clone() for n, p in scale_parameters(q).items()}
     assert any("weight_quant" in n for n in scales) and any("input_quant" in n for n in scales)
 
-    result = finetune(q, train, evals, FinetuneConfig(epochs=4, **CFG), tmp_path, IDENTITY, progress=False)
+    result = finetune(q, train, evals, FinetuneConfig(epochs=4, **CFG), tmp_path, IDENTITY, progress=True)
+    captured = capsys.readouterr()
+    assert "fine-tune epoch 4/4" in captured.err and captured.out == ""  # progress on stderr only
 
     assert result.start_accuracy == pytest.approx(ptq_acc)
     assert result.best_accuracy > ptq_acc + 0.1

@@ -15,6 +15,14 @@ everywhere"). Two Brevitas defaults differ from that reference and are replaced:
   collects the global min/max with Brevitas's quantization disabled, then sets each
   activation quantizer's signedness and learned scale from them.
 
+Biases of layers with quantized weights and inputs are int32 at the accumulator scale
+(input scale x weight scale, Brevitas's `Int32Bias`), as integer hardware adds them.
+ONNX Runtime does the same to a float bias between DequantizeLinear'd inputs and weights
+(its WeightBiasQuantization pass), so with a float bias the QCDQ file would not compute
+what the model computes (ResNet-20 at 4 bits: 86 % top-1 agreement on 1,000 CIFAR-10
+images, 100 % with the int32 bias). `quantizer.py` leaves biases in float: a difference
+of at most half an accumulator step per output.
+
 Scales are learned parameters (weights: initialised from the weight's max, activations:
 from the calibrated max), so LSQ-style fine-tuning is a plain optimizer loop.
 
@@ -45,6 +53,7 @@ from brevitas.graph.calibrate import quantization_status_manager
 from brevitas.inject.enum import RestrictValueType, ScalingImplType, ScalingPerOutputType, StatsOp
 from brevitas.nn.quant_layer import QuantWeightBiasInputOutputLayer
 from brevitas.quant.base import IntQuant, NarrowIntQuant
+from brevitas.quant.scaled_int import Int32Bias
 from brevitas.quant.solver import ActQuantSolver, WeightQuantSolver
 from torch import Tensor, nn
 
@@ -222,10 +231,11 @@ def _check_allocation(gm: torch.fx.GraphModule, layers: list[Layer], allocation:
 
 def _quant_layer(module: nn.Module, w_bits: int, a_bits: int, spec: QuantSpec) -> nn.Module:
     cls = _QUANT_CLASS[type(module)]
+    integer = w_bits < FLOAT_BITS and a_bits < FLOAT_BITS
     common = dict(
         weight_quant=weight_quantizer(w_bits, spec),
         input_quant=act_quantizer(a_bits, spec),
-        bias_quant=None,  # bias stays float: the reference quantizes weights and inputs only
+        bias_quant=Int32Bias if integer and module.bias is not None else None,
         return_quant_tensor=False,
         bias=module.bias is not None,
         device=module.weight.device,
@@ -326,7 +336,8 @@ def _insert_join_quantizers(gm: torch.fx.GraphModule, allocation, spec: QuantSpe
         name = f"{node.name}_quant"
         while hasattr(gm, name):
             name += "_"
-        gm.add_submodule(name, qnn.QuantIdentity(act_quant=act_quantizer(join_bits, spec), return_quant_tensor=False))
+        join = qnn.QuantIdentity(act_quant=act_quantizer(join_bits, spec), return_quant_tensor=False)
+        gm.add_submodule(name, join.train(gm.training))
         names.append(name)
         quantized = {}
         with gm.graph.inserting_before(node):

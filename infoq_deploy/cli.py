@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from . import __version__
@@ -84,12 +85,22 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     _profile_args(run_parser)
     run_parser.add_argument("--budget", action="append", required=True, help="repeat for several budgets")
     run_parser.add_argument("--alpha", type=float, default=1.0)
+    run_parser.add_argument("--eval-data", help="held-out labelled data for accuracy and verification (default: half of --data)")
+    run_parser.add_argument("--eval-size", type=int, default=None, help="evaluation samples (default: all)")
+    run_parser.add_argument("--train-data", help="fine-tuning data (default: the calibration data)")
+    run_parser.add_argument("--epochs", type=int, default=0, help="quantization-aware fine-tuning epochs (default 0: post-training only)")
+    run_parser.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate")
+    run_parser.add_argument("--batch-size", type=int, default=128, help="fine-tuning batch size")
+    run_parser.add_argument("--resume", action="store_true", help="continue an interrupted run in the same -o RUN_DIR")
+    run_parser.add_argument("--verify-size", type=int, default=None, help="held-out samples the exported graph is run on (default: all)")
     run_parser.add_argument("-o", "--output", default=None, help="run directory (default runs/<model>-<target>)")
     run_parser.add_argument("--json", action="store_true", help="print the run summary as JSON")
     return sub_parser, run_parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Brevitas announces an optional CUDA kernel package at import; it is irrelevant here.
+    warnings.filterwarnings("ignore", message="fast_hadamard_transform package not found")
     argv = list(sys.argv[1:] if argv is None else argv)
     sub_parser, run_parser = build_parsers()
     try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 from . import __version__, stages
@@ -16,9 +15,6 @@ from .inspect_report import format_layer_table, inspect_json
 from .model_sources import load_model
 from .sensitivity import load_sensitivity
 from .targets import list_targets, load_target
-
-RUN_FILE = "run.json"
-
 
 def _load(args):
     return load_model(args.model, weights=args.weights, input_shape=args.input_shape, data_root=args.data_root)
@@ -116,80 +112,40 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", Path(text).stem if text.endswith(".onnx") else text).strip("-").lower()
 
 
-def _claim_run_dir(run_dir: Path, inputs: dict) -> None:
-    """A run directory holds one run: refuse one that holds another run's files."""
-    if not run_dir.exists():
-        return
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir} exists and is not a directory; pick another -o RUN_DIR")
-    marker = run_dir / RUN_FILE
-    if marker.is_file():
-        previous = json.loads(marker.read_text()).get("inputs")
-        if previous != inputs:
-            raise UserError(
-                f"{run_dir} already holds another run (different model, data, target or budget); "
-                "pick a new -o RUN_DIR or delete that one"
-            )
-    elif any(run_dir.iterdir()):
-        raise UserError(f"{run_dir} is not empty and holds no infoq-deploy run; pick a new -o RUN_DIR")
-
-
 def cmd_run(args) -> int:
+    from .pipeline import RunConfig, run
+
+    default = args.model is None
     model_spec = args.model or stages.DEFAULT_MODEL
-    data_spec = args.data or (stages.DEFAULT_DATA if args.model is None else None)
-    target = load_target(args.target)
-    inputs = {
-        "model": model_spec,
-        "weights": args.weights,
-        "data": data_spec,
-        "target": target.name,
-        "budgets": args.budget,
-        "alpha": args.alpha,
-        "method": args.method or "mse",
-        "seed": args.seed,
-        "calib_size": args.calib_size,
-    }
-    run_dir = Path(args.output or Path("runs") / f"{_slug(model_spec)}-{target.name}")
-    _claim_run_dir(run_dir, inputs)
-    # Validate every budget before the expensive stages run.
-    from .budgets import parse_budget
-
-    for text in args.budget:
-        parse_budget(text)
-
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    model = load_model(model_spec, weights=args.weights, input_shape=args.input_shape, data_root=args.data_root)
-    timings["import"] = time.perf_counter() - t0
-
-    args.data = data_spec
-    t0 = time.perf_counter()
-    table = _profile(args, model, target)
-    timings["profile"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    alloc = stages.allocate_table(table, target, args.budget, alpha=args.alpha)
-    timings["allocate"] = time.perf_counter() - t0
-    alloc_doc = allocation_to_json(alloc, target, table.meta)
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / RUN_FILE, {"tool_version": __version__, "inputs": inputs, "status": "running"})
-    table.save(run_dir / "sensitivity.json")
-    write_json(run_dir / "allocation.json", alloc_doc)
-    summary = {
-        "tool_version": __version__,
-        "inputs": inputs,
-        "model": {"spec": model.spec, "layers": len(table.layers)},
-        "stages_done": ["import", "profile", "allocate"],
-        "timings_s": {k: round(v, 3) for k, v in timings.items()},
-        "allocation": {"cost": alloc_doc["cost"], "budgets": alloc_doc["budgets"]},
-    }
-    write_json(run_dir / "report.json", summary)
-    write_json(run_dir / RUN_FILE, {"tool_version": __version__, "inputs": inputs, "status": "complete"})
+    target_name = Path(args.target).stem if args.target.endswith(".toml") else args.target
+    cfg = RunConfig(
+        model=model_spec,
+        target=args.target,
+        budgets=list(args.budget),
+        run_dir=Path(args.output or Path("runs") / f"{_slug(model_spec)}-{target_name}"),
+        weights=args.weights,
+        input_shape=args.input_shape,
+        data_root=args.data_root,
+        data=args.data or (stages.DEFAULT_DATA if default else None),
+        eval_data=args.eval_data or (stages.DEFAULT_EVAL_DATA if default and args.data is None else None),
+        train_data=args.train_data,
+        labels=args.labels,
+        calib_size=args.calib_size,
+        eval_size=args.eval_size,
+        verify_size=args.verify_size,
+        method=args.method or "infoq",
+        alpha=args.alpha,
+        seed=args.seed,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        resume=args.resume,
+        progress=not args.json,
+    )
+    summary = run(cfg)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        _print_allocation(alloc_doc)
-        print(f"stage timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()))
-        print(f"wrote {run_dir}/ (sensitivity.json, allocation.json, report.json)")
+        print((Path(summary["run_dir"]) / "report.md").read_text())
+        print(f"wrote {summary['run_dir']}/ (model.onnx, report.md, report.json, allocation.json, sensitivity.json, plots)")
     return 0

@@ -8,9 +8,13 @@ optimizer as the weights. Choices, and why:
   magnitude (LSQ needs a hand-tuned gradient scale 1/sqrt(N*Qp) to make SGD work);
   Adam normalises every parameter's step by its own gradient statistics, so no
   per-layer gradient scaling is needed and one learning rate works across layers.
-- Scales get their own learning rate (``scale_lr``): a linear-domain scale is
-  ~1e-2 for weights, so an absolute Adam step of the weights' size would move it
-  by tens of percent per step.
+- Scales get a relative learning rate (``scale_lr`` x the scale's mean size): Brevitas
+  stores a scale as its clipping range, ~0.1 for weights and ~1..20 for activations,
+  and Adam's step is about the learning rate in absolute terms, so no single absolute
+  rate suits both.
+- Brevitas rebuilds its quantizers (fresh scale Parameters) inside ``load_state_dict``:
+  an optimizer made before a load would train orphaned tensors, so on resume the
+  model is loaded first and the optimizer made after.
 - No weight decay on scales or biases (decaying a scale shrinks the clipping range,
   which is not what it should learn); decoupled (AdamW) decay on weights, off by
   default because a short fine-tune from trained weights gains nothing from it.
@@ -23,6 +27,11 @@ optimizer as the weights. Choices, and why:
 - Augmentation (``augment="auto"``): for 3x32x32 inputs (CIFAR-style) a random
   crop after 4-pixel zero padding of the normalised image (i.e. padding with the
   mean colour) and a horizontal flip with p=0.5; none for other shapes.
+- Defaults (Adam lr 1e-4 for weights, scales 1e-3 of their own size per step), measured
+  on the zoo ResNet-20, CIFAR-10 JPEG, po2 scales, 3-bit weights / 4-bit activations
+  inside, 8/8 first and last; 10,000 training images, batch 128, accuracy on 2,000 test
+  images (float 80.3%): PTQ 23.5% -> 64.5% after one epoch -> 69.2% after two. Ten times
+  both rates (1e-3 / 1e-2) diverged: 18.6% after one epoch.
 - The starting (calibrated, PTQ) model counts as epoch 0 when picking the best, so
   fine-tuning never hands back a model worse on the evaluation set than it got.
 """
@@ -32,7 +41,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch

@@ -27,6 +27,8 @@ def _pyplot():
 
 def plot_sensitivity(table, path: str | Path) -> None:
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     names = [layer.name for layer in table.layers]
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=False)
     for ax, (title, scores) in zip(axes, (("weights", table.weights), ("input activations", table.activations))):
@@ -42,6 +44,7 @@ def plot_sensitivity(table, path: str | Path) -> None:
             ax.plot(xs, ys, marker="o", ms=3, lw=1.2, color=cmap(i), label=f"{b}-bit")
         if log:
             ax.set_yscale("log")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"InfoQ sensitivity, {title}")
         ax.set_xlabel("layer index")
         ax.set_ylabel("score S(l, b)" + (" (log)" if log else ""))

@@ -375,6 +375,9 @@ def profile_infoq(
         _note(selection.note)
 
     obs_for = {name: layer_observers(runner, name, selection, candidates) for name in names}
+    upstream = {
+        c.node: [name for name in names if c.node in runner.descendants(runner.layer_node[name])] for c in candidates
+    }
 
     # ---- the sweep: remaining (layer, bits) for weights and activations
     for name in names:
@@ -463,9 +466,9 @@ def profile_infoq(
             "threshold": 0.7,
             "acc_drop": acc_drop,
             "table": [c.to_json() for c in correlations],
+            # the points each r was computed from: {observer node: {kind: {upstream layer: ΔSMI}}}
             "dsmi": {
-                c.node: {kd: {name: dsmi_corr[name][c.node][kd] for name in names if c.node in dsmi_corr.get(name, {})}
-                         for kd in KINDS}
+                c.node: {kd: {name: dsmi_corr[name][c.node][kd] for name in upstream[c.node]} for kd in KINDS}
                 for c in candidates
             } if corr_what else {},
         },

@@ -258,11 +258,7 @@ def render_markdown(doc: dict) -> str:
     lines += ["## Verification", ""]
     verify = doc["verify"]
     if verify:
-        for k, v in verify.items():
-            if isinstance(v, dict):
-                lines += [f"- **{k}**:"] + [f"  - {kk}: {_fmt(vv)}" for kk, vv in v.items()]
-            else:
-                lines.append(f"- **{k}**: {_fmt(v)}")
+        lines += _verify_lines(verify, alloc)
     else:
         lines.append("Not run.")
     lines.append("")
@@ -299,6 +295,28 @@ def render_markdown(doc: dict) -> str:
     for name, why in doc["plots_skipped"].items():
         lines.append(f"- {name} not drawn: {why}")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _verify_lines(verify: dict, alloc: dict) -> list[str]:
+    """verify.VerifyResult.to_json(), or any flat dict; graph bits are checked against the allocation."""
+    lines = []
+    for k, v in verify.items():
+        if k == "bits_in_graph" and isinstance(v, dict):
+            wanted = {l["name"]: [l["w_bits"], l["a_bits"]] for l in alloc["layers"]}
+            wrong = [f"{n}: graph {_fmt(v.get(n))}, allocated {_fmt(b)}" for n, b in wanted.items()
+                     if list(v.get(n) or []) != b]
+            lines.append(f"- **bits check**: {len(wanted) - len(wrong)}/{len(wanted)} layers carry the allocated "
+                         "(w_bits, a_bits) in the exported graph")
+            lines += [f"  - {w}" for w in wrong]
+        elif k == "agreement" and isinstance(v, float):
+            lines.append(f"- **agreement** (top-1, exported vs Brevitas): {fmt_acc(v)}")
+        elif isinstance(v, dict):
+            lines.append(f"- **{k}**: " + ", ".join(f"{kk} {_fmt(vv)}" for kk, vv in v.items()))
+        elif isinstance(v, list):
+            lines += [f"- **{k}**: {'none' if not v else ''}"] + [f"  - {_fmt(item)}" for item in v]
+        else:
+            lines.append(f"- **{k}**: {_fmt(v)}")
+    return lines
 
 
 # ---------------------------------------------------------------- entry point

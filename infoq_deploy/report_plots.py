@@ -65,17 +65,20 @@ def plot_bits_per_layer(path: Path, names: list[str], w_bits: list[int], a_bits:
             if b >= FLOAT_BITS:
                 bar.set_hatch("//")
                 bar.set_alpha(0.5)
-    ax.set_ylim(0, top + 1)
-    ax.set_yticks(list(range(0, top - 1)) + [top])
-    ax.set_yticklabels([str(t) for t in range(0, top - 1)] + ["float"])
+    any_float = any(b >= FLOAT_BITS for b in [*w_bits, *a_bits])
+    ticks = list(range(0, top - 1)) + ([top] if any_float else [])
+    ax.set_ylim(0, (top if any_float else top - 2) + 1)
+    ax.set_yticks(ticks)
+    ax.set_yticklabels([str(t) for t in range(0, top - 1)] + (["float"] if any_float else []))
     ax.set_ylabel("bits")
     ax.set_xlim(-0.7, n - 0.3)
     _layer_ticks(ax, names, "x")
     ax.set_xlabel("layer" if n <= MAX_NAMED else "layer index")
     ax.set_title("Bit-widths per layer")
-    ax.legend(handles=[Patch(color="tab:blue", label="weights"), Patch(color="tab:orange", label="activations"),
-                       Patch(facecolor="white", edgecolor="black", hatch="//", label="float")],
-              loc="upper right", fontsize=8)
+    handles = [Patch(color="tab:blue", label="weights"), Patch(color="tab:orange", label="activations")]
+    if any_float:
+        handles.append(Patch(facecolor="white", edgecolor="black", hatch="//", label="float"))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)  # outside: bars reach the top
     ax.grid(axis="y", alpha=0.3)
     _save(fig, path)
 

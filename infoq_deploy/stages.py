@@ -21,7 +21,8 @@ from .sensitivity import SensitivityTable
 from .targets import Target, load_target
 
 DEFAULT_MODEL = "zoo:fashion-cnn"
-DEFAULT_DATA = "builtin:fashion-mnist"
+DEFAULT_DATA = "builtin:fashion-mnist"  # 1,000 training images, committed
+DEFAULT_EVAL_DATA = "builtin:fashion-mnist:eval"  # 1,000 test images, committed
 
 
 def deployable(model: ImportedModel) -> ImportedModel:

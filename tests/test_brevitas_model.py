@@ -102,6 +102,31 @@ def test_read_bits_equal_allocation():
     assert read_bits(qmodel) == MIXED
 
 
+def test_bias_is_int32_at_accumulator_scale_only_for_integer_layers():
+    gm, layers = make_tiny()
+    qmodel = build_quant_model(gm, layers, MIXED, QuantSpec())
+    calibrate(qmodel, inputs(64, 8))
+    layer_inputs = float_layer_inputs(gm, [layer.name for layer in layers], inputs(4, 9))
+    checked = 0
+    for layer in layers:
+        module = qmodel.get_submodule(layer.name)
+        integer = MIXED[layer.name][0] < 32 and MIXED[layer.name][1] < 32 and module.bias is not None
+        quant = getattr(module, "bias_quant", None)
+        assert (quant is not None and quant.is_quant_enabled) == integer, layer.name
+        if not integer:
+            continue
+        x = layer_inputs[layer.name]
+        q_in = module.input_quant(x)
+        q_w = module.quant_weight()
+        acc_scale = q_in.scale * q_w.scale.reshape(-1)
+        q_bias = torch.round(module.bias / acc_scale) * acc_scale
+        with torch.no_grad():
+            expected = module._conv_forward(q_in.value, q_w.value, q_bias)
+            assert torch.allclose(module(x), expected, rtol=0, atol=1e-6), layer.name
+        checked += 1
+    assert checked == 4  # stem (bias from BN folding), dw, conv_a, conv_b; the rest have a float side
+
+
 def test_float_layers_stay_float():
     gm, layers = make_tiny()
     qmodel = build_quant_model(gm, layers, MIXED, QuantSpec())

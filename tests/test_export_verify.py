@@ -8,15 +8,18 @@ import numpy as np
 import onnx
 import pytest
 import torch
+import torch.fx
 from onnx import numpy_helper
+from torch import nn
 
 import infoq_deploy.export as export_mod
 from infoq_deploy.brevitas_model import build_quant_model, calibrate
 from infoq_deploy.errors import UserError
 from infoq_deploy.export import export_model
+from infoq_deploy.layers import build_layer_table
 from infoq_deploy.quantizer import QuantSpec
 from infoq_deploy.verify import MIN_AGREEMENT, verify_export
-from test_brevitas_model import MIXED, inputs, make_tiny
+from test_brevitas_model import INPUT_SHAPE, MIXED, inputs, make_tiny
 
 FORMATS = ["qonnx", "qcdq"]
 N_VERIFY = 300
@@ -90,7 +93,8 @@ def test_verify_detects_a_model_that_differs_from_the_file(tiny, exported):
     _, _, qmodel = tiny
     rescaled = copy.deepcopy(qmodel)
     with torch.no_grad():
-        rescaled.get_submodule("conv_b").input_quant.fused_activation_quant_proxy.tensor_quant.scaling_impl.value.mul_(3)
+        proxy = rescaled.get_submodule("conv_b").input_quant
+        proxy.fused_activation_quant_proxy.tensor_quant.scaling_impl.value.mul_(3)
     result = verify_export(exported["qcdq"], "qcdq", rescaled, inputs(50, 13), allocation=MIXED)
     assert any("conv_b" in m and "scale" in m for m in result.mismatches)
     assert not result.ok
@@ -154,3 +158,49 @@ def test_interrupted_export_leaves_no_file(tiny, tmp_path, monkeypatch):
         export_model(qmodel, inputs(1, 19), "qonnx", dest)
     assert dest.read_bytes() == b"previous export"
     assert list(tmp_path.iterdir()) == [dest]
+
+
+class PadShortcutNet(nn.Module):
+    """ResNet-20's option-A shortcut: subsample + channel zero-padding (F.pad) into an add."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        shortcut = nn.functional.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, 2, 3))
+        x = torch.relu(self.conv(x) + shortcut)
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_pad_shortcut_model_exports_and_verifies_in_batches(fmt, tmp_path):
+    torch.manual_seed(0)
+    gm = torch.fx.symbolic_trace(PadShortcutNet().eval())
+    layers = build_layer_table(gm, INPUT_SHAPE)
+    allocation = {"conv": (4, 5), "fc": (6, 4)}
+    qmodel = build_quant_model(gm, layers, allocation, QuantSpec(weight_po2=True, act_po2=True))
+    calibrate(qmodel, inputs(64, 20))
+    export_model(qmodel, inputs(1, 21), fmt, tmp_path / "pad.onnx")
+    result = verify_export(tmp_path / "pad.onnx", fmt, qmodel, inputs(40, 22), allocation=allocation, batch_size=16)
+    assert result.bits_in_graph == allocation
+    assert result.ok, result.mismatches
+
+
+def test_qcdq_biases_are_already_int32(exported):
+    """ONNX Runtime rewrites a float bias between DequantizeLinear'd inputs and weights to
+    int32 (WeightBiasQuantization); the file must already hold the model's own int32 bias."""
+    model = onnx.load(str(exported["qcdq"]))
+    producer = _producer(model)
+    integer_convs = 0
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3:
+            continue
+        srcs = [producer.get(i) for i in node.input[:2]]
+        if all(s is not None and s.op_type == "DequantizeLinear" for s in srcs):
+            bias = producer[node.input[2]]
+            assert bias.op_type == "DequantizeLinear", node.name
+            assert _value(model, bias.input[0]).dtype == np.int32
+            integer_convs += 1
+    assert integer_convs == 4

@@ -55,7 +55,9 @@ def _write(run_dir, **over):
         allocation=_allocation(),
         sensitivity=_table(),
         accuracies={"float": 0.8123, "ptq": 0.6512, "finetuned": 0.7788, "exported": 0.7791},
-        verify={"agreement": 0.9987, "max_logit_diff": 0.00042, "bits_ok": True},
+        verify={"fmt": "qonnx", "n_inputs": 500, "agreement": 0.9987, "max_abs_diff": 0.00042,
+                "mean_abs_diff": 1.5e-05, "tolerance": 0.001, "accuracy": 0.7791, "reference_accuracy": 0.7788,
+                "bits_in_graph": {l.name: list(b) for l, b in zip(LAYERS, BITS)}, "mismatches": [], "ok": True},
         timings={"import": 0.51, "profile": 12.346, "allocate": 0.03},
         finetune={"epochs_run": 2, "best_epoch": 2, "best_accuracy": 0.7788, "history": [
             {"epoch": 1, "lr": 1e-4, "loss": 0.9, "train_acc": 0.7, "eval_acc": 0.75, "seconds": 3.0},
@@ -89,7 +91,8 @@ def test_report_writes_everything(tmp_path):
     for v in args["accuracies"].values():
         assert f"{100 * v:.2f}%" in md
     assert f"{100 * (0.7788 - 0.8123):+.2f} pt" in md
-    assert "0.9987" in md and "0.00042" in md
+    assert "99.87%" in md and "0.00042" in md
+    assert "3/3 layers carry the allocated" in md
     assert "12.35" in md  # profile timing
     for budget in args["allocation"]["budgets"]:
         assert f"{100 * budget['used'] / budget['limit']:.1f}%" in md
@@ -110,11 +113,15 @@ def test_report_writes_everything(tmp_path):
 def test_missing_accuracy_and_sensitivity(tmp_path):
     # a stale plot from an earlier run must not survive next to a report that lacks it
     (tmp_path / "sensitivity_heatmap.png").write_bytes(b"old")
+    bad_bits = {"conv1": [8, 8], "block.dw": [4, 4], "fc": [8, 8]}
     _write(tmp_path, accuracies={"float": 0.8123, "ptq": None, "finetuned": 0.7788},
-           sensitivity=None, verify=None, finetune=None,
+           sensitivity=None, finetune=None,
+           verify={"agreement": 0.95, "bits_in_graph": bad_bits, "mismatches": ["layer block.dw weight: 4 != 3"]},
            model_info={"spec": "zoo:toy", "layers": [l.to_json() for l in LAYERS]})
     md = (tmp_path / "report.md").read_text()
     assert "not measured" in md and "81.23%" in md
+    assert "2/3 layers carry the allocated" in md and "block.dw: graph 4, 4, allocated 3, 4" in md
+    assert "layer block.dw weight: 4 != 3" in md
     assert not (tmp_path / "sensitivity_heatmap.png").exists()
     doc = json.loads((tmp_path / "report.json").read_text())
     assert doc["accuracies"]["ptq"] is None and doc["accuracies"]["exported"] is None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 from . import __version__
 from .errors import UserError
 
-SUBCOMMANDS = ("inspect", "profile", "allocate", "targets")
+SUBCOMMANDS = ("inspect", "profile", "allocate", "quantize", "targets")
 
 
 def _input_shape(text: str) -> tuple[int, int, int]:
@@ -46,8 +47,27 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=("mse", "infoq"), default=None, help="sensitivity method")
     p.add_argument("--data", help="calibration data: image folder, .tar.gz of one, .npz/.pt, or builtin:NAME")
     p.add_argument("--labels", help="labels file overriding those of --data")
-    p.add_argument("--calib-size", type=int, default=None, help="number of calibration samples (default: all, at most 1000)")
+    p.add_argument("--calib-size", type=int, default=None, help="number of calibration samples (default: all)")
     p.add_argument("--seed", type=int, default=0)
+
+
+def _run_args(p: argparse.ArgumentParser, with_profile: bool = True) -> None:
+    """Options of the stages after allocation (quantize, fine-tune, export, verify, report)."""
+    if with_profile:
+        p.add_argument("--data", help="calibration data: image folder, .tar.gz of one, .npz/.pt, or builtin:NAME")
+        p.add_argument("--labels", help="labels file overriding those of --data")
+        p.add_argument("--calib-size", type=int, default=None, help="number of calibration samples (default: all)")
+        p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-data", help="held-out labelled data for accuracy and verification (default: half of --data)")
+    p.add_argument("--eval-size", type=int, default=None, help="evaluation samples (default: all)")
+    p.add_argument("--train-data", help="fine-tuning data (default: the calibration data)")
+    p.add_argument("--epochs", type=int, default=0, help="quantization-aware fine-tuning epochs (default 0: post-training only)")
+    p.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate")
+    p.add_argument("--batch-size", type=int, default=128, help="fine-tuning batch size")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in the same -o RUN_DIR")
+    p.add_argument("--verify-size", type=int, default=None, help="held-out samples the exported graph is run on (default: all)")
+    p.add_argument("-o", "--output", default=None, help="run directory (default runs/<model>-<target>)")
+    p.add_argument("--json", action="store_true", help="print the run summary as JSON")
 
 
 def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
@@ -72,6 +92,15 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     p.add_argument("-o", "--output", required=True, help="allocation to write (JSON)")
     p.add_argument("--json", action="store_true", help="print the allocation JSON to stdout")
 
+    p = sub.add_parser(
+        "quantize",
+        help="quantize MODEL with the bit-widths of ALLOCATION.json, fine-tune, export, verify and report",
+    )
+    _model_args(p)
+    p.add_argument("allocation", metavar="ALLOCATION.json")
+    p.add_argument("--target", required=True)
+    _run_args(p)
+
     p = sub.add_parser("targets", help="list the hardware targets")
     p.add_argument("--json", action="store_true")
 
@@ -85,21 +114,14 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     _profile_args(run_parser)
     run_parser.add_argument("--budget", action="append", required=True, help="repeat for several budgets")
     run_parser.add_argument("--alpha", type=float, default=1.0)
-    run_parser.add_argument("--eval-data", help="held-out labelled data for accuracy and verification (default: half of --data)")
-    run_parser.add_argument("--eval-size", type=int, default=None, help="evaluation samples (default: all)")
-    run_parser.add_argument("--train-data", help="fine-tuning data (default: the calibration data)")
-    run_parser.add_argument("--epochs", type=int, default=0, help="quantization-aware fine-tuning epochs (default 0: post-training only)")
-    run_parser.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate")
-    run_parser.add_argument("--batch-size", type=int, default=128, help="fine-tuning batch size")
-    run_parser.add_argument("--resume", action="store_true", help="continue an interrupted run in the same -o RUN_DIR")
-    run_parser.add_argument("--verify-size", type=int, default=None, help="held-out samples the exported graph is run on (default: all)")
-    run_parser.add_argument("-o", "--output", default=None, help="run directory (default runs/<model>-<target>)")
-    run_parser.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    _run_args(run_parser, with_profile=False)
     return sub_parser, run_parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Brevitas announces an optional CUDA kernel package at import; it is irrelevant here.
+    # Import-time chatter of optional GPU pieces (torch's CUDA_HOME probe, Brevitas's
+    # Hadamard kernels) is irrelevant to a CPU user and would bury the one-line errors.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message="fast_hadamard_transform package not found")
     argv = list(sys.argv[1:] if argv is None else argv)
     sub_parser, run_parser = build_parsers()

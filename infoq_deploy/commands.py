@@ -112,16 +112,16 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", Path(text).stem if text.endswith(".onnx") else text).strip("-").lower()
 
 
-def cmd_run(args) -> int:
-    from .pipeline import RunConfig, run
+def _run_config(args, *, budgets: list[str], method: str, allocation: str | None = None):
+    from .pipeline import RunConfig
 
     default = args.model is None
     model_spec = args.model or stages.DEFAULT_MODEL
     target_name = Path(args.target).stem if args.target.endswith(".toml") else args.target
-    cfg = RunConfig(
+    return RunConfig(
         model=model_spec,
         target=args.target,
-        budgets=list(args.budget),
+        budgets=budgets,
         run_dir=Path(args.output or Path("runs") / f"{_slug(model_spec)}-{target_name}"),
         weights=args.weights,
         input_shape=args.input_shape,
@@ -133,19 +133,34 @@ def cmd_run(args) -> int:
         calib_size=args.calib_size,
         eval_size=args.eval_size,
         verify_size=args.verify_size,
-        method=args.method or "infoq",
-        alpha=args.alpha,
+        method=method,
+        alpha=getattr(args, "alpha", 1.0),
         seed=args.seed,
         epochs=args.epochs,
         lr=args.lr,
         batch_size=args.batch_size,
         resume=args.resume,
         progress=not args.json,
+        allocation=allocation,
     )
+
+
+def _run_and_print(cfg, as_json: bool) -> int:
+    from .pipeline import run
+
     summary = run(cfg)
-    if args.json:
+    if as_json:
         print(json.dumps(summary, indent=2))
     else:
         print((Path(summary["run_dir"]) / "report.md").read_text())
-        print(f"wrote {summary['run_dir']}/ (model.onnx, report.md, report.json, allocation.json, sensitivity.json, plots)")
+        print(f"wrote {summary['run_dir']}/ (model.onnx, report.md, report.json, allocation.json, plots)")
     return 0
+
+
+def cmd_run(args) -> int:
+    return _run_and_print(_run_config(args, budgets=list(args.budget), method=args.method or "infoq"), args.json)
+
+
+def cmd_quantize(args) -> int:
+    cfg = _run_config(args, budgets=[], method="none", allocation=args.allocation)
+    return _run_and_print(cfg, args.json)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__, stages
-from .allocate import allocation_to_json
+from .allocate import allocation_to_json, load_allocation
 from .atomic import write_json
 from .brevitas_model import build_quant_model, calibrate, read_bits
 from .budgets import parse_budget
@@ -56,12 +56,13 @@ class RunConfig:
     batch_size: int = 128
     resume: bool = False
     progress: bool = True
+    allocation: str | None = None  # an allocation file: skip profiling and allocation
     notes: list[str] = field(default_factory=list)
 
     def inputs(self) -> dict:
         """What identifies the run: a run directory holds the run of one set of inputs."""
         keys = ("model", "weights", "input_shape", "data", "eval_data", "train_data", "labels", "calib_size",
-                "eval_size", "method", "alpha", "seed", "epochs", "lr", "batch_size", "verify_size")
+                "eval_size", "method", "alpha", "seed", "epochs", "lr", "batch_size", "verify_size", "allocation")
         d = {k: getattr(self, k) for k in keys}
         d["input_shape"] = list(self.input_shape) if self.input_shape else None
         d["target"] = self.target
@@ -113,18 +114,32 @@ def _datasets(cfg: RunConfig, model) -> tuple[Dataset, Dataset, Dataset]:
     return calib, evaluation, train
 
 
+def _allocation_for(path: str, target: Target, model) -> dict:
+    doc = load_allocation(path)
+    if doc["target"] != target.name:
+        raise UserError(f"{path} was allocated for target {doc['target']}, not {target.name}; pass --target {doc['target']} or re-allocate")
+    names = {layer.name for layer in model.layers}
+    given = {d["name"] for d in doc["layers"]}
+    if names != given:
+        unknown, missing = sorted(given - names), sorted(names - given)
+        raise UserError(
+            f"{path} does not match {model.spec}: "
+            + "; ".join(p for p in (f"it names layers the model lacks ({', '.join(unknown[:5])})" if unknown else "",
+                                     f"it misses layers ({', '.join(missing[:5])})" if missing else "") if p)
+            + "; allocate for this model"
+        )
+    return doc
+
+
 def run(cfg: RunConfig) -> dict:
     target = load_target(cfg.target)
     for text in cfg.budgets:  # fail on a typo before any expensive stage
         parse_budget(text)
-    if cfg.method not in ("infoq", "mse"):
+    if cfg.allocation is None and cfg.method not in ("infoq", "mse"):
         raise UserError(f"unknown method '{cfg.method}'; use infoq or mse")
     inputs = cfg.inputs()
     run_dir = Path(cfg.run_dir)
     claim_run_dir(run_dir, inputs, cfg.resume)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / RUN_FILE, {"tool_version": __version__, "inputs": inputs, "status": "running"})
-    (run_dir / "report.json").unlink(missing_ok=True)
 
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -137,9 +152,16 @@ def run(cfg: RunConfig) -> dict:
 
     model = load_model(cfg.model, weights=cfg.weights, input_shape=cfg.input_shape, data_root=cfg.data_root)
     calib, evaluation, train = _datasets(cfg, model)
+    given = _allocation_for(cfg.allocation, target, model) if cfg.allocation is not None else None
+    # Inputs are valid: only now does the run directory come to exist.
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / RUN_FILE, {"tool_version": __version__, "inputs": inputs, "status": "running"})
+    (run_dir / "report.json").unlink(missing_ok=True)
     lap("import")
 
-    if cfg.method == "infoq":
+    if cfg.allocation is not None:
+        table, alloc_doc = None, given
+    elif cfg.method == "infoq":
         from .profile_infoq import profile_infoq
 
         table = profile_infoq(model, target, calib, seed=cfg.seed, progress=cfg.progress, plots_dir=run_dir / "profile")
@@ -153,14 +175,16 @@ def run(cfg: RunConfig) -> dict:
     else:
         table = stages.profile_mse(model, target, calib, seed=cfg.seed)
         cfg.notes.append("sensitivity from the weight/activation quantization-error proxy (--method mse), not InfoQ")
-    table.save(run_dir / "sensitivity.json")
-    lap("profile")
-
-    alloc = stages.allocate_table(table, target, cfg.budgets, alpha=cfg.alpha)
-    alloc_doc = allocation_to_json(alloc, target, table.meta)
+    if table is not None:
+        table.save(run_dir / "sensitivity.json")
+        lap("profile")
+        alloc = stages.allocate_table(table, target, cfg.budgets, alpha=cfg.alpha)
+        alloc_doc = allocation_to_json(alloc, target, table.meta)
+        lap("allocate")
+    else:
+        cfg.notes.append(f"bit-widths taken from {cfg.allocation}")
     write_json(run_dir / "allocation.json", alloc_doc)
     bits = {d["name"]: (int(d["w_bits"]), int(d["a_bits"])) for d in alloc_doc["layers"]}
-    lap("allocate")
 
     deployed = stages.deployable(model)
     qmodel = build_quant_model(deployed.graph, deployed.layers, bits, target.quant_spec())

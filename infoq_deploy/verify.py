@@ -17,7 +17,12 @@ later layers. Both that deviation and the quantization error itself scale with t
 sizes, so the tolerance is relative to the quantization error: the *mean* absolute logit
 difference may be at most ``QUANT_ERROR_FRACTION`` (1/2) of the mean absolute difference
 between the Brevitas model and the same model with quantization disabled, with a floor of
-``FLOAT_RTOL`` x mean |logit| for (nearly) float models. Measured: a 7-layer CNN at 2..8 bits,
+``RUNTIME_RTOL`` (1 %) x mean |logit|. The floor is for the ONNX Runtime integer kernels:
+with its default graph optimizations ORT fuses QDQ pairs into QLinearConv/QGemm, whose
+fixed-point requantization rounds differently from the float simulation by up to one step
+per layer; an 8-bit model whose quantization error is tiny can then differ from it by more
+than half that error (a 4-layer int8 CNN: mean diff 0.0019 = 0.5 % of the mean |logit|,
+3x its quantization error, and 5e-9 with ORT's optimizations turned off). Measured: a 7-layer CNN at 2..8 bits,
 ~0 (no flips); random-init ResNet-18 at 4 bits, 0.17 (mean diff 0.06, quantization error
 0.35, top-1 agreement 100 %). A wrong scale, missing quantizer or wrong bit-width in many
 layers moves the logits by the order of the quantization error itself; single-layer
@@ -52,7 +57,7 @@ from .quantizer import FLOAT_BITS
 
 MIN_AGREEMENT = 0.995
 QUANT_ERROR_FRACTION = 0.5
-FLOAT_RTOL = 1e-4
+RUNTIME_RTOL = 1e-2
 _COMPUTE_OPS = ("Conv", "Gemm", "MatMul")
 _JOIN_OPS = ("Add", "Concat")
 _QUANT_OP = {"qonnx": "Quant", "qcdq": "DequantizeLinear"}
@@ -286,7 +291,9 @@ def _execute(model: onnx.ModelProto, x: np.ndarray, size: int, fmt: str) -> np.n
         iname, oname = wrapped.graph.input[0].name, wrapped.graph.output[0].name
         outs = [execute_onnx(wrapped, {iname: part})[oname][:n] for part, n in _chunks(x, size)]
     else:
-        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # Brevitas keeps initializers among graph inputs; ORT warns per tensor
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         iname = session.get_inputs()[0].name
         outs = [session.run(None, {iname: part})[0][:n] for part, n in _chunks(x, size)]
     return np.concatenate(outs)
@@ -373,7 +380,7 @@ def verify_export(
         agreement=float((pred == ref_pred).mean()),
         max_abs_diff=float(diff.max()),
         mean_abs_diff=float(diff.mean()),
-        tolerance=max(QUANT_ERROR_FRACTION * quant_error, FLOAT_RTOL * float(np.abs(ref).mean())),
+        tolerance=max(QUANT_ERROR_FRACTION * quant_error, RUNTIME_RTOL * float(np.abs(ref).mean())),
         quant_error=quant_error,
         accuracy=None if labels is None else float((pred == labels).mean()),
         reference_accuracy=None if labels is None else float((ref_pred == labels).mean()),

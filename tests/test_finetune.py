@@ -18,7 +18,7 @@ from infoq_deploy.layers import build_layer_table
 from infoq_deploy.quantizer import QuantSpec
 
 SIZE = 8
-IDENTITY = {"model_fingerprint": "toy-cnn", "allocation_hash": "w2a3", "target": "test"}
+IDENTITY = {"model_fingerprint": "toy-cnn", "allocation_hash": "w2a2", "target": "test"}
 # a tiny model needs a bolder step than the defaults made for trained ImageNet/CIFAR nets
 CFG = dict(lr=1e-2, scale_lr=1e-2, batch_size=32)
 
@@ -54,7 +54,7 @@ def toy():
     return gm, build_layer_table(gm, (3, SIZE, SIZE)), train, evals
 
 
-def quantized(toy, w_bits=2, a_bits=3):
+def quantized(toy, w_bits=2, a_bits=2):
     gm, layers, train, _ = toy
     q = build_quant_model(gm, layers, {l.name: (w_bits, a_bits) for l in layers}, QuantSpec())
     calibrate(q, train.x)

@@ -362,3 +362,53 @@ def test_fashion_cnn_end_to_end(tmp_path):
         assert table.weights[name][8] == 0.0
         assert all(np.isfinite(v) and v >= 0 for v in table.weights[name].values())
     assert table.meta["observers"]
+
+
+# ------------------------------------------------------------------ encoders
+
+
+def test_default_embedding_is_deterministic_pca():
+    from infoq_deploy.embedding import embed
+
+    x = tiny_data(100).x
+    a, b = embed(x), embed(x.clone())
+    assert a.values.shape == (100, 64) and np.array_equal(a.values, b.values)
+    assert a.info["name"] == "pool-pca" and a.info["pool"] == [8, 8]
+    # principal components: uncorrelated, variance non-increasing
+    cov = np.cov(a.values.T)
+    assert np.allclose(cov - np.diag(np.diag(cov)), 0, atol=1e-8 * cov.max())
+    assert np.all(np.diff(np.diag(cov)) <= 1e-9 * cov.max())
+
+
+def test_pluggable_encoders(tmp_path):
+    from infoq_deploy.embedding import embed, encoder_identity
+
+    x = tiny_data(40).x
+    src = tmp_path / "enc.py"
+    src.write_text(
+        "from torch import nn\n"
+        "def build():\n"
+        "    return nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten())\n"
+    )
+    e = embed(x, f"{src}:build")
+    ref = F.adaptive_avg_pool2d(x, 4).flatten(1).double().numpy()
+    assert e.info["kind"] == "torch" and np.allclose(e.values, ref, atol=1e-6)
+    assert "file_sha256" in encoder_identity(f"{src}:build")
+
+    onnx_path = tmp_path / "enc.onnx"
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten()), (x[:2],), str(onnx_path),
+                dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "n"}},
+            )
+    except Exception as exc:  # the exporter is optional tooling here
+        pytest.skip(f"torch.onnx.export unavailable: {exc}")
+    e = embed(x, str(onnx_path))
+    assert e.info["kind"] == "onnx" and np.allclose(e.values, ref, atol=1e-5)
+
+    with pytest.raises(UserError):
+        embed(x, str(tmp_path / "missing.onnx"))

@@ -61,6 +61,7 @@ def _run_args(p: argparse.ArgumentParser, with_profile: bool = True) -> None:
     p.add_argument("--eval-data", help="held-out labelled data for accuracy and verification (default: half of --data)")
     p.add_argument("--eval-size", type=int, default=None, help="evaluation samples (default: all)")
     p.add_argument("--train-data", help="fine-tuning data (default: the calibration data)")
+    p.add_argument("--train-size", type=int, default=None, help="fine-tuning samples drawn from --train-data (default: all)")
     p.add_argument("--epochs", type=int, default=0, help="quantization-aware fine-tuning epochs (default 0: post-training only)")
     p.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate")
     p.add_argument("--batch-size", type=int, default=128, help="fine-tuning batch size")

@@ -129,6 +129,7 @@ def _run_config(args, *, budgets: list[str], method: str, allocation: str | None
         data=args.data or (stages.DEFAULT_DATA if default else None),
         eval_data=args.eval_data or (stages.DEFAULT_EVAL_DATA if default and args.data is None else None),
         train_data=args.train_data,
+        train_size=args.train_size,
         labels=args.labels,
         calib_size=args.calib_size,
         eval_size=args.eval_size,

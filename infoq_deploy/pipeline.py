@@ -44,6 +44,7 @@ class RunConfig:
     data: str | None = None  # calibration data
     eval_data: str | None = None  # held-out evaluation data
     train_data: str | None = None  # fine-tuning data (default: the calibration data)
+    train_size: int | None = None  # seeded, class-balanced subset of train_data (default: all)
     labels: str | None = None
     calib_size: int | None = None
     eval_size: int | None = None
@@ -62,7 +63,7 @@ class RunConfig:
     def inputs(self) -> dict:
         """What identifies the run: a run directory holds the run of one set of inputs."""
         keys = ("model", "weights", "input_shape", "data", "eval_data", "train_data", "labels", "calib_size",
-                "eval_size", "method", "alpha", "seed", "epochs", "lr", "batch_size", "verify_size", "allocation")
+                "eval_size", "train_size", "method", "alpha", "seed", "epochs", "lr", "batch_size", "verify_size", "allocation")
         d = {k: getattr(self, k) for k in keys}
         d["input_shape"] = list(self.input_shape) if self.input_shape else None
         d["target"] = self.target
@@ -108,7 +109,7 @@ def _datasets(cfg: RunConfig, model) -> tuple[Dataset, Dataset, Dataset]:
         cfg.notes.append(
             f"no --eval-data: half of {cfg.data} ({len(evaluation)} samples) was held out for evaluation"
         )
-    train = calib if cfg.train_data is None else load_data(cfg.train_data, pre, seed=cfg.seed)
+    train = calib if cfg.train_data is None else load_data(cfg.train_data, pre, limit=cfg.train_size, seed=cfg.seed)
     if evaluation.y is None:
         raise UserError("the evaluation data has no labels, so accuracy cannot be measured; pass labelled --eval-data")
     return calib, evaluation, train

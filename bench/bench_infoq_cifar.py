@@ -77,6 +77,10 @@ def main() -> int:
     ap.add_argument("--n-proj", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--weight-bits", default=None,
+                    help="restrict the candidate weight bits, e.g. 2,8: with --observers-only this runs just the "
+                         "correlation analysis (its lowest-bit runs) for deep models")
+    ap.add_argument("--observers-only", action="store_true", help="profile and report observers; no allocations")
     args = ap.parse_args()
 
     root = Path(args.data_root)
@@ -84,9 +88,12 @@ def main() -> int:
     out_dir = Path(args.out)
     model = load_model(args.model, data_root=root)
     target = weights_only(load_target("fpga-int"))
+    if args.weight_bits:
+        bits = tuple(sorted(int(b) for b in args.weight_bits.split(",")))
+        target = dataclasses.replace(target, weights=dataclasses.replace(target.weights, bits=bits))
     t0 = time.perf_counter()
     calib = load_data(root / "cifar10" / "train.tar.gz", model.preprocess, limit=args.calib_size, seed=args.seed)
-    test = load_data(root / "cifar10" / "test", model.preprocess, limit=args.eval_limit, seed=args.seed)
+    test = None if args.observers_only else load_data(root / "cifar10" / "test", model.preprocess, limit=args.eval_limit, seed=args.seed)
     load_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -94,6 +101,30 @@ def main() -> int:
         model, target, calib, seed=args.seed, n_proj=args.n_proj, plots_dir=out_dir / f"infoq_{slug}_plots"
     )
     infoq_wall = time.perf_counter() - t0
+    if args.observers_only:
+        result = {
+            "benchmark": "InfoQ observer selection (correlation analysis) only",
+            "command": f"{Path(sys.executable).name} bench/bench_infoq_cifar.py --model {args.model} --calib-size {args.calib_size} "
+                       f"--n-proj {args.n_proj} --seed {args.seed} --weight-bits {args.weight_bits} --observers-only",
+            "tool_version": __version__,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
+                        "load_average_at_end": list(os.getloadavg())},
+            "model": args.model,
+            "calibration": {"source": calib.source, "n": len(calib.x), "sha256": calib.sha256},
+            "weight_bits": list(target.weights.bits),
+            "baseline_accuracy_on_calibration": infoq.meta.get("baseline", {}).get("accuracy"),
+            "observers": infoq.meta.get("observers"),
+            "correlation_fallback": infoq.meta.get("correlation_fallback"),
+            "correlation_note": infoq.meta.get("correlation_note"),
+            "correlation_table": infoq.meta.get("correlation", {}).get("table"),
+            "accuracy_drop_per_layer": infoq.meta.get("correlation", {}).get("acc_drop"),
+            "profiling": {"wall_seconds": infoq_wall, "timings": infoq.meta.get("timings", {})},
+        }
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(out_dir / f"infoq_{slug}_observers.json", result)
+        print(json.dumps({k: result[k] for k in ("observers", "profiling")}, indent=1, default=str))
+        return 0
     mse = profile_mse(model, target, calib, seed=args.seed)
     no_inv = {name: {b: s * b for b, s in d.items()} for name, d in infoq.weights.items()}
 

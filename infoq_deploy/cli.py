@@ -49,6 +49,11 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", help="labels file overriding those of --data")
     p.add_argument("--calib-size", type=int, default=None, help="number of calibration samples (default: all)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-proj", type=int, default=32, help="InfoQ: random projections per sliced-MI estimate")
+    p.add_argument("--k", type=int, default=3, help="InfoQ: neighbours of the KSG / Ross estimators")
+    p.add_argument("--encoder", default=None,
+                   help="InfoQ: input embedding, a .onnx file or MODEL spec (default: pool-pca, no download)")
+    p.add_argument("--no-inverse-bits", action="store_true", help="InfoQ: drop the 1/b factor of Eq. 4 (ablation)")
 
 
 def _run_args(p: argparse.ArgumentParser, with_profile: bool = True) -> None:

@@ -40,7 +40,8 @@ def _profile(args, model, target):
 
     if data is None:
         raise UserError("the InfoQ profiler needs calibration data; pass --data (an image folder, .npz/.pt or builtin:NAME)")
-    return profile_infoq(model, target, data, seed=args.seed)
+    return profile_infoq(model, target, data, seed=args.seed, n_proj=args.n_proj, k=args.k, encoder=args.encoder,
+                         use_inverse_bits=not args.no_inverse_bits)
 
 
 def cmd_profile(args) -> int:
@@ -143,6 +144,8 @@ def _run_config(args, *, budgets: list[str], method: str, allocation: str | None
         resume=args.resume,
         progress=not args.json,
         allocation=allocation,
+        infoq={"n_proj": getattr(args, "n_proj", 32), "k": getattr(args, "k", 3), "encoder": getattr(args, "encoder", None),
+               "use_inverse_bits": not getattr(args, "no_inverse_bits", False)},
     )
 
 

@@ -58,12 +58,13 @@ class RunConfig:
     resume: bool = False
     progress: bool = True
     allocation: str | None = None  # an allocation file: skip profiling and allocation
+    infoq: dict = field(default_factory=dict)  # profile_infoq settings: n_proj, k, encoder, use_inverse_bits
     notes: list[str] = field(default_factory=list)
 
     def inputs(self) -> dict:
         """What identifies the run: a run directory holds the run of one set of inputs."""
         keys = ("model", "weights", "input_shape", "data", "eval_data", "train_data", "labels", "calib_size",
-                "eval_size", "train_size", "method", "alpha", "seed", "epochs", "lr", "batch_size", "verify_size", "allocation")
+                "eval_size", "train_size", "method", "alpha", "seed", "epochs", "lr", "batch_size", "verify_size", "allocation", "infoq")
         d = {k: getattr(self, k) for k in keys}
         d["input_shape"] = list(self.input_shape) if self.input_shape else None
         d["target"] = self.target
@@ -165,7 +166,8 @@ def run(cfg: RunConfig) -> dict:
     elif cfg.method == "infoq":
         from .profile_infoq import profile_infoq
 
-        table = profile_infoq(model, target, calib, seed=cfg.seed, progress=cfg.progress, plots_dir=run_dir / "profile")
+        table = profile_infoq(model, target, calib, seed=cfg.seed, progress=cfg.progress, plots_dir=run_dir / "profile",
+                              **cfg.infoq)
         if table.meta.get("labels") == "predictions":
             cfg.notes.append("the calibration data has no labels: InfoQ used the float model's predictions as labels")
         enc = table.meta.get("settings", {}).get("encoder", {})

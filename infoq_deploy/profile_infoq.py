@@ -53,7 +53,7 @@ import torch
 from . import __version__
 from .embedding import embed, encoder_identity
 from .errors import UserError
-from .observers import KINDS, Candidate, correlate, find_candidates, layer_observers, measured_for, select
+from .observers import KINDS, correlate, find_candidates, layer_observers, measured_for, select
 from .profile_cache import ProfileCache, cache_key
 from .profile_mse import calibrate_act_ranges
 from .quantizer import FLOAT_BITS

@@ -29,7 +29,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from .layers import QUANTIZABLE, Layer
+from .layers import Layer
 from .quantizer import FLOAT_BITS, ActRange, QuantSpec, quantize_act, quantize_weight
 
 Env = dict[str, torch.Tensor]
@@ -283,7 +283,3 @@ class SuffixRunner:
 
 def split_batches(x: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     return [x[i : i + batch_size] for i in range(0, len(x), batch_size)]
-
-
-def is_quantizable(module: nn.Module) -> bool:
-    return isinstance(module, QUANTIZABLE)

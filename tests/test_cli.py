@@ -90,7 +90,7 @@ def test_unknown_target_and_missing_model(capsys, tmp_path):
 
 def test_pipeline_writes_run_dir_and_refuses_another_run(capsys, tmp_path, data):
     run_dir = tmp_path / "run"
-    argv = [TINY, "--input-shape", "1,8,8", "--data", data, "--target", "fpga-int", "--budget", "5bit", "-o", str(run_dir)]
+    argv = [TINY, "--input-shape", "1,8,8", "--data", data, "--method", "mse", "--target", "fpga-int", "--budget", "5bit", "-o", str(run_dir)]
     code, _, err = run(capsys, *argv)
     assert code == 0, err
     for name in ("sensitivity.json", "allocation.json", "report.json", "run.json"):

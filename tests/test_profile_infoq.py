@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -34,6 +33,15 @@ from infoq_deploy.suffix_runner import Perturb, SuffixRunner, split_batches
 
 SHAPE = (1, 12, 12)
 CLASSES = 4
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny tensors: one intra-op thread is several times faster than two on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 class Tiny(nn.Module):
@@ -226,9 +234,12 @@ def test_deterministic_and_inverse_bits_ablation(tmp_path):
 
 
 def test_cache_hit_is_fast(tmp_path):
-    first = run_profile(tmp_path)
+    from infoq_deploy.profile_infoq import profile_infoq
+
+    model, data, target = tiny_model(), tiny_data(), FakeTarget()
+    first = run_profile(tmp_path, model=model, data=data, target=target)
     t = time.perf_counter()
-    second = run_profile(tmp_path)
+    second = profile_infoq(model, target, data, n_proj=8, cache_dir=tmp_path, progress=False)
     assert time.perf_counter() - t < 0.5
     assert second.meta["cache_hit"] is True and scores(second) == scores(first)
     assert not list(tmp_path.glob("*.partial.json"))
@@ -239,6 +250,8 @@ def test_cache_hit_is_fast(tmp_path):
 
 _CHILD = r"""
 import sys, time
+import torch
+torch.set_num_threads(1)  # as the parent's tests run
 sys.path.insert(0, {tests!r})
 import test_profile_infoq as t
 from infoq_deploy import profile_cache
@@ -348,20 +361,23 @@ def _fashion():
 
         model = load_model("zoo:fashion-cnn")
         data = load_data("builtin:fashion-mnist", model.preprocess, limit=200, seed=0)
-        return model, data, load_target("fpga-int")
+        target = load_target("fpga-int")
     except (ImportError, UserError) as exc:
         pytest.skip(f"bundled Fashion-MNIST CNN or its data not available: {exc}")
+    # the target's real quantizer, fewer bit-widths (time)
+    return model, data, FakeTarget("fpga-int", Bits([2, 4, 8]), Bits([3, 8]), target.quant_spec())
 
 
 def test_fashion_cnn_end_to_end(tmp_path):
     model, data, target = _fashion()
     table = run_profile(tmp_path, model=model, data=data, target=target)
-    assert [l.name for l in table.layers] == list(table.weights)
+    assert [l.name for l in table.layers] == list(table.weights) == list(table.activations)
+    assert len(table.layers) == 7
     for name in table.weights:
-        assert sorted(table.weights[name]) == sorted(set(target.weights.bits))
-        assert table.weights[name][8] == 0.0
-        assert all(np.isfinite(v) and v >= 0 for v in table.weights[name].values())
-    assert table.meta["observers"]
+        assert sorted(table.weights[name]) == [2, 4, 8] and sorted(table.activations[name]) == [3, 8]
+        assert table.weights[name][8] == 0.0 and table.activations[name][8] == 0.0
+        assert all(np.isfinite(v) and v >= 0 for v in [*table.weights[name].values(), *table.activations[name].values()])
+    assert table.meta["observers"] and table.meta["labels"] == "true"
 
 
 # ------------------------------------------------------------------ encoders

@@ -29,7 +29,7 @@ def cmd_inspect(args) -> int:
     return 0
 
 
-def _profile(args, model, target):
+def _profile(args, model, target, plots_dir=None):
     data = None
     if args.data is not None:
         data = load_data(args.data, model.preprocess, limit=args.calib_size, seed=args.seed, labels=args.labels)
@@ -41,15 +41,21 @@ def _profile(args, model, target):
     if data is None:
         raise UserError("the InfoQ profiler needs calibration data; pass --data (an image folder, .npz/.pt or builtin:NAME)")
     return profile_infoq(model, target, data, seed=args.seed, n_proj=args.n_proj, k=args.k, encoder=args.encoder,
-                         use_inverse_bits=not args.no_inverse_bits)
+                         use_inverse_bits=not args.no_inverse_bits, plots_dir=plots_dir)
 
 
 def cmd_profile(args) -> int:
     model = _load(args)
     target = load_target(args.target)
-    table = _profile(args, model, target)
-    table.save(args.output)
-    print(f"wrote {args.output}: {len(table.layers)} layers, method {table.meta.get('method')}")
+    out = Path(args.output)
+    plots_dir = out.with_name(out.stem + "_plots")
+    table = _profile(args, model, target, plots_dir=plots_dir)
+    table.save(out)
+    print(f"wrote {out}: {len(table.layers)} layers, method {table.meta.get('method')}")
+    if table.meta.get("method") == "infoq":
+        print(f"plots: {plots_dir}/sensitivity.png, {plots_dir}/observers.png")
+        for o in table.meta.get("observers", []):
+            print(f"observer {o['name']} ({o['kind']}): r = {o['r']}")
     return 0
 
 

@@ -107,3 +107,19 @@ def test_console_script_exit_codes(tmp_path):
     bad = subprocess.run([str(exe), "inspect", str(tmp_path / "missing.py") + ":build", "--input-shape", "1,8,8"], capture_output=True, text=True)
     assert bad.returncode == 2
     assert "Traceback" not in bad.stderr and bad.stderr.startswith("infoq-deploy: error:")
+
+
+def test_profile_infoq_writes_table_and_plots(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("INFOQ_DEPLOY_CACHE", str(tmp_path / "cache"))
+    table = tmp_path / "s.json"
+    code, out, err = run(
+        capsys, "profile", "zoo:fashion-cnn", "--target", "fpga-int", "--method", "infoq",
+        "--data", "builtin:fashion-mnist", "--calib-size", "300", "--n-proj", "8", "-o", str(table),
+    )
+    assert code == 0, err
+    doc = json.loads(table.read_text())
+    assert doc["meta"]["method"] == "infoq" and doc["meta"]["observers"]
+    assert all(set(s) == {str(b) for b in range(2, 9)} for s in doc["weights"].values())
+    for png in ("sensitivity.png", "observers.png"):
+        assert (tmp_path / "s_plots" / png).stat().st_size > 1000
+    assert "observer" in out

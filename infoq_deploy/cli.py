@@ -7,11 +7,9 @@ output file written (outputs are written atomically, at the end).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import warnings
-from pathlib import Path
 
 from . import __version__
 from .errors import UserError

@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from . import __version__, stages
+from . import stages
 from .allocate import allocation_to_json
 from .atomic import write_json
 from .data import load_data

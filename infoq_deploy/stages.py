@@ -1,7 +1,15 @@
 """The pipeline's stages as plain functions: the Python API behind the CLI.
 
 Each stage takes the previous stage's object (or file) and returns its own, so a build
-pipeline can call any of them alone.
+pipeline can call any of them alone::
+
+    from infoq_deploy import stages
+    model = stages.load_model("zoo:cifar10-resnet20")
+    target = stages.load_target("fpga-int")
+    data = stages.load_data("../shared/data/cifar10/train.tar.gz", model.preprocess, limit=1000)
+    table = stages.profile_infoq(model, target, data)        # or stages.profile_mse(...)
+    allocation = stages.allocate_table(table, target, ["3.5bit"])
+    # quantize + fine-tune + export + verify + report: infoq_deploy.pipeline.run(RunConfig(...))
 """
 
 from __future__ import annotations
@@ -19,6 +27,13 @@ from .model_sources import ImportedModel, load_model
 from .profile_mse import activation_scores, weight_scores
 from .sensitivity import SensitivityTable
 from .targets import Target, load_target
+
+
+def profile_infoq(model: ImportedModel, target: Target, data: Dataset, **settings) -> SensitivityTable:
+    """The InfoQ profiler (see `profile_infoq.profile_infoq` for the settings)."""
+    from .profile_infoq import profile_infoq as run
+
+    return run(model, target, data, **settings)
 
 DEFAULT_MODEL = "zoo:fashion-cnn"
 DEFAULT_DATA = "builtin:fashion-mnist"  # 1,000 training images, committed
@@ -74,3 +89,8 @@ def allocate_table(table: SensitivityTable, target: Target, budget_texts: list[s
     budgets = [parse_budget(text) for text in budget_texts]
     return allocate(table.layers, table.weights, table.activations, target, budgets, alpha=alpha)
 
+
+__all__ = [
+    "DEFAULT_DATA", "DEFAULT_EVAL_DATA", "DEFAULT_MODEL", "allocate_table", "deployable", "load_data",
+    "load_model", "load_target", "profile_infoq", "profile_mse",
+]

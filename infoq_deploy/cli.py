@@ -42,7 +42,8 @@ def _model_args(p: argparse.ArgumentParser, positional_required: bool = True) ->
 
 def _profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", required=True, help="a target name (see `infoq-deploy targets`) or a .toml file")
-    p.add_argument("--method", choices=("mse", "infoq"), default=None, help="sensitivity method")
+    p.add_argument("--method", choices=("mse", "infoq"), default=None,
+                   help="sensitivity method: infoq (default) or mse, the cheap weight/activation-error proxy")
     p.add_argument("--data", help="calibration data: image folder, .tar.gz of one, .npz/.pt, or builtin:NAME")
     p.add_argument("--labels", help="labels file overriding those of --data")
     p.add_argument("--calib-size", type=int, default=None, help="number of calibration samples (default: all)")

@@ -16,6 +16,7 @@ from .model_sources import load_model
 from .sensitivity import load_sensitivity
 from .targets import list_targets, load_target
 
+
 def _load(args):
     return load_model(args.model, weights=args.weights, input_shape=args.input_shape, data_root=args.data_root)
 
@@ -33,7 +34,7 @@ def _profile(args, model, target, plots_dir=None):
     data = None
     if args.data is not None:
         data = load_data(args.data, model.preprocess, limit=args.calib_size, seed=args.seed, labels=args.labels)
-    method = args.method or "mse"
+    method = args.method or "infoq"
     if method == "mse":
         return stages.profile_mse(model, target, data, seed=args.seed)
     from .profile_infoq import profile_infoq  # the InfoQ profiler

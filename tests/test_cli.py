@@ -71,7 +71,7 @@ def test_profile_allocate_roundtrip(capsys, tmp_path, data):
 )
 def test_bad_budget_fails_cleanly(capsys, tmp_path, data, budget, needle):
     table = tmp_path / "s.json"
-    assert run(capsys, "profile", TINY, "--input-shape", "1,8,8", "--target", "fpga-int", "--data", data, "-o", str(table))[0] == 0
+    assert run(capsys, "profile", TINY, "--input-shape", "1,8,8", "--target", "fpga-int", "--method", "mse", "--data", data, "-o", str(table))[0] == 0
     alloc = tmp_path / "a.json"
     code, out, err = run(capsys, "allocate", str(table), "--target", "fpga-int", "--budget", budget, "-o", str(alloc))
     assert code == 2

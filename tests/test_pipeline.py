@@ -83,7 +83,7 @@ def test_bad_inputs_leave_nothing(tmp_path, data, capsys):
     run_dir = tmp_path / "run"
     # an allocation made for another model: a real allocation with one layer renamed
     table = tmp_path / "s.json"
-    assert _run("profile", TINY, "--input-shape", "1,8,8", "--target", "fpga-int", "--data", data, "-o", table) == 0
+    assert _run("profile", TINY, "--input-shape", "1,8,8", "--target", "fpga-int", "--method", "mse", "--data", data, "-o", table) == 0
     alloc = tmp_path / "a.json"
     assert _run("allocate", table, "--target", "fpga-int", "--budget", "6bit", "-o", alloc) == 0
     doc = json.loads(alloc.read_text())

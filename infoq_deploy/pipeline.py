@@ -172,7 +172,8 @@ def run(cfg: RunConfig) -> dict:
             cfg.notes.append("the calibration data has no labels: InfoQ used the float model's predictions as labels")
         enc = table.meta.get("settings", {}).get("encoder", {})
         if enc:
-            cfg.notes.append(f"InfoQ input embedding: {enc.get('name')} ({enc.get('note', '')})".rstrip(" ()"))
+            detail = f" ({enc['note']})" if enc.get("note") else ""
+            cfg.notes.append(f"InfoQ input embedding: {enc.get('name')}{detail}")
         if table.meta.get("cache_hit"):
             cfg.notes.append("sensitivity table taken from the profiling cache (same model, data and settings)")
     else:

@@ -221,12 +221,15 @@ def run(cfg: RunConfig) -> dict:
     lap("export")
 
     n_verify = len(evaluation) if cfg.verify_size is None else min(cfg.verify_size, len(evaluation))
+    held_out = evaluation
     if n_verify < len(evaluation):
+        # a seeded, class-balanced subset: data folders are ordered by class, so a prefix is not a sample
+        held_out, _ = split(evaluation, n_verify, seed=cfg.seed)
         cfg.notes.append(
-            f"the exported graph was run on {n_verify} of the {len(evaluation)} evaluation samples (--verify-size): "
-            "its accuracy is on that subset, the other accuracies on all of them"
+            f"the exported graph was run on {n_verify} of the {len(evaluation)} evaluation samples (--verify-size, "
+            "class-balanced): its accuracy is on that subset, the other accuracies on all of them"
         )
-    ver = verify_export(onnx_path, target.export, qmodel, evaluation.x[:n_verify], evaluation.y[:n_verify], allocation=bits)
+    ver = verify_export(onnx_path, target.export, qmodel, held_out.x, held_out.y, allocation=bits)
     ver_doc = ver.to_json()
     accuracies["exported"] = ver.accuracy
     lap("verify")

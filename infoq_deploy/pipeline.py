@@ -116,6 +116,12 @@ def _datasets(cfg: RunConfig, model) -> tuple[Dataset, Dataset, Dataset]:
     return calib, evaluation, train
 
 
+def verification_subset(evaluation: Dataset, n: int, seed: int) -> Dataset:
+    """``n`` held-out samples for running the exported file: seeded and class-balanced,
+    because data folders are ordered by class and a prefix would not be a sample."""
+    return evaluation if n >= len(evaluation) else split(evaluation, n, seed=seed)[0]
+
+
 def _allocation_for(path: str, target: Target, model) -> dict:
     doc = load_allocation(path)
     if doc["target"] != target.name:
@@ -221,10 +227,8 @@ def run(cfg: RunConfig) -> dict:
     lap("export")
 
     n_verify = len(evaluation) if cfg.verify_size is None else min(cfg.verify_size, len(evaluation))
-    held_out = evaluation
+    held_out = verification_subset(evaluation, n_verify, cfg.seed)
     if n_verify < len(evaluation):
-        # a seeded, class-balanced subset: data folders are ordered by class, so a prefix is not a sample
-        held_out, _ = split(evaluation, n_verify, seed=cfg.seed)
         cfg.notes.append(
             f"the exported graph was run on {n_verify} of the {len(evaluation)} evaluation samples (--verify-size, "
             "class-balanced): its accuracy is on that subset, the other accuracies on all of them"

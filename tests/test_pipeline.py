@@ -135,3 +135,16 @@ def test_default_run(tmp_path):
     # the bundled CNN is a real trained model: PTQ at ~4-bit weights stays close to float
     assert acc["float"] > 0.85 and acc["exported"] > acc["float"] - 0.05
     assert "## Accuracy" in out.stdout
+
+
+def test_verification_subset_is_class_balanced():
+    import torch
+
+    from infoq_deploy.data import Dataset
+    from infoq_deploy.pipeline import verification_subset
+
+    y = torch.arange(4).repeat_interleave(50)  # ordered by class, as image folders are
+    ds = Dataset(x=torch.zeros(200, 1, 2, 2), y=y, classes=None, source="t", sha256="0")
+    sub = verification_subset(ds, 40, seed=0)
+    assert torch.bincount(sub.y, minlength=4).tolist() == [10, 10, 10, 10]
+    assert verification_subset(ds, 200, seed=0) is ds

@@ -21,8 +21,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -31,8 +29,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
 
+from machine import machine_info  # noqa: E402  (bench/machine.py; the script folder is on sys.path)
 from infoq_deploy import __version__  # noqa: E402
 from infoq_deploy.allocate import allocate  # noqa: E402
 from infoq_deploy.atomic import atomic_path, write_json  # noqa: E402
@@ -108,8 +106,7 @@ def main() -> int:
                        f"--n-proj {args.n_proj} --seed {args.seed} --weight-bits {args.weight_bits} --observers-only",
             "tool_version": __version__,
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-                        "load_average_at_end": list(os.getloadavg())},
+            "machine": machine_info(),
             "model": args.model,
             "calibration": {"source": calib.source, "n": len(calib.x), "sha256": calib.sha256},
             "weight_bits": list(target.weights.bits),
@@ -173,8 +170,7 @@ def main() -> int:
         "command": f"{Path(sys.executable).name} bench/bench_infoq_cifar.py --model {args.model} --calib-size {args.calib_size} --n-proj {args.n_proj} --seed {args.seed}",
         "tool_version": __version__,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-                    "load_average_at_end": list(os.getloadavg())},
+        "machine": machine_info(),
         "model": args.model,
         "target": "fpga-int quantizer (per-channel po2 weights, first/last pinned w8/a8), activations fixed at 8 bits",
         "calibration": {"source": calib.source, "n": len(calib.x), "sha256": calib.sha256},

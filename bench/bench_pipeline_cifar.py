@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 import time
 from pathlib import Path
 
-import torch
 
+from machine import machine_info  # bench/machine.py (the script's folder is on sys.path)
 from infoq_deploy import __version__
 from infoq_deploy.atomic import write_json
 from infoq_deploy.costs import model_cost
@@ -91,8 +89,7 @@ def main() -> int:
         "command": f"python bench/bench_pipeline_cifar.py --model {args.model} --epochs {args.epochs} --train-size {args.train_size} --verify-size {args.verify_size}",
         "tool_version": __version__,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-                    "load_average_at_end": list(os.getloadavg())},
+        "machine": machine_info(),
         "settings": {"calibration": "1000 images from cifar10/train.tar.gz (seed 0, class-balanced)",
                      "fine_tuning": f"{args.train_size} images from cifar10/train.tar.gz, {args.epochs} epoch(s)",
                      "evaluation": "cifar10/test, 10,000 images", "verified_on": args.verify_size},

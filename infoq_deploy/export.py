@@ -66,5 +66,12 @@ def export_model(qmodel: nn.Module, example: torch.Tensor, fmt: str, path: str |
             # the tracer's and Brevitas's export warnings are about tracing internals, not the model
             warnings.simplefilter("ignore")
             export(qmodel, example, export_path=str(tmp), dynamo=False, opset_version=ONNX_OPSET)
+            if fmt == "qonnx":
+                # FINN and hls4ml start from qonnx's cleaned form (shapes inferred, constants
+                # folded, names made unique), so that is the file we ship.
+                from qonnx.core.modelwrapper import ModelWrapper
+                from qonnx.util.cleanup import cleanup_model
+
+                cleanup_model(ModelWrapper(str(tmp))).save(str(tmp))
     finally:
         clear_act_caches(qmodel)  # else scale() keeps answering the exported value after training

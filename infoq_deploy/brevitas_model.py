@@ -460,6 +460,27 @@ def calibrate(qmodel: nn.Module, x: Tensor, batch_size: int = 256) -> None:
     qmodel.meta[CALIBRATED_KEY] = True
 
 
+def act_signedness(qmodel: nn.Module) -> dict[str, bool]:
+    """What `calibrate` decided per activation quantizer and a state dict does not hold:
+    whether it is signed (the scale itself is a parameter, so it is in the state dict)."""
+    if not is_calibrated(qmodel):
+        raise UserError("the quantized model has not been calibrated; run calibrate(qmodel, x) first")
+    return {name: bool(getattr(owner, attr).is_signed) for name, (owner, attr) in _act_sites(qmodel).items()}
+
+
+def restore_calibration(qmodel: nn.Module, signed: dict[str, bool]) -> None:
+    """Make a freshly built model calibrated as ``act_signedness`` recorded, so that
+    ``load_state_dict`` of the saved model then restores it exactly (scales included)."""
+    spec: QuantSpec = qmodel.meta[SPEC_KEY]
+    sites = _act_sites(qmodel)
+    if set(sites) != set(signed):
+        raise ValueError(f"calibration record names {sorted(signed)}, the model has {sorted(sites)}")
+    for name, (owner, attr) in sites.items():
+        _, bits = act_quant_params(getattr(owner, attr))
+        setattr(owner, attr, _act_proxy(owner, act_quantizer(bits, spec, signed=bool(signed[name]))))
+    qmodel.meta[CALIBRATED_KEY] = True
+
+
 # ----------------------------------------------------------------------------- read back
 
 

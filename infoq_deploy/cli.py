@@ -14,7 +14,7 @@ import warnings
 from . import __version__
 from .errors import UserError
 
-SUBCOMMANDS = ("inspect", "profile", "allocate", "quantize", "targets")
+SUBCOMMANDS = ("inspect", "profile", "allocate", "quantize", "finetune", "export", "verify", "report", "targets")
 
 
 def _input_shape(text: str) -> tuple[int, int, int]:
@@ -55,13 +55,8 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-inverse-bits", action="store_true", help="InfoQ: drop the 1/b factor of Eq. 4 (ablation)")
 
 
-def _run_args(p: argparse.ArgumentParser, with_profile: bool = True) -> None:
+def _run_args(p: argparse.ArgumentParser) -> None:
     """Options of the stages after allocation (quantize, fine-tune, export, verify, report)."""
-    if with_profile:
-        p.add_argument("--data", help="calibration data: image folder, .tar.gz of one, .npz/.pt, or builtin:NAME")
-        p.add_argument("--labels", help="labels file overriding those of --data")
-        p.add_argument("--calib-size", type=int, default=None, help="number of calibration samples (default: all)")
-        p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-data", help="held-out labelled data for accuracy and verification (default: half of --data)")
     p.add_argument("--eval-size", type=int, default=None, help="evaluation samples (default: all)")
     p.add_argument("--train-data", help="fine-tuning data (default: the calibration data)")
@@ -97,14 +92,57 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     p.add_argument("-o", "--output", required=True, help="allocation to write (JSON)")
     p.add_argument("--json", action="store_true", help="print the allocation JSON to stdout")
 
-    p = sub.add_parser(
-        "quantize",
-        help="quantize MODEL with the bit-widths of ALLOCATION.json, fine-tune, export, verify and report",
-    )
+    p = sub.add_parser("quantize", help="build and calibrate the Brevitas model of ALLOCATION.json: QUANTIZED.pt")
     _model_args(p)
     p.add_argument("allocation", metavar="ALLOCATION.json")
-    p.add_argument("--target", required=True)
-    _run_args(p)
+    p.add_argument("--target", help="the allocation's target (default: the one it names)")
+    p.add_argument("--data", help="calibration data (default for zoo:fashion-cnn: builtin:fashion-mnist)")
+    p.add_argument("--labels", help="labels file overriding those of --data")
+    p.add_argument("--calib-size", type=int, default=None, help="number of calibration samples (default: all)")
+    p.add_argument("--eval-data", help="held-out labelled data for accuracy (default: half of --data)")
+    p.add_argument("--eval-size", type=int, default=None, help="evaluation samples (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", required=True, help="quantized model file to write (.pt)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+
+    p = sub.add_parser("finetune", help="LSQ fine-tuning of QUANTIZED.pt: a new quantized model file")
+    p.add_argument("quantized", metavar="QUANTIZED.pt")
+    p.add_argument("--train-data", help="fine-tuning data (default: the calibration data QUANTIZED.pt records)")
+    p.add_argument("--train-size", type=int, default=None, help="fine-tuning samples drawn from --train-data (default: all)")
+    p.add_argument("--eval-data", help="held-out labelled data (default: the evaluation data QUANTIZED.pt records)")
+    p.add_argument("--eval-size", type=int, default=None, help="evaluation samples (default: all)")
+    p.add_argument("--epochs", type=int, required=True, help="fine-tuning epochs")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-4)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoints", help="checkpoint directory (default: checkpoints/ beside -o)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint of an interrupted run")
+    p.add_argument("-o", "--output", required=True, help="quantized model file to write (.pt)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+
+    p = sub.add_parser("export", help="write QUANTIZED.pt as QONNX or QCDQ ONNX (the target's format by default)")
+    p.add_argument("quantized", metavar="QUANTIZED.pt")
+    p.add_argument("--format", choices=("qonnx", "qcdq"), help="override the target's export format")
+    p.add_argument("-o", "--output", required=True, help="ONNX file to write")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+
+    p = sub.add_parser("verify", help="run MODEL.onnx against QUANTIZED.pt: agreement, logits, bits in the graph")
+    p.add_argument("onnx", metavar="MODEL.onnx")
+    p.add_argument("quantized", metavar="QUANTIZED.pt")
+    p.add_argument("--eval-data", help="labelled data (default: the evaluation data QUANTIZED.pt records)")
+    p.add_argument("--eval-size", type=int, default=None, help="samples drawn from --eval-data (default: all)")
+    p.add_argument("--verify-size", type=int, default=None, help="class-balanced samples to run (default: all)")
+    p.add_argument("--format", choices=("qonnx", "qcdq"), help="the file's format (default: the target's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", help="verification file to write (JSON), the input of `report`")
+    p.add_argument("--json", action="store_true", help="print the verification as JSON")
+
+    p = sub.add_parser("report", help="report.md, report.json and plots from QUANTIZED.pt and VERIFY.json")
+    p.add_argument("quantized", metavar="QUANTIZED.pt")
+    p.add_argument("verification", metavar="VERIFY.json")
+    p.add_argument("--sensitivity", help="the sensitivity table the allocation came from (for the heat map)")
+    p.add_argument("-o", "--output", required=True, help="directory to write the report into")
+    p.add_argument("--json", action="store_true", help="print report.json")
 
     p = sub.add_parser("targets", help="list the hardware targets")
     p.add_argument("--json", action="store_true")
@@ -117,9 +155,11 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     run_parser.add_argument("--version", action="version", version=f"infoq-deploy {__version__}")
     _model_args(run_parser, positional_required=False)
     _profile_args(run_parser)
-    run_parser.add_argument("--budget", action="append", required=True, help="repeat for several budgets")
+    run_parser.add_argument("--budget", action="append", help="e.g. 4.5MB, 23GBOPs, 3.5bit; repeat for several")
+    run_parser.add_argument("--allocation", metavar="ALLOCATION.json",
+                            help="take the bit-widths from this file instead of profiling and allocating")
     run_parser.add_argument("--alpha", type=float, default=1.0)
-    _run_args(run_parser, with_profile=False)
+    _run_args(run_parser)
     return sub_parser, run_parser
 
 

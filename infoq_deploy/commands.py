@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 from . import stages
-from .allocate import allocation_to_json
 from .atomic import write_json
 from .data import load_data
 from .errors import UserError
@@ -74,8 +74,7 @@ def _print_allocation(doc: dict) -> None:
 def cmd_allocate(args) -> int:
     table = load_sensitivity(args.sensitivity)
     target = load_target(args.target)
-    alloc = stages.allocate_table(table, target, args.budget, alpha=args.alpha)
-    doc = allocation_to_json(alloc, target, table.meta)
+    doc = stages.allocation_document(table, target, args.budget, alpha=args.alpha)
     write_json(args.output, doc)
     if args.json:
         print(json.dumps(doc, indent=2))
@@ -164,14 +163,180 @@ def _run_and_print(cfg, as_json: bool) -> int:
         print(json.dumps(summary, indent=2))
     else:
         print((Path(summary["run_dir"]) / "report.md").read_text())
-        print(f"wrote {summary['run_dir']}/ (model.onnx, report.md, report.json, allocation.json, plots)")
+        print(f"wrote {summary['run_dir']}/ (model.onnx, report.md, report.json, allocation.json, quantized.pt, "
+              "verify.json, plots)")
     return 0
 
 
 def cmd_run(args) -> int:
-    return _run_and_print(_run_config(args, budgets=list(args.budget), method=args.method or "infoq"), args.json)
+    if args.allocation is not None:
+        if args.budget:
+            raise UserError("--allocation gives the bit-widths, so --budget has nothing to do; pass one or the other")
+        cfg = _run_config(args, budgets=[], method="none", allocation=args.allocation)
+    elif not args.budget:
+        raise UserError("no budget given; pass at least one --budget (e.g. --budget 4.5MB or --budget 3.5bit), "
+                        "or --allocation ALLOCATION.json")
+    else:
+        cfg = _run_config(args, budgets=list(args.budget), method=args.method or "infoq")
+    return _run_and_print(cfg, args.json)
+
+
+# ---------------------------------------------------------------- stage subcommands after allocate
+
+
+def _pct(value) -> str:
+    return "—" if value is None else f"{100.0 * value:.2f}%"
+
+
+def _print_accuracies(acc: dict) -> None:
+    if acc:
+        print("top-1: " + ", ".join(f"{k} {_pct(v)}" for k, v in acc.items()))
+
+
+def _check_sizes(args) -> None:
+    for name in ("calib_size", "eval_size", "train_size", "verify_size", "epochs", "batch_size"):
+        v = getattr(args, name, None)
+        if v is not None and v < (0 if name == "epochs" else 1):
+            flag = "--" + name.replace("_", "-")
+            raise UserError(f"{flag} is {v}; pass a {'whole number >= 0' if name == 'epochs' else 'positive whole number'}")
+
+
+def _quantized_summary(qm, path) -> dict:
+    return {"file": str(path), "stage": qm.stage, "target": qm.target.name, "accuracies": qm.accuracies,
+            "timings": qm.timings, "bits": {k: list(v) for k, v in qm.bits.items()}}
+
+
+def _eval_set(args, qm, role: str = "evaluation"):
+    """--eval-data when given, else the evaluation set the quantized file records."""
+    from .data_plan import load_one, load_ref
+
+    pre = qm.model.preprocess
+    if args.eval_data is not None:
+        return load_one(args.eval_data, pre, limit=args.eval_size, seed=args.seed)
+    ref = qm.data.get("evaluation")
+    if ref is None:
+        raise UserError(f"{args.quantized} records no evaluation data; pass --eval-data (labelled, held out)")
+    return load_ref(ref, pre, role), ref
 
 
 def cmd_quantize(args) -> int:
-    cfg = _run_config(args, budgets=[], method="none", allocation=args.allocation)
-    return _run_and_print(cfg, args.json)
+    from .allocate import load_allocation
+    from .data_plan import plan_datasets
+    from .quantized_file import ModelSource, save_quantized
+
+    _check_sizes(args)
+    doc = load_allocation(args.allocation)
+    target = load_target(args.target or doc["target"])
+    model = _load(args)
+    default = args.model == stages.DEFAULT_MODEL and args.data is None
+    plan = plan_datasets(model.preprocess, data=stages.DEFAULT_DATA if default else args.data,
+                         eval_data=args.eval_data or (stages.DEFAULT_EVAL_DATA if default else None),
+                         labels=args.labels, calib_size=args.calib_size, eval_size=args.eval_size, seed=args.seed)
+    source = ModelSource.of(args.model, args.weights, args.input_shape, args.data_root)
+    qm = stages.quantize(model, target, doc, plan, source, allocation_name=args.allocation)
+    save_quantized(args.output, qm)
+    if args.json:
+        print(json.dumps(_quantized_summary(qm, args.output), indent=2))
+    else:
+        _print_allocation(doc)
+        _print_accuracies(qm.accuracies)
+        for note in qm.notes:
+            print(f"note: {note}")
+        print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from .data_plan import load_one, load_ref
+    from .finetune import FinetuneConfig
+    from .quantized_file import load_quantized, save_quantized
+
+    _check_sizes(args)
+    if args.epochs < 1:
+        raise UserError(f"--epochs is {args.epochs}; fine-tune for at least one epoch")
+    qm = load_quantized(args.quantized)
+    pre = qm.model.preprocess
+    if args.train_data is not None:
+        train, train_ref = load_one(args.train_data, pre, limit=args.train_size, seed=args.seed)
+    else:
+        train_ref = qm.data.get("train") or qm.data["calibration"]
+        train = load_ref(train_ref, pre, "training")
+    evaluation, eval_ref = _eval_set(args, qm)
+    cfg = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
+    if args.lr is not None:
+        cfg.lr = args.lr
+    ckpt_dir = Path(args.checkpoints) if args.checkpoints else Path(args.output).parent / "checkpoints"
+    stages.finetune_quantized(qm, train, evaluation, cfg, ckpt_dir, resume=args.resume, progress=not args.json,
+                              train_ref=train_ref, eval_ref=eval_ref)
+    save_quantized(args.output, qm)
+    if args.json:
+        print(json.dumps(_quantized_summary(qm, args.output), indent=2))
+    else:
+        ft = qm.finetune
+        print(f"fine-tuned {ft['epochs_run']} epochs; best epoch {ft['best_epoch']} (checkpoints in {ckpt_dir})")
+        _print_accuracies(qm.accuracies)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .quantized_file import load_quantized
+
+    qm = load_quantized(args.quantized)
+    fmt = args.format or qm.target.export
+    seconds = stages.export_quantized(qm, args.output, fmt)
+    if args.json:
+        print(json.dumps({"file": str(args.output), "format": fmt, "stage": qm.stage, "seconds": seconds}, indent=2))
+        return 0
+    print(f"wrote {args.output} ({fmt}, {qm.stage} model, {seconds:.1f} s); check it with "
+          f"`infoq-deploy verify {args.output} {args.quantized}`")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from .quantized_file import load_quantized
+
+    _check_sizes(args)
+    qm = load_quantized(args.quantized)
+    evaluation, eval_ref = _eval_set(args, qm)
+    doc = stages.verify_quantized(args.onnx, qm, evaluation, verify_size=args.verify_size, seed=args.seed,
+                                  fmt=args.format, eval_ref=eval_ref)
+    if args.output:
+        write_json(args.output, doc)
+    r = doc["result"]
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(f"{args.onnx} ({r['fmt']}) against {args.quantized} on {r['n_inputs']} samples of {evaluation.source}:")
+        print(f"  top-1 agreement {_pct(r['agreement'])} (need >= {_pct(0.995)}); exported accuracy "
+              f"{_pct(r['accuracy'])}, Brevitas {_pct(r['reference_accuracy'])}")
+        print(f"  logits: mean |diff| {r['mean_abs_diff']:.4g} (tolerance {r['tolerance']:.4g}), max {r['max_abs_diff']:.4g}")
+        in_graph = {k: tuple(v) for k, v in r["bits_in_graph"].items()}
+        carried = sum(in_graph.get(name) == pair for name, pair in qm.bits.items())
+        print(f"  bits: {carried}/{len(qm.bits)} layers carry their allocated (w_bits, a_bits) in the graph")
+        for m in r["mismatches"]:
+            print(f"  mismatch: {m}")
+        if args.output:
+            print(f"wrote {args.output}")
+    if not r["ok"]:
+        print(f"infoq-deploy: error: {args.onnx} failed verification against {args.quantized}; "
+              "re-export it from this model, or see the mismatches above", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .quantized_file import load_quantized
+
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a directory; pick another -o directory")
+    verified = stages.load_verification(args.verification)
+    table = load_sensitivity(args.sensitivity) if args.sensitivity else None
+    qm = load_quantized(args.quantized)
+    stages.report_run(out, qm, verified, sensitivity=table)
+    if args.json:
+        print((out / "report.json").read_text())
+    else:
+        print(f"wrote {out}/report.md, {out}/report.json and plots")
+    return 0

@@ -1,33 +1,32 @@
 """The whole run: import, profile, allocate, quantize, fine-tune, export, verify, report.
 
-Everything lands in one run directory. ``run.json`` names the run's inputs and says
-``running`` until the end; ``report.json`` is written last, so a directory without it
-is an unfinished run. Every file is written atomically.
+Everything lands in one run directory, each stage's output as the file the matching
+subcommand writes: ``sensitivity.json`` (profile), ``allocation.json`` (allocate),
+``quantized.pt`` (quantize), ``finetuned.pt`` and ``checkpoints/`` (finetune),
+``model.onnx`` (export), ``verify.json`` (verify), ``report.*`` and plots (report); so any
+stage can be re-run alone on the directory's files. ``run.json`` names the run's inputs
+and says ``running`` until the end; ``report.json`` is written last, so a directory
+without it is an unfinished run. Every file is written atomically.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__, stages
-from .allocate import allocation_to_json, load_allocation
+from .allocate import load_allocation
 from .atomic import write_json
-from .brevitas_model import build_quant_model, calibrate, read_bits
 from .budgets import parse_budget
-from .data import Dataset, load_data, split
+from .data_plan import plan_datasets
 from .errors import UserError
-from .evaluate import accuracy
-from .export import check_exportable, export_model
-from .finetune import FinetuneConfig, finetune
-from .inspect_report import inspect_json
+from .finetune import FinetuneConfig
 from .model_sources import load_model
-from .report import write_report
-from .targets import Target, load_target
-from .verify import verify_export
+from .quantized_file import ModelSource, save_quantized
+from .stages import verification_subset  # noqa: F401  (part of this module's API)
+from .targets import load_target
 
 RUN_FILE = "run.json"
 
@@ -95,51 +94,9 @@ def claim_run_dir(run_dir: Path, inputs: dict, resume: bool) -> None:
         raise UserError(f"{run_dir} is not empty and holds no infoq-deploy run; pick a new -o RUN_DIR")
 
 
-def _datasets(cfg: RunConfig, model) -> tuple[Dataset, Dataset, Dataset]:
-    """Calibration, evaluation and fine-tuning sets; evaluation never overlaps calibration."""
-    pre = model.preprocess
-    if cfg.data is None:
-        raise UserError("no calibration data; pass --data (an image folder, a .tar.gz of one, .npz/.pt or builtin:NAME)")
-    calib = load_data(cfg.data, pre, limit=cfg.calib_size, seed=cfg.seed, labels=cfg.labels)
-    if cfg.eval_data is not None:
-        evaluation = load_data(cfg.eval_data, pre, limit=cfg.eval_size, seed=cfg.seed)
-    else:
-        if len(calib) < 4:
-            raise UserError(f"{cfg.data} holds {len(calib)} samples, too few to hold some out; pass --eval-data")
-        calib, evaluation = split(calib, len(calib) // 2, seed=cfg.seed)
-        cfg.notes.append(
-            f"no --eval-data: half of {cfg.data} ({len(evaluation)} samples) was held out for evaluation"
-        )
-    train = calib if cfg.train_data is None else load_data(cfg.train_data, pre, limit=cfg.train_size, seed=cfg.seed)
-    if evaluation.y is None:
-        raise UserError("the evaluation data has no labels, so accuracy cannot be measured; pass labelled --eval-data")
-    return calib, evaluation, train
-
-
-def verification_subset(evaluation: Dataset, n: int, seed: int) -> Dataset:
-    """``n`` held-out samples for running the exported file: seeded and class-balanced,
-    because data folders are ordered by class and a prefix would not be a sample."""
-    return evaluation if n >= len(evaluation) else split(evaluation, n, seed=seed)[0]
-
-
-def _allocation_for(path: str, target: Target, model) -> dict:
-    doc = load_allocation(path)
-    if doc["target"] != target.name:
-        raise UserError(f"{path} was allocated for target {doc['target']}, not {target.name}; pass --target {doc['target']} or re-allocate")
-    names = {layer.name for layer in model.layers}
-    given = {d["name"] for d in doc["layers"]}
-    if names != given:
-        unknown, missing = sorted(given - names), sorted(names - given)
-        raise UserError(
-            f"{path} does not match {model.spec}: "
-            + "; ".join(p for p in (f"it names layers the model lacks ({', '.join(unknown[:5])})" if unknown else "",
-                                     f"it misses layers ({', '.join(missing[:5])})" if missing else "") if p)
-            + "; allocate for this model"
-        )
-    return doc
-
-
 def run(cfg: RunConfig) -> dict:
+    """Every stage in one run directory; each stage's file is the next stage's input, so any
+    stage can be re-run alone from that directory (see `infoq-deploy STAGE -h`)."""
     target = load_target(cfg.target)
     for text in cfg.budgets:  # fail on a typo before any expensive stage
         parse_budget(text)
@@ -159,21 +116,25 @@ def run(cfg: RunConfig) -> dict:
         clock = now
 
     model = load_model(cfg.model, weights=cfg.weights, input_shape=cfg.input_shape, data_root=cfg.data_root)
-    calib, evaluation, train = _datasets(cfg, model)
-    given = _allocation_for(cfg.allocation, target, model) if cfg.allocation is not None else None
+    plan = plan_datasets(model.preprocess, data=cfg.data, eval_data=cfg.eval_data, train_data=cfg.train_data,
+                         labels=cfg.labels, calib_size=cfg.calib_size, eval_size=cfg.eval_size,
+                         train_size=cfg.train_size, seed=cfg.seed)
+    given = None
+    if cfg.allocation is not None:
+        given = load_allocation(cfg.allocation)
+        stages.check_allocation(given, target, model, cfg.allocation)
     # Inputs are valid: only now does the run directory come to exist.
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / RUN_FILE, {"tool_version": __version__, "inputs": inputs, "status": "running"})
     (run_dir / "report.json").unlink(missing_ok=True)
     lap("import")
 
-    if cfg.allocation is not None:
+    calib = plan.calibration
+    if given is not None:
         table, alloc_doc = None, given
     elif cfg.method == "infoq":
-        from .profile_infoq import profile_infoq
-
-        table = profile_infoq(model, target, calib, seed=cfg.seed, progress=cfg.progress, plots_dir=run_dir / "profile",
-                              **cfg.infoq)
+        table = stages.profile_infoq(model, target, calib, seed=cfg.seed, progress=cfg.progress,
+                                     plots_dir=run_dir / "profile", **cfg.infoq)
         if table.meta.get("labels") == "predictions":
             cfg.notes.append("the calibration data has no labels: InfoQ used the float model's predictions as labels")
         enc = table.meta.get("settings", {}).get("encoder", {})
@@ -188,71 +149,45 @@ def run(cfg: RunConfig) -> dict:
     if table is not None:
         table.save(run_dir / "sensitivity.json")
         lap("profile")
-        alloc = stages.allocate_table(table, target, cfg.budgets, alpha=cfg.alpha)
-        alloc_doc = allocation_to_json(alloc, target, table.meta)
+        alloc_doc = stages.allocation_document(table, target, cfg.budgets, alpha=cfg.alpha)
         lap("allocate")
     else:
         cfg.notes.append(f"bit-widths taken from {cfg.allocation}")
     write_json(run_dir / "allocation.json", alloc_doc)
-    bits = {d["name"]: (int(d["w_bits"]), int(d["a_bits"])) for d in alloc_doc["layers"]}
 
-    deployed = stages.deployable(model)
-    qmodel = build_quant_model(deployed.graph, deployed.layers, bits, target.quant_spec())
-    calibrate(qmodel, calib.x)
-    check_exportable(qmodel, target.export)  # a format that cannot express the bits fails before training
-    if read_bits(qmodel) != bits:
-        raise RuntimeError("the quantized model's bit-widths differ from the allocation; this is a bug")
-    accuracies = {"float": accuracy(deployed.graph, evaluation.x, evaluation.y), "ptq": accuracy(qmodel, evaluation.x, evaluation.y)}
+    source = ModelSource.of(cfg.model, cfg.weights, cfg.input_shape, cfg.data_root)
+    qm = stages.quantize(model, target, alloc_doc, plan, source, allocation_name=cfg.allocation or "the allocation")
+    save_quantized(run_dir / "quantized.pt", qm)
     lap("quantize")
 
-    ft_doc = None
     if cfg.epochs > 0:
         ft_cfg = FinetuneConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed)
         if cfg.lr is not None:
             ft_cfg.lr = cfg.lr
-        identity = {
-            "model": model.fingerprint,
-            "allocation": hashlib.sha256(json.dumps(sorted(bits.items())).encode()).hexdigest(),
-            "target": target.name,
-            "data": train.sha256,
-        }
-        result = finetune(qmodel, train, evaluation, ft_cfg, run_dir / "checkpoints", identity,
-                          resume=cfg.resume, progress=cfg.progress)
-        ft_doc = result.to_json()
-        accuracies["finetuned"] = accuracy(qmodel, evaluation.x, evaluation.y)
+        stages.finetune_quantized(qm, plan.train, plan.evaluation, ft_cfg, run_dir / "checkpoints",
+                                  resume=cfg.resume, progress=cfg.progress)
+        save_quantized(run_dir / "finetuned.pt", qm)
         lap("finetune")
+    else:
+        (run_dir / "finetuned.pt").unlink(missing_ok=True)
 
     onnx_path = run_dir / "model.onnx"
-    export_model(qmodel, evaluation.x[:1], target.export, onnx_path)
+    stages.export_quantized(qm, onnx_path)
     lap("export")
 
-    n_verify = len(evaluation) if cfg.verify_size is None else min(cfg.verify_size, len(evaluation))
-    held_out = verification_subset(evaluation, n_verify, cfg.seed)
-    if n_verify < len(evaluation):
-        cfg.notes.append(
-            f"the exported graph was run on {n_verify} of the {len(evaluation)} evaluation samples (--verify-size, "
-            "class-balanced): its accuracy is on that subset, the other accuracies on all of them"
-        )
-    ver = verify_export(onnx_path, target.export, qmodel, held_out.x, held_out.y, allocation=bits)
-    ver_doc = ver.to_json()
-    accuracies["exported"] = ver.accuracy
+    verified = stages.verify_quantized(onnx_path, qm, plan.evaluation, verify_size=cfg.verify_size, seed=cfg.seed,
+                                       eval_ref=qm.data.get("evaluation"))
+    write_json(run_dir / "verify.json", verified)
     lap("verify")
 
-    model_info = inspect_json(deployed)
-    model_info["float_model_params"] = inspect_json(model)["params"]
-    model_info["eval"] = {"source": evaluation.source, "n": len(evaluation), "verified_on": n_verify}
-    model_info["calibration"] = {"source": calib.source, "n": len(calib)}
-    if not ver.ok:
-        cfg.notes.append("VERIFICATION FAILED: the exported graph does not match the quantized model (see verify)")
-    write_report(run_dir, inputs=inputs, model_info=model_info, allocation=alloc_doc, sensitivity=table,
-                 accuracies=accuracies, verify=ver_doc, timings=timings, finetune=ft_doc, notes=cfg.notes)
-    status = "complete" if ver.ok else "verification-failed"
+    stages.report_run(run_dir, qm, verified, sensitivity=table, inputs=inputs, timings=timings, notes=cfg.notes)
+    ver = verified["result"]
+    status = "complete" if ver["ok"] else "verification-failed"
     write_json(run_dir / RUN_FILE, {"tool_version": __version__, "inputs": inputs, "status": status})
-    if not ver.ok:
+    if not ver["ok"]:
         raise UserError(
-            f"the exported {target.export} graph failed verification (agreement {ver.agreement:.4f}, "
-            f"bit mismatches {ver.mismatches}); see {run_dir}/report.md"
+            f"the exported {target.export} graph failed verification (agreement {ver['agreement']:.4f}, "
+            f"bit mismatches {ver['mismatches']}); see {run_dir}/report.md"
         )
-    return {"run_dir": str(run_dir), "accuracies": accuracies, "timings": timings, "cost": alloc_doc["cost"],
-            "verify": {"agreement": ver.agreement, "ok": ver.ok}}
-
+    return {"run_dir": str(run_dir), "accuracies": dict(qm.accuracies, exported=ver["accuracy"]), "timings": timings,
+            "cost": alloc_doc["cost"], "verify": {"agreement": ver["agreement"], "ok": ver["ok"]}}

@@ -8,25 +8,46 @@ pipeline can call any of them alone::
     target = stages.load_target("fpga-int")
     data = stages.load_data("../shared/data/cifar10/train.tar.gz", model.preprocess, limit=1000)
     table = stages.profile_infoq(model, target, data)        # or stages.profile_mse(...)
-    allocation = stages.allocate_table(table, target, ["3.5bit"])
-    # quantize + fine-tune + export + verify + report: infoq_deploy.pipeline.run(RunConfig(...))
+    allocation = stages.allocation_document(table, target, ["3.5bit"])     # as allocation.json
+    plan = stages.plan_datasets(model.preprocess, data="../shared/data/cifar10/train.tar.gz", calib_size=1000,
+                                eval_data="../shared/data/cifar10/test.tar.gz", eval_size=2000)
+    qm = stages.quantize(model, target, allocation, plan, stages.ModelSource.of("zoo:cifar10-resnet20"))
+    stages.finetune_quantized(qm, plan.train, plan.evaluation, stages.FinetuneConfig(epochs=1), "ckpt")
+    stages.export_quantized(qm, "model.onnx")
+    verified = stages.verify_quantized("model.onnx", qm, plan.evaluation)
+    stages.report_run("run", qm, verified, sensitivity=table)
+
+The objects between stages are plain: `ImportedModel`, `SensitivityTable`, the allocation
+document (a dict, as in allocation.json), `QuantizedModel` (saved and loaded by
+`quantized_file`) and the verification document (as in verify.json).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
+from pathlib import Path
+
+import torch
 
 from . import __version__
-from .allocate import Allocation, allocate
+from .allocate import Allocation, allocate, allocation_to_json
 from .budgets import parse_budget
 from .data import Dataset, load_data
+from .data_plan import DataPlan, DataRef, absolute_spec, plan_datasets
 from .errors import UserError
+from .finetune import FinetuneConfig
 from .fold_bn import FoldBatchNorm
+from .inspect_report import inspect_json
 from .layers import build_layer_table
 from .model_sources import ImportedModel, load_model
 from .profile_mse import activation_scores, weight_scores
+from .quantized_file import ModelSource, QuantizedModel, load_quantized, save_quantized
 from .sensitivity import SensitivityTable
-from .targets import Target, load_target
+from .targets import Target, load_target, target_ref
+
+VERIFY_FORMAT = "infoq-deploy/verify/1"
 
 
 def profile_infoq(model: ImportedModel, target: Target, data: Dataset, **settings) -> SensitivityTable:
@@ -90,7 +111,220 @@ def allocate_table(table: SensitivityTable, target: Target, budget_texts: list[s
     return allocate(table.layers, table.weights, table.activations, target, budgets, alpha=alpha)
 
 
+def allocation_document(table: SensitivityTable, target: Target, budget_texts: list[str], alpha: float = 1.0) -> dict:
+    """`allocate_table` as the allocation document (what allocation.json holds)."""
+    return allocation_to_json(allocate_table(table, target, budget_texts, alpha=alpha), target, table.meta)
+
+
+# ---------------------------------------------------------------- after allocation
+
+
+def check_allocation(doc: dict, target: Target, model: ImportedModel, name: str = "the allocation") -> None:
+    """UserError unless ``doc`` was allocated for ``target`` and names exactly ``model``'s layers."""
+    if doc["target"] != target.name:
+        raise UserError(f"{name} was allocated for target {doc['target']}, not {target.name}; "
+                        f"pass --target {doc['target']} or re-allocate")
+    names = {layer.name for layer in model.layers}
+    given = {d["name"] for d in doc["layers"]}
+    if names != given:
+        unknown, missing = sorted(given - names), sorted(names - given)
+        raise UserError(
+            f"{name} does not match {model.spec}: "
+            + "; ".join(p for p in (f"it names layers the model lacks ({', '.join(unknown[:5])})" if unknown else "",
+                                     f"it misses layers ({', '.join(missing[:5])})" if missing else "") if p)
+            + "; allocate for this model"
+        )
+
+
+def quantize(model: ImportedModel, target: Target, allocation: dict, plan: DataPlan, source: ModelSource,
+             *, allocation_name: str = "the allocation") -> QuantizedModel:
+    """The Brevitas model of ``allocation``, calibrated on ``plan.calibration``; float and
+    post-training accuracy on ``plan.evaluation`` when there is one."""
+    from .brevitas_model import build_quant_model, calibrate, read_bits
+    from .evaluate import accuracy
+    from .export import check_exportable
+
+    start = time.perf_counter()
+    check_allocation(allocation, target, model, allocation_name)
+    bits = {d["name"]: (int(d["w_bits"]), int(d["a_bits"])) for d in allocation["layers"]}
+    deployed = deployable(model)
+    qmodel = build_quant_model(deployed.graph, deployed.layers, bits, target.quant_spec())
+    calibrate(qmodel, plan.calibration.x)
+    check_exportable(qmodel, target.export)  # a format that cannot express the bits fails before training
+    if read_bits(qmodel) != bits:
+        raise RuntimeError("the quantized model's bit-widths differ from the allocation; this is a bug")
+    accuracies = {}
+    if plan.evaluation is not None:
+        ev = plan.evaluation
+        accuracies = {"float": accuracy(deployed.graph, ev.x, ev.y), "ptq": accuracy(qmodel, ev.x, ev.y)}
+    model_info = inspect_json(deployed)
+    model_info["float_model_params"] = inspect_json(model)["params"]
+    model_info["calibration"] = {"source": plan.calibration.source, "n": len(plan.calibration)}
+    if plan.evaluation is not None:
+        model_info["eval"] = {"source": plan.evaluation.source, "n": len(plan.evaluation)}
+    return QuantizedModel(
+        qmodel=qmodel, model=model, source=source, target=target, allocation=allocation, stage="ptq",
+        accuracies=accuracies, data=dict(plan.refs), model_info=model_info,
+        timings={"quantize": round(time.perf_counter() - start, 3)}, notes=list(plan.notes),
+    )
+
+
+def finetune_quantized(qm: QuantizedModel, train: Dataset, evaluation: Dataset, cfg, ckpt_dir: str | Path, *,
+                       resume: bool = False, progress: bool = True, train_ref: DataRef | None = None,
+                       eval_ref: DataRef | None = None) -> QuantizedModel:
+    """LSQ fine-tuning of ``qm`` in place (`finetune.finetune`); ``qm`` ends at its best checkpoint.
+
+    When ``evaluation`` is not the set the earlier accuracies were measured on, float and
+    starting accuracy are re-measured on it, so the report compares like with like.
+    """
+    from .evaluate import accuracy
+    from .finetune import finetune
+
+    start = time.perf_counter()
+    identity = {
+        "model": qm.model.fingerprint,
+        "allocation": hashlib.sha256(json.dumps(sorted(qm.bits.items())).encode()).hexdigest(),
+        "target": qm.target.name,
+        "data": train.sha256,
+    }
+    before = qm.data.get("evaluation")
+    same_eval = before is not None and before.sha256 == evaluation.sha256
+    result = finetune(qm.qmodel, train, evaluation, cfg, Path(ckpt_dir), identity, resume=resume, progress=progress)
+    if cfg.epochs == 0:
+        return qm
+    if not same_eval:
+        qm.accuracies = {"float": accuracy(deployable(qm.model).graph, evaluation.x, evaluation.y)}
+        if qm.stage == "ptq":
+            qm.accuracies["ptq"] = result.start_accuracy
+        qm.model_info["eval"] = {"source": evaluation.source, "n": len(evaluation)}
+        qm.notes.append(f"accuracies are on {evaluation.source}, the fine-tuning evaluation set")
+    qm.accuracies["finetuned"] = accuracy(qm.qmodel, evaluation.x, evaluation.y)
+    qm.stage = "finetuned"
+    qm.finetune = result.to_json()
+    if train_ref is not None:
+        qm.data["train"] = train_ref
+    if eval_ref is not None:
+        qm.data["evaluation"] = eval_ref
+    qm.timings["finetune"] = round(time.perf_counter() - start, 3)
+    return qm
+
+
+def export_quantized(qm: QuantizedModel, path: str | Path, fmt: str | None = None) -> float:
+    """Write ``qm`` in ``fmt`` (default: its target's format) to ``path``; the seconds it took."""
+    from .export import export_model
+
+    start = time.perf_counter()
+    # Brevitas's export traces the graph; the example input only fixes the batch size (1).
+    example = torch.zeros(1, *qm.model.preprocess.input_shape)
+    export_model(qm.qmodel, example, fmt or qm.target.export, path)
+    return round(time.perf_counter() - start, 3)
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_quantized(onnx_path: str | Path, qm: QuantizedModel, evaluation: Dataset, *, verify_size: int | None = None,
+                     seed: int = 0, fmt: str | None = None, eval_ref: DataRef | None = None) -> dict:
+    """Run the exported file on (a class-balanced part of) ``evaluation`` against ``qm``: the
+    verification document (verify.json), whose ``result`` is `verify.VerifyResult.to_json()`."""
+    from .verify import verify_export
+
+    if evaluation.y is None:
+        raise UserError(f"{evaluation.source} has no labels, so the exported model's accuracy cannot be measured; "
+                        "pass labelled evaluation data")
+    n = len(evaluation) if verify_size is None else min(verify_size, len(evaluation))
+    if n < 1:
+        raise UserError(f"--verify-size is {verify_size}; verify on at least one sample")
+    held_out = verification_subset(evaluation, n, seed)
+    result = verify_export(onnx_path, fmt or qm.target.export, qm.qmodel, held_out.x, held_out.y, allocation=qm.bits)
+    return {
+        "format": VERIFY_FORMAT,
+        "tool_version": __version__,
+        "onnx": str(Path(onnx_path).resolve()),
+        "onnx_sha256": _file_sha256(Path(onnx_path)),
+        "quantized_state_sha256": qm.state_sha256(),
+        "stage": qm.stage,
+        "eval": {"source": evaluation.source, "n": len(evaluation), "verified_on": n, "seed": seed,
+                 "ref": None if eval_ref is None else eval_ref.to_json()},
+        "result": result.to_json(),
+    }
+
+
+def verification_subset(evaluation: Dataset, n: int, seed: int) -> Dataset:
+    """``n`` held-out samples for running the exported file: seeded and class-balanced,
+    because data folders are ordered by class and a prefix would not be a sample."""
+    from .data import split
+
+    return evaluation if n >= len(evaluation) else split(evaluation, n, seed=seed)[0]
+
+
+def load_verification(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"verification file {path} does not exist; run `infoq-deploy verify ... -o {path}` first") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{path} is not valid JSON; run `infoq-deploy verify` again") from None
+    if not isinstance(doc, dict) or doc.get("format") != VERIFY_FORMAT or not isinstance(doc.get("result"), dict):
+        raise UserError(f"{path} is not an infoq-deploy verification file; pass the -o file of `infoq-deploy verify`")
+    return doc
+
+
+def report_run(run_dir: str | Path, qm: QuantizedModel, verified: dict, *, sensitivity: SensitivityTable | None = None,
+               inputs: dict | None = None, timings: dict[str, float] | None = None, notes: list[str] = ()) -> None:
+    """report.md, report.json and the plots of ``qm`` and its verification into ``run_dir``."""
+    from .report import write_report
+
+    if verified.get("quantized_state_sha256") != qm.state_sha256():
+        raise UserError(f"the verification of {verified.get('onnx')} was made for another quantized model "
+                        "(different weights or scales); verify this model's export first")
+    if sensitivity is not None and sensitivity.meta.get("model_fingerprint") not in (None, qm.model.fingerprint):
+        raise UserError(f"the sensitivity table is for another model than {qm.source.spec}; pass the table "
+                        "this model's allocation came from")
+    result = verified["result"]
+    accuracies = dict(qm.accuracies)
+    accuracies["exported"] = result.get("accuracy")
+    model_info = dict(qm.model_info)
+    model_info["eval"] = dict(model_info.get("eval") or {}, verified_on=verified["eval"]["verified_on"])
+    if timings is None:  # from the stage records
+        timings = {}
+        if sensitivity is not None and "seconds" in sensitivity.meta:
+            timings["profile"] = sensitivity.meta["seconds"]
+        solver = qm.allocation.get("solver") or {}
+        if solver.get("seconds") is not None:
+            timings["allocate"] = solver["seconds"]
+        timings.update(qm.timings)
+        timings["verify"] = round(float(result.get("seconds", 0.0)), 3)
+    all_notes = list(qm.notes) + list(notes)
+    n_eval = verified["eval"]["n"]
+    if verified["eval"]["verified_on"] < n_eval:
+        all_notes.append(
+            f"the exported graph was run on {verified['eval']['verified_on']} of the {n_eval} evaluation samples "
+            "(--verify-size, class-balanced): its accuracy is on that subset, the other accuracies on all of them"
+        )
+    if not result.get("ok"):
+        all_notes.append("VERIFICATION FAILED: the exported graph does not match the quantized model (see verify)")
+    if inputs is None:
+        inputs = {"quantized_model": qm.source.to_json(), "target": target_ref(qm.target), "stage": qm.stage,
+                  "budgets": [b.get("text") for b in qm.allocation.get("budgets", [])],
+                  "data": {k: f"{v.source}" + ("" if v.part == "all" else f" ({v.part})") + f", {v.n} samples"
+                           for k, v in qm.data.items()},
+                  "exported": verified["onnx"]}
+    write_report(Path(run_dir), inputs=inputs, model_info=model_info, allocation=qm.allocation,
+                 sensitivity=sensitivity, accuracies=accuracies, verify=result, timings=timings,
+                 finetune=qm.finetune, notes=all_notes)
+
+
 __all__ = [
-    "DEFAULT_DATA", "DEFAULT_EVAL_DATA", "DEFAULT_MODEL", "allocate_table", "deployable", "load_data",
-    "load_model", "load_target", "profile_infoq", "profile_mse",
+    "DEFAULT_DATA", "DEFAULT_EVAL_DATA", "DEFAULT_MODEL", "DataPlan", "DataRef", "FinetuneConfig", "ModelSource",
+    "QuantizedModel", "absolute_spec", "allocate_table", "allocation_document", "check_allocation", "deployable", "export_quantized",
+    "finetune_quantized", "load_data", "load_model", "load_quantized", "load_target", "load_verification",
+    "plan_datasets", "profile_infoq", "profile_mse", "quantize", "report_run", "save_quantized", "verification_subset",
+    "verify_quantized",
 ]

@@ -136,6 +136,12 @@ def load_target(name_or_path: str | Path) -> Target:
     return _load_file(path)
 
 
+def target_ref(target: Target) -> str:
+    """What `load_target` takes to load ``target`` again: its name if shipped, else its file."""
+    path = Path(target.path).resolve()
+    return target.name if path.parent == _shipped_dir().resolve() else str(path)
+
+
 def list_targets() -> list[Target]:
     """Every shipped target, sorted by name."""
     return [_load_file(p) for p in sorted(_shipped_dir().glob("*.toml"))]

@@ -356,7 +356,10 @@ def verify_export(
     if y is not None and len(y) != len(x):
         raise UserError(f"{len(x)} inputs but {len(y)} labels; give one label per input")
     start = time.perf_counter()
-    model = onnx.load(str(path))
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # protobuf's DecodeError and friends: a truncated or foreign file
+        raise UserError(f"{path} is not a readable ONNX file ({type(exc).__name__}); export it again") from None
     expected = dict(allocation) if allocation is not None else read_bits(qmodel)
     found, mismatches = graph_bits(model, fmt, qmodel)
     for name, pair in expected.items():

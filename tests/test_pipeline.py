@@ -69,17 +69,22 @@ def test_tiny_model_end_to_end(tmp_path, data, target, budget, method, fmt, caps
     assert json.loads((run_dir / "run.json").read_text())["status"] == "complete"
 
 
-def test_quantize_stage_reuses_an_allocation(tmp_path, data, capsys):
+def test_run_from_an_allocation_file(tmp_path, data, capsys):
     first = tmp_path / "a"
     assert _run(TINY, "--input-shape", "1,8,8", "--data", data, "--target", "fpga-int", "--budget", "6bit",
                 "--method", "mse", "-o", first) == 0
     second = tmp_path / "b"
-    code = _run("quantize", TINY, first / "allocation.json", "--input-shape", "1,8,8", "--data", data,
+    code = _run(TINY, "--allocation", first / "allocation.json", "--input-shape", "1,8,8", "--data", data,
                 "--target", "fpga-int", "-o", second)
     assert code == 0, capsys.readouterr().err
     a = json.loads((first / "allocation.json").read_text())["layers"]
     b = json.loads((second / "report.json").read_text())["verify"]["bits_in_graph"]
     assert {d["name"]: [d["w_bits"], d["a_bits"]] for d in a} == b
+    capsys.readouterr()
+    code = _run(TINY, "--allocation", first / "allocation.json", "--budget", "5bit", "--input-shape", "1,8,8",
+                "--data", data, "--target", "fpga-int", "-o", tmp_path / "c")
+    assert code == 2 and "one or the other" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
 
 
 def test_bad_inputs_leave_nothing(tmp_path, data, capsys):
@@ -94,7 +99,7 @@ def test_bad_inputs_leave_nothing(tmp_path, data, capsys):
     other = tmp_path / "other.json"
     other.write_text(json.dumps(doc))
     capsys.readouterr()
-    code = _run("quantize", TINY, other, "--input-shape", "1,8,8", "--data", data, "--target", "fpga-int", "-o", run_dir)
+    code = _run(TINY, "--allocation", other, "--input-shape", "1,8,8", "--data", data, "--target", "fpga-int", "-o", run_dir)
     assert code == 2 and "does not match" in capsys.readouterr().err
     assert not run_dir.exists()
     # an impossible budget, a unit typo, an empty data folder

@@ -1,0 +1,164 @@
+"""The quantized-model file: what `quantize` and `finetune` hand to the later stages.
+
+A torch file (read with ``weights_only=True``: tensors and plain containers, no code)
+holding the Brevitas model's state dict and everything needed to rebuild the module
+around it: how to import the float model again (checked by its fingerprint), the target,
+the allocation, and each activation quantizer's signedness (set by calibration and not
+part of a state dict). It also carries the run so far, so that `report` needs no other
+input: accuracies measured, the samples used (`data_plan.DataRef`), the fine-tuning
+history, stage timings and notes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .atomic import atomic_path
+from .data_plan import DataRef, absolute_spec
+from .errors import UserError
+from .fold_bn import FoldBatchNorm
+from .layers import build_layer_table
+from .model_sources import ImportedModel, load_model
+from .targets import Target, load_target, target_ref
+
+FORMAT = "infoq-deploy/quantized-model/1"
+STAGES = ("ptq", "finetuned")
+
+
+@dataclass
+class ModelSource:
+    """How to import the float model again: the arguments `load_model` took."""
+
+    spec: str
+    weights: str | None = None
+    input_shape: tuple[int, int, int] | None = None
+    data_root: str | None = None
+
+    def to_json(self) -> dict:
+        return {"spec": self.spec, "weights": self.weights,
+                "input_shape": None if self.input_shape is None else list(self.input_shape),
+                "data_root": self.data_root}
+
+    @staticmethod
+    def of(spec: str, weights=None, input_shape=None, data_root=None) -> ModelSource:
+        return ModelSource(spec=absolute_spec(spec), weights=absolute_spec(weights),
+                           input_shape=None if input_shape is None else tuple(input_shape),
+                           data_root=absolute_spec(data_root))
+
+
+@dataclass
+class QuantizedModel:
+    qmodel: torch.fx.GraphModule  # calibrated Brevitas model
+    model: ImportedModel  # the float model as imported (BatchNorm not folded)
+    source: ModelSource
+    target: Target
+    allocation: dict  # the allocation document (allocation.json)
+    stage: str = "ptq"  # "ptq" | "finetuned"
+    accuracies: dict[str, float] = field(default_factory=dict)  # float, ptq, finetuned, on data["evaluation"]
+    data: dict[str, DataRef] = field(default_factory=dict)  # calibration, evaluation, train
+    model_info: dict = field(default_factory=dict)  # inspect_json of the deployed graph, for the report
+    finetune: dict | None = None  # FinetuneResult.to_json()
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def bits(self) -> dict[str, tuple[int, int]]:
+        return {d["name"]: (int(d["w_bits"]), int(d["a_bits"])) for d in self.allocation["layers"]}
+
+    def state_sha256(self) -> str:
+        """Identifies the quantized weights and scales: what `verify` checked, `report` matches."""
+        h = hashlib.sha256()
+        for name, t in sorted(self.qmodel.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+
+def save_quantized(path: str | Path, qm: QuantizedModel) -> None:
+    from .brevitas_model import (
+        act_signedness,  # Brevitas is imported on use: `inspect` needs none of it
+    )
+
+    if qm.stage not in STAGES:
+        raise ValueError(f"stage {qm.stage!r} is not one of {STAGES}")
+    obj = {
+        "format": FORMAT,
+        "tool_version": __version__,
+        "source": qm.source.to_json(),
+        "model_fingerprint": qm.model.fingerprint,
+        "target": target_ref(qm.target),
+        "target_name": qm.target.name,
+        "quant_spec": dataclasses.asdict(qm.target.quant_spec()),
+        "allocation": qm.allocation,
+        "act_signed": act_signedness(qm.qmodel),
+        "state_dict": qm.qmodel.state_dict(),
+        "state_sha256": qm.state_sha256(),
+        "stage": qm.stage,
+        "accuracies": dict(qm.accuracies),
+        "data": {k: v.to_json() for k, v in qm.data.items()},
+        "model_info": qm.model_info,
+        "finetune": qm.finetune,
+        "timings": dict(qm.timings),
+        "notes": list(qm.notes),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def read_quantized(path: str | Path) -> dict:
+    """The file's record without rebuilding the model (tensors included)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"quantized model file {path} does not exist; run `infoq-deploy quantize` first or fix the path")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated or foreign file
+        raise UserError(f"{path} cannot be read as a quantized model ({type(exc).__name__}); "
+                        "pass the .pt file `infoq-deploy quantize` or `finetune` wrote") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise UserError(f"{path} is not an infoq-deploy quantized model file; pass the .pt file "
+                        "`infoq-deploy quantize` or `finetune` wrote")
+    return obj
+
+
+def load_quantized(path: str | Path) -> QuantizedModel:
+    """Rebuild the Brevitas model a `save_quantized` file describes, exactly."""
+    from .brevitas_model import build_quant_model, read_bits, restore_calibration
+
+    obj = read_quantized(path)
+    src = obj["source"]
+    source = ModelSource(spec=src["spec"], weights=src["weights"],
+                         input_shape=None if src["input_shape"] is None else tuple(src["input_shape"]),
+                         data_root=src["data_root"])
+    model = load_model(source.spec, weights=source.weights, input_shape=source.input_shape, data_root=source.data_root)
+    if model.fingerprint != obj["model_fingerprint"]:
+        raise UserError(f"{source.spec} no longer loads the model {path} was quantized from (its weights or "
+                        "definition changed); quantize it again")
+    target = load_target(obj["target"])
+    if target.name != obj["target_name"] or dataclasses.asdict(target.quant_spec()) != obj["quant_spec"]:
+        raise UserError(f"target {obj['target']} has changed since {path} was written (its quantizer differs); "
+                        "quantize again")
+    gm = FoldBatchNorm().apply(model.graph)
+    layers = build_layer_table(gm, model.preprocess.input_shape)
+    allocation = obj["allocation"]
+    bits = {d["name"]: (int(d["w_bits"]), int(d["a_bits"])) for d in allocation["layers"]}
+    qmodel = build_quant_model(gm, layers, bits, target.quant_spec())
+    restore_calibration(qmodel, obj["act_signed"])
+    qmodel.load_state_dict(obj["state_dict"])
+    qmodel.eval()
+    if read_bits(qmodel) != bits:
+        raise RuntimeError(f"the model rebuilt from {path} does not carry its allocation; this is a bug")
+    qm = QuantizedModel(
+        qmodel=qmodel, model=model, source=source, target=target, allocation=allocation, stage=obj["stage"],
+        accuracies=dict(obj["accuracies"]), data={k: DataRef.from_json(v) for k, v in obj["data"].items()},
+        model_info=obj["model_info"], finetune=obj["finetune"], timings=dict(obj["timings"]), notes=list(obj["notes"]),
+    )
+    if qm.state_sha256() != obj["state_sha256"]:
+        raise RuntimeError(f"the model rebuilt from {path} differs from the one saved; this is a bug")
+    return qm

@@ -80,7 +80,7 @@ def main() -> int:
             "finetune": report.get("finetune"),
             "bits": [(d["name"], d["w_bits"], d["a_bits"]) for d in json.loads((run_dir / "allocation.json").read_text())["layers"]],
         }
-        for big in ("model.onnx", "checkpoints"):  # keep the reports and plots, not the weights
+        for big in ("model.onnx", "checkpoints", "quantized.pt", "finetuned.pt"):  # keep reports and plots, not weights
             p = run_dir / big
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
         print(name, json.dumps(results[name]["accuracies"]), flush=True)

@@ -178,7 +178,11 @@ def main(argv: list[str] | None = None) -> int:
             return getattr(commands, f"cmd_{args.command}")(args)
         if argv and argv[0] in ("-h", "--help") and len(argv) == 1:
             run_parser.print_help()
-            print("\nsubcommands:\n  " + "\n  ".join(SUBCOMMANDS))
+            sub_action = next(a for a in sub_parser._actions if isinstance(a, argparse._SubParsersAction))
+            helps = {a.dest: a.help for a in sub_action._choices_actions}
+            print("\nsubcommands (each stage alone, on the previous stage's file):")
+            for name in SUBCOMMANDS:
+                print(f"  {name:<9} {helps.get(name, '')}")
             return 0
         args = run_parser.parse_args(argv)
         from . import commands

@@ -120,11 +120,8 @@ def _spec_file(spec: str) -> str | None:
 
 
 def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _run_onnx(path: Path, x: torch.Tensor, batch_size: int) -> np.ndarray:

@@ -84,6 +84,20 @@ def test_quantized_file_rebuilds_the_same_model(chain):
     assert q.bits == a.bits
 
 
+def test_finetune_resume_from_the_files_matches_a_straight_run(chain, tmp_path):
+    """Stopped after epoch 1 and resumed from the checkpoint directory by a new command,
+    fine-tuning ends where the chain's straight 2-epoch run ended."""
+    from infoq_deploy.quantized_file import load_quantized
+
+    ck = tmp_path / "ck"
+    assert _run("finetune", chain / "q.pt", "--epochs", "1", "--lr", "1e-3", "--checkpoints", ck, "-o", tmp_path / "f1.pt") == 0
+    assert _run("finetune", chain / "q.pt", "--epochs", "2", "--lr", "1e-3", "--checkpoints", ck, "--resume",
+                "-o", tmp_path / "f2.pt") == 0
+    resumed = load_quantized(tmp_path / "f2.pt")
+    assert resumed.finetune["resumed_from"] == 1
+    assert resumed.state_sha256() == load_quantized(chain / "f.pt").state_sha256()
+
+
 def test_verify_fails_against_another_model(chain, capsys):
     """The fine-tuned export checked against the post-training model: a wrong pairing is caught."""
     capsys.readouterr()
@@ -108,10 +122,10 @@ def test_export_format_override(chain, tmp_path, capsys):
     assert _run("verify", tmp_path / "m.onnx", chain / "f.pt", "--format", "qcdq", "--verify-size", "200") == 0
 
 
-def test_stages_reproduce_the_pipeline(tmp_path, capsys):
+def test_stages_reproduce_the_pipeline(tmp_path, quadrant_data, capsys):
     """The run directory's files are the stage files: re-running verify and report on them
     gives the pipeline's own numbers, and re-exporting gives a graph that verifies."""
-    data = _learnable_data(tmp_path)
+    data = quadrant_data
     run_dir = tmp_path / "run"
     assert _run(TINY, "--input-shape", "1,8,8", "--data", data, "--target", "edge-cpu-ort", "--budget", "400B",
                 "--method", "mse", "--epochs", "1", "-o", run_dir) == 0
@@ -141,21 +155,9 @@ def test_stages_reproduce_the_pipeline(tmp_path, capsys):
     assert not (tmp_path / "run2" / "sensitivity.json").exists()
 
 
-def _learnable_data(tmp_path) -> str:
-    rng = np.random.default_rng(0)
-    y = np.repeat(np.arange(4), 40)
-    x = rng.integers(0, 60, size=(len(y), 1, 8, 8)).astype(np.uint8)
-    for i, c in enumerate(y):
-        r, col = divmod(int(c), 2)
-        x[i, 0, 4 * r: 4 * r + 4, 4 * col: 4 * col + 4] += 150
-    p = tmp_path / "data.npz"
-    np.savez(p, x=x, y=y)
-    return str(p)
-
-
 @pytest.fixture
-def tiny_quantized(tmp_path):
-    data = _learnable_data(tmp_path)
+def tiny_quantized(tmp_path, quadrant_data):
+    data = quadrant_data
     assert _run("profile", TINY, "--input-shape", "1,8,8", "--target", "fpga-int", "--method", "mse", "--data", data,
                 "-o", tmp_path / "s.json") == 0
     assert _run("allocate", tmp_path / "s.json", "--target", "fpga-int", "--budget", "6bit", "-o", tmp_path / "a.json") == 0

@@ -10,7 +10,7 @@ pipeline can call any of them alone::
     table = stages.profile_infoq(model, target, data)        # or stages.profile_mse(...)
     allocation = stages.allocation_document(table, target, ["3.5bit"])     # as allocation.json
     plan = stages.plan_datasets(model.preprocess, data="../shared/data/cifar10/train.tar.gz", calib_size=1000,
-                                eval_data="../shared/data/cifar10/test.tar.gz", eval_size=2000)
+                                eval_data="../shared/data/cifar10/test", eval_size=2000)
     qm = stages.quantize(model, target, allocation, plan, stages.ModelSource.of("zoo:cifar10-resnet20"))
     stages.finetune_quantized(qm, plan.train, plan.evaluation, stages.FinetuneConfig(epochs=1), "ckpt")
     stages.export_quantized(qm, "model.onnx")

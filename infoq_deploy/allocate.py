@@ -323,6 +323,11 @@ def allocation_to_json(a: Allocation, target, sensitivity_meta: dict | None) -> 
     }
 
 
+def allocation_bits(doc: dict) -> dict[str, tuple[int, int]]:
+    """Layer name -> (w_bits, a_bits) of an allocation document."""
+    return {d["name"]: (int(d["w_bits"]), int(d["a_bits"])) for d in doc["layers"]}
+
+
 def load_allocation(path: str | os.PathLike) -> dict:
     """Read an allocation JSON; UserError naming the file and the problem when it is malformed."""
     path = Path(path)

@@ -193,14 +193,6 @@ def _print_accuracies(acc: dict) -> None:
         print("top-1: " + ", ".join(f"{k} {_pct(v)}" for k, v in acc.items()))
 
 
-def _check_sizes(args) -> None:
-    for name in ("calib_size", "eval_size", "train_size", "verify_size", "epochs", "batch_size"):
-        v = getattr(args, name, None)
-        if v is not None and v < (0 if name == "epochs" else 1):
-            flag = "--" + name.replace("_", "-")
-            raise UserError(f"{flag} is {v}; pass a {'whole number >= 0' if name == 'epochs' else 'positive whole number'}")
-
-
 def _quantized_summary(qm, path) -> dict:
     return {"file": str(path), "stage": qm.stage, "target": qm.target.name, "accuracies": qm.accuracies,
             "timings": qm.timings, "bits": {k: list(v) for k, v in qm.bits.items()}}
@@ -224,7 +216,6 @@ def cmd_quantize(args) -> int:
     from .data_plan import plan_datasets
     from .quantized_file import ModelSource, save_quantized
 
-    _check_sizes(args)
     doc = load_allocation(args.allocation)
     target = load_target(args.target or doc["target"])
     model = _load(args)
@@ -251,7 +242,6 @@ def cmd_finetune(args) -> int:
     from .finetune import FinetuneConfig
     from .quantized_file import load_quantized, save_quantized
 
-    _check_sizes(args)
     if args.epochs < 1:
         raise UserError(f"--epochs is {args.epochs}; fine-tune for at least one epoch")
     qm = load_quantized(args.quantized)
@@ -296,7 +286,6 @@ def cmd_export(args) -> int:
 def cmd_verify(args) -> int:
     from .quantized_file import load_quantized
 
-    _check_sizes(args)
     qm = load_quantized(args.quantized)
     evaluation, eval_ref = _eval_set(args, qm)
     doc = stages.verify_quantized(args.onnx, qm, evaluation, verify_size=args.verify_size, seed=args.seed,

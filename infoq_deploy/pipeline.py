@@ -25,7 +25,6 @@ from .errors import UserError
 from .finetune import FinetuneConfig
 from .model_sources import load_model
 from .quantized_file import ModelSource, save_quantized
-from .stages import verification_subset  # noqa: F401  (part of this module's API)
 from .targets import load_target
 
 RUN_FILE = "run.json"

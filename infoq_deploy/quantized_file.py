@@ -19,11 +19,10 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .allocate import allocation_bits
 from .atomic import atomic_path
 from .data_plan import DataRef, absolute_spec
 from .errors import UserError
-from .fold_bn import FoldBatchNorm
-from .layers import build_layer_table
 from .model_sources import ImportedModel, load_model
 from .targets import Target, load_target, target_ref
 
@@ -69,7 +68,7 @@ class QuantizedModel:
 
     @property
     def bits(self) -> dict[str, tuple[int, int]]:
-        return {d["name"]: (int(d["w_bits"]), int(d["a_bits"])) for d in self.allocation["layers"]}
+        return allocation_bits(self.allocation)
 
     def state_sha256(self) -> str:
         """Identifies the quantized weights and scales: what `verify` checked, `report` matches."""
@@ -130,6 +129,7 @@ def read_quantized(path: str | Path) -> dict:
 def load_quantized(path: str | Path) -> QuantizedModel:
     """Rebuild the Brevitas model a `save_quantized` file describes, exactly."""
     from .brevitas_model import build_quant_model, read_bits, restore_calibration
+    from .stages import deployable  # stages imports this module
 
     obj = read_quantized(path)
     src = obj["source"]
@@ -144,11 +144,10 @@ def load_quantized(path: str | Path) -> QuantizedModel:
     if target.name != obj["target_name"] or dataclasses.asdict(target.quant_spec()) != obj["quant_spec"]:
         raise UserError(f"target {obj['target']} has changed since {path} was written (its quantizer differs); "
                         "quantize again")
-    gm = FoldBatchNorm().apply(model.graph)
-    layers = build_layer_table(gm, model.preprocess.input_shape)
+    deployed = deployable(model)
     allocation = obj["allocation"]
-    bits = {d["name"]: (int(d["w_bits"]), int(d["a_bits"])) for d in allocation["layers"]}
-    qmodel = build_quant_model(gm, layers, bits, target.quant_spec())
+    bits = allocation_bits(allocation)
+    qmodel = build_quant_model(deployed.graph, deployed.layers, bits, target.quant_spec())
     restore_calibration(qmodel, obj["act_signed"])
     qmodel.load_state_dict(obj["state_dict"])
     qmodel.eval()

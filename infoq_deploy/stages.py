@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .allocate import Allocation, allocate, allocation_to_json
+from .allocate import Allocation, allocate, allocation_bits, allocation_to_json
 from .budgets import parse_budget
 from .data import Dataset, load_data
 from .data_plan import DataPlan, DataRef, absolute_spec, plan_datasets
@@ -146,7 +146,7 @@ def quantize(model: ImportedModel, target: Target, allocation: dict, plan: DataP
 
     start = time.perf_counter()
     check_allocation(allocation, target, model, allocation_name)
-    bits = {d["name"]: (int(d["w_bits"]), int(d["a_bits"])) for d in allocation["layers"]}
+    bits = allocation_bits(allocation)
     deployed = deployable(model)
     qmodel = build_quant_model(deployed.graph, deployed.layers, bits, target.quant_spec())
     calibrate(qmodel, plan.calibration.x)
@@ -234,9 +234,9 @@ def verify_quantized(onnx_path: str | Path, qm: QuantizedModel, evaluation: Data
     if evaluation.y is None:
         raise UserError(f"{evaluation.source} has no labels, so the exported model's accuracy cannot be measured; "
                         "pass labelled evaluation data")
-    n = len(evaluation) if verify_size is None else min(verify_size, len(evaluation))
-    if n < 1:
+    if verify_size is not None and verify_size < 1:
         raise UserError(f"--verify-size is {verify_size}; verify on at least one sample")
+    n = len(evaluation) if verify_size is None else min(verify_size, len(evaluation))
     held_out = verification_subset(evaluation, n, seed)
     result = verify_export(onnx_path, fmt or qm.target.export, qm.qmodel, held_out.x, held_out.y, allocation=qm.bits)
     return {

@@ -139,7 +139,7 @@ def test_verification_subset_is_class_balanced():
     import torch
 
     from infoq_deploy.data import Dataset
-    from infoq_deploy.pipeline import verification_subset
+    from infoq_deploy.stages import verification_subset
 
     y = torch.arange(4).repeat_interleave(50)  # ordered by class, as image folders are
     ds = Dataset(x=torch.zeros(200, 1, 2, 2), y=y, classes=None, source="t", sha256="0")

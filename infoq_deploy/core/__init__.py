@@ -1,0 +1,1 @@
+"""Shared small parts beneath every stage: errors, atomic writes, the quantizer rule, targets, evaluation."""

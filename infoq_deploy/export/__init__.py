@@ -1,0 +1,1 @@
+"""Stage 6, export: quantized model in, an ONNX file in a registered format out (registry.py)."""

@@ -1,0 +1,1 @@
+"""Stage 9, report: everything above in, report.md / report.json and plots out."""

@@ -28,12 +28,12 @@ import pulp
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from infoq_deploy.allocate import allocate  # noqa: E402
-from infoq_deploy.atomic import write_json  # noqa: E402
-from infoq_deploy.budgets import parse_budget  # noqa: E402
-from infoq_deploy.costs import model_cost  # noqa: E402
-from infoq_deploy.layers import Layer  # noqa: E402
-from infoq_deploy.targets import load_target  # noqa: E402
+from infoq_deploy.allocate.budgets import parse_budget  # noqa: E402
+from infoq_deploy.allocate.costs import model_cost  # noqa: E402
+from infoq_deploy.allocate.ilp import allocate  # noqa: E402
+from infoq_deploy.core.atomic import write_json  # noqa: E402
+from infoq_deploy.core.targets import load_target  # noqa: E402
+from infoq_deploy.importing.layers import Layer  # noqa: E402
 
 
 def resnet50_layers() -> list[Layer]:

@@ -29,20 +29,20 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
 from machine import machine_info  # noqa: E402  (bench/machine.py; the script folder is on sys.path)
+
 from infoq_deploy import __version__  # noqa: E402
-from infoq_deploy.allocate import allocate  # noqa: E402
-from infoq_deploy.atomic import atomic_path, write_json  # noqa: E402
-from infoq_deploy.budgets import parse_budget  # noqa: E402
-from infoq_deploy.data import load_data  # noqa: E402
-from infoq_deploy.evaluate import accuracy  # noqa: E402
-from infoq_deploy.model_sources import load_model  # noqa: E402
-from infoq_deploy.profile_infoq import profile_infoq  # noqa: E402
-from infoq_deploy.profile_mse import calibrate_act_ranges  # noqa: E402
-from infoq_deploy.ptq import apply_allocation  # noqa: E402
+from infoq_deploy.allocate.budgets import parse_budget  # noqa: E402
+from infoq_deploy.allocate.ilp import allocate  # noqa: E402
+from infoq_deploy.core.atomic import atomic_path, write_json  # noqa: E402
+from infoq_deploy.core.evaluate import accuracy  # noqa: E402
+from infoq_deploy.core.targets import load_target  # noqa: E402
+from infoq_deploy.data.load import load_data  # noqa: E402
+from infoq_deploy.importing.sources import load_model  # noqa: E402
+from infoq_deploy.profile.infoq import profile_infoq  # noqa: E402
+from infoq_deploy.profile.mse import calibrate_act_ranges  # noqa: E402
+from infoq_deploy.quantize.simulated import apply_allocation  # noqa: E402
 from infoq_deploy.stages import deployable, profile_mse  # noqa: E402
-from infoq_deploy.targets import load_target  # noqa: E402
 
 BUDGETS = (2.5, 3.0, 3.5, 4.0, 5.0)
 HERE = Path(__file__).resolve().parent

@@ -23,15 +23,15 @@ import sys
 import time
 from pathlib import Path
 
-
 from machine import machine_info  # bench/machine.py (the script's folder is on sys.path)
+
 from infoq_deploy import __version__
-from infoq_deploy.atomic import write_json
-from infoq_deploy.costs import model_cost
-from infoq_deploy.model_sources import load_model
+from infoq_deploy.allocate.costs import model_cost
+from infoq_deploy.core.atomic import write_json
+from infoq_deploy.core.targets import load_target
+from infoq_deploy.importing.sources import load_model
 from infoq_deploy.pipeline import RunConfig, run
 from infoq_deploy.stages import deployable
-from infoq_deploy.targets import load_target
 
 HERE = Path(__file__).resolve().parent
 

@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from infoq_deploy import mi_estimators as mie  # noqa: E402
-from infoq_deploy.atomic import write_json  # noqa: E402
-from infoq_deploy.smi import direction_pair, directions, project, smi_continuous, smi_labels  # noqa: E402
+from infoq_deploy.core.atomic import write_json  # noqa: E402
+from infoq_deploy.profile.smi import direction_pair, directions, project, smi_continuous, smi_labels  # noqa: E402
 
 N, N_PROJ, K, REPEATS, N_CLASSES = 1000, 32, 3, 9, 10
 

@@ -30,8 +30,9 @@ import time
 from pathlib import Path
 
 from machine import machine_info  # bench/machine.py (the script's folder is on sys.path)
+
 from infoq_deploy import __version__
-from infoq_deploy.atomic import write_json
+from infoq_deploy.core.atomic import write_json
 
 HERE = Path(__file__).resolve().parent
 EXE = str(Path(sys.executable).with_name("infoq-deploy"))

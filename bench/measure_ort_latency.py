@@ -35,8 +35,8 @@ from onnx import TensorProto, helper, numpy_helper
 from scipy.optimize import nnls
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from infoq_deploy.atomic import write_json  # noqa: E402
-from infoq_deploy.targets import LATENCY_FORMAT  # noqa: E402
+from infoq_deploy.core.atomic import write_json  # noqa: E402
+from infoq_deploy.core.targets import LATENCY_FORMAT  # noqa: E402
 
 DEPTH = 4
 ACT_SCALE = 0.05  # one activation scale everywhere, so each Q and the next DQ agree as in an export

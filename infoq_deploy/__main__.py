@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from infoq_deploy.cli import main
 
 sys.exit(main())

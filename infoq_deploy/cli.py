@@ -11,8 +11,8 @@ import logging
 import sys
 import warnings
 
-from . import __version__
-from .errors import UserError
+from infoq_deploy import __version__
+from infoq_deploy.core.errors import UserError
 
 SUBCOMMANDS = ("inspect", "profile", "allocate", "quantize", "finetune", "export", "verify", "report", "targets")
 
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv and argv[0] in SUBCOMMANDS:
             args = sub_parser.parse_args(argv)
-            from . import commands
+            from infoq_deploy import commands
 
             return getattr(commands, f"cmd_{args.command}")(args)
         if argv and argv[0] in ("-h", "--help") and len(argv) == 1:
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {name:<9} {helps.get(name, '')}")
             return 0
         args = run_parser.parse_args(argv)
-        from . import commands
+        from infoq_deploy import commands
 
         return commands.cmd_run(args)
     except UserError as exc:

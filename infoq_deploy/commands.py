@@ -7,14 +7,14 @@ import re
 import sys
 from pathlib import Path
 
-from . import stages
-from .atomic import write_json
-from .data import load_data
-from .errors import UserError
-from .inspect_report import format_layer_table, inspect_json
-from .model_sources import load_model
-from .sensitivity import load_sensitivity
-from .targets import list_targets, load_target
+from infoq_deploy import stages
+from infoq_deploy.core.atomic import write_json
+from infoq_deploy.core.errors import UserError
+from infoq_deploy.core.targets import list_targets, load_target
+from infoq_deploy.data.load import load_data
+from infoq_deploy.importing.inventory import format_layer_table, inspect_json
+from infoq_deploy.importing.sources import load_model
+from infoq_deploy.profile.table import load_sensitivity
 
 
 def _load(args):
@@ -37,7 +37,7 @@ def _profile(args, model, target, plots_dir=None):
     method = args.method or "infoq"
     if method == "mse":
         return stages.profile_mse(model, target, data, seed=args.seed)
-    from .profile_infoq import profile_infoq  # the InfoQ profiler
+    from infoq_deploy.profile.infoq import profile_infoq  # the InfoQ profiler
 
     if data is None:
         raise UserError("the InfoQ profiler needs calibration data; pass --data (an image folder, .npz/.pt or builtin:NAME)")
@@ -120,7 +120,7 @@ def _slug(text: str) -> str:
 
 
 def _run_config(args, *, budgets: list[str], method: str, allocation: str | None = None):
-    from .pipeline import RunConfig
+    from infoq_deploy.pipeline import RunConfig
 
     default = args.model is None
     model_spec = args.model or stages.DEFAULT_MODEL
@@ -156,7 +156,7 @@ def _run_config(args, *, budgets: list[str], method: str, allocation: str | None
 
 
 def _run_and_print(cfg, as_json: bool) -> int:
-    from .pipeline import run
+    from infoq_deploy.pipeline import run
 
     summary = run(cfg)
     if as_json:
@@ -200,7 +200,7 @@ def _quantized_summary(qm, path) -> dict:
 
 def _eval_set(args, qm, role: str = "evaluation"):
     """--eval-data when given, else the evaluation set the quantized file records."""
-    from .data_plan import load_one, load_ref
+    from infoq_deploy.data.plan import load_one, load_ref
 
     pre = qm.model.preprocess
     if args.eval_data is not None:
@@ -212,9 +212,9 @@ def _eval_set(args, qm, role: str = "evaluation"):
 
 
 def cmd_quantize(args) -> int:
-    from .allocate import load_allocation
-    from .data_plan import plan_datasets
-    from .quantized_file import ModelSource, save_quantized
+    from infoq_deploy.allocate.ilp import load_allocation
+    from infoq_deploy.data.plan import plan_datasets
+    from infoq_deploy.quantize.file import ModelSource, save_quantized
 
     doc = load_allocation(args.allocation)
     target = load_target(args.target or doc["target"])
@@ -238,9 +238,9 @@ def cmd_quantize(args) -> int:
 
 
 def cmd_finetune(args) -> int:
-    from .data_plan import load_one, load_ref
-    from .finetune import FinetuneConfig
-    from .quantized_file import load_quantized, save_quantized
+    from infoq_deploy.data.plan import load_one, load_ref
+    from infoq_deploy.quantize.file import load_quantized, save_quantized
+    from infoq_deploy.quantize.finetune import FinetuneConfig
 
     if args.epochs < 1:
         raise UserError(f"--epochs is {args.epochs}; fine-tune for at least one epoch")
@@ -270,7 +270,7 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .quantized_file import load_quantized
+    from infoq_deploy.quantize.file import load_quantized
 
     qm = load_quantized(args.quantized)
     fmt = args.format or qm.target.export
@@ -284,7 +284,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .quantized_file import load_quantized
+    from infoq_deploy.quantize.file import load_quantized
 
     qm = load_quantized(args.quantized)
     evaluation, eval_ref = _eval_set(args, qm)
@@ -315,7 +315,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .quantized_file import load_quantized
+    from infoq_deploy.quantize.file import load_quantized
 
     out = Path(args.output)
     if out.exists() and not out.is_dir():

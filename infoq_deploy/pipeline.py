@@ -16,16 +16,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__, stages
-from .allocate import load_allocation
-from .atomic import write_json
-from .budgets import parse_budget
-from .data_plan import plan_datasets
-from .errors import UserError
-from .finetune import FinetuneConfig
-from .model_sources import load_model
-from .quantized_file import ModelSource, save_quantized
-from .targets import load_target
+from infoq_deploy import __version__, stages
+from infoq_deploy.allocate.budgets import parse_budget
+from infoq_deploy.allocate.ilp import load_allocation
+from infoq_deploy.core.atomic import write_json
+from infoq_deploy.core.errors import UserError
+from infoq_deploy.core.targets import load_target
+from infoq_deploy.data.plan import plan_datasets
+from infoq_deploy.importing.sources import load_model
+from infoq_deploy.quantize.file import ModelSource, save_quantized
+from infoq_deploy.quantize.finetune import FinetuneConfig
 
 RUN_FILE = "run.json"
 

@@ -31,46 +31,34 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
-from .allocate import Allocation, allocate, allocation_bits, allocation_to_json
-from .budgets import parse_budget
-from .data import Dataset, load_data
-from .data_plan import DataPlan, DataRef, absolute_spec, plan_datasets
-from .errors import UserError
-from .finetune import FinetuneConfig
-from .fold_bn import FoldBatchNorm
-from .inspect_report import inspect_json
-from .layers import build_layer_table
-from .model_sources import ImportedModel, load_model
-from .profile_mse import activation_scores, weight_scores
-from .quantized_file import ModelSource, QuantizedModel, load_quantized, save_quantized
-from .sensitivity import SensitivityTable
-from .targets import Target, load_target, target_ref
+from infoq_deploy import __version__
+from infoq_deploy.allocate.budgets import parse_budget
+from infoq_deploy.allocate.ilp import Allocation, allocate, allocation_bits, allocation_to_json
+from infoq_deploy.core.errors import UserError
+from infoq_deploy.core.targets import Target, load_target, target_ref
+from infoq_deploy.data.load import Dataset, load_data
+from infoq_deploy.data.plan import DataPlan, DataRef, absolute_spec, plan_datasets
+from infoq_deploy.importing.deployable import deployable
+from infoq_deploy.importing.inventory import inspect_json
+from infoq_deploy.importing.model import ImportedModel
+from infoq_deploy.importing.sources import load_model
+from infoq_deploy.profile.mse import activation_scores, weight_scores
+from infoq_deploy.profile.table import SensitivityTable
+from infoq_deploy.quantize.file import ModelSource, QuantizedModel, load_quantized, save_quantized
+from infoq_deploy.quantize.finetune import FinetuneConfig
 
 VERIFY_FORMAT = "infoq-deploy/verify/1"
 
 
 def profile_infoq(model: ImportedModel, target: Target, data: Dataset, **settings) -> SensitivityTable:
     """The InfoQ profiler (see `profile_infoq.profile_infoq` for the settings)."""
-    from .profile_infoq import profile_infoq as run
+    from infoq_deploy.profile.infoq import profile_infoq as run
 
     return run(model, target, data, **settings)
 
 DEFAULT_MODEL = "zoo:fashion-cnn"
 DEFAULT_DATA = "builtin:fashion-mnist"  # 1,000 training images, committed
 DEFAULT_EVAL_DATA = "builtin:fashion-mnist:eval"  # 1,000 test images, committed
-
-
-def deployable(model: ImportedModel) -> ImportedModel:
-    """The graph as deployed: BatchNorm folded, layer table recomputed (folded biases count)."""
-    gm = FoldBatchNorm().apply(model.graph)
-    return ImportedModel(
-        spec=model.spec,
-        graph=gm,
-        layers=build_layer_table(gm, model.preprocess.input_shape),
-        preprocess=model.preprocess,
-        fingerprint=model.fingerprint,
-    )
 
 
 def profile_mse(model: ImportedModel, target: Target, data: Dataset | None, seed: int = 0) -> SensitivityTable:
@@ -140,9 +128,9 @@ def quantize(model: ImportedModel, target: Target, allocation: dict, plan: DataP
              *, allocation_name: str = "the allocation") -> QuantizedModel:
     """The Brevitas model of ``allocation``, calibrated on ``plan.calibration``; float and
     post-training accuracy on ``plan.evaluation`` when there is one."""
-    from .brevitas_model import build_quant_model, calibrate, read_bits
-    from .evaluate import accuracy
-    from .export import check_exportable
+    from infoq_deploy.core.evaluate import accuracy
+    from infoq_deploy.export.writer import check_exportable
+    from infoq_deploy.quantize.brevitas_model import build_quant_model, calibrate, read_bits
 
     start = time.perf_counter()
     check_allocation(allocation, target, model, allocation_name)
@@ -177,8 +165,8 @@ def finetune_quantized(qm: QuantizedModel, train: Dataset, evaluation: Dataset, 
     When ``evaluation`` is not the set the earlier accuracies were measured on, float and
     starting accuracy are re-measured on it, so the report compares like with like.
     """
-    from .evaluate import accuracy
-    from .finetune import finetune
+    from infoq_deploy.core.evaluate import accuracy
+    from infoq_deploy.quantize.finetune import finetune
 
     start = time.perf_counter()
     identity = {
@@ -211,7 +199,7 @@ def finetune_quantized(qm: QuantizedModel, train: Dataset, evaluation: Dataset, 
 
 def export_quantized(qm: QuantizedModel, path: str | Path, fmt: str | None = None) -> float:
     """Write ``qm`` in ``fmt`` (default: its target's format) to ``path``; the seconds it took."""
-    from .export import export_model
+    from infoq_deploy.export.writer import export_model
 
     start = time.perf_counter()
     # Brevitas's export traces the graph; the example input only fixes the batch size (1).
@@ -229,7 +217,7 @@ def verify_quantized(onnx_path: str | Path, qm: QuantizedModel, evaluation: Data
                      seed: int = 0, fmt: str | None = None, eval_ref: DataRef | None = None) -> dict:
     """Run the exported file on (a class-balanced part of) ``evaluation`` against ``qm``: the
     verification document (verify.json), whose ``result`` is `verify.VerifyResult.to_json()`."""
-    from .verify import verify_export
+    from infoq_deploy.verify.check import verify_export
 
     if evaluation.y is None:
         raise UserError(f"{evaluation.source} has no labels, so the exported model's accuracy cannot be measured; "
@@ -255,7 +243,7 @@ def verify_quantized(onnx_path: str | Path, qm: QuantizedModel, evaluation: Data
 def verification_subset(evaluation: Dataset, n: int, seed: int) -> Dataset:
     """``n`` held-out samples for running the exported file: seeded and class-balanced,
     because data folders are ordered by class and a prefix would not be a sample."""
-    from .data import split
+    from infoq_deploy.data.load import split
 
     return evaluation if n >= len(evaluation) else split(evaluation, n, seed=seed)[0]
 
@@ -276,7 +264,7 @@ def load_verification(path: str | Path) -> dict:
 def report_run(run_dir: str | Path, qm: QuantizedModel, verified: dict, *, sensitivity: SensitivityTable | None = None,
                inputs: dict | None = None, timings: dict[str, float] | None = None, notes: list[str] = ()) -> None:
     """report.md, report.json and the plots of ``qm`` and its verification into ``run_dir``."""
-    from .report import write_report
+    from infoq_deploy.report.write import write_report
 
     if verified.get("quantized_state_sha256") != qm.state_sha256():
         raise UserError(f"the verification of {verified.get('onnx')} was made for another quantized model "

@@ -17,8 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from infoq_deploy.data import FASHION_CLASSES as CLASSES
-from infoq_deploy.model_sources import Preprocess
+from infoq_deploy.importing.model import Preprocess
 
 WEIGHTS = Path(__file__).with_name("fashion_cnn.pt")
 RECORD = Path(__file__).with_name("fashion_cnn.json")
@@ -28,7 +27,7 @@ MEAN = (0.2860,)
 STD = (0.3530,)
 INPUT_SHAPE = (1, 28, 28)
 PREPROCESS = Preprocess(input_shape=INPUT_SHAPE, mean=MEAN, std=STD, grayscale=True,
-                        num_classes=len(CLASSES))
+                        num_classes=10)  # Fashion-MNIST's ten classes
 
 
 def _conv_bn_relu(c_in: int, c_out: int, k: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:

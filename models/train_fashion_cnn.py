@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from infoq_deploy.atomic import atomic_path, write_json
-from infoq_deploy.data import load_data, normalise, read_fashion_mnist, stratified_indices
 from infoq_deploy.models.fashion_cnn import PREPROCESS, build
+
+from infoq_deploy.core.atomic import atomic_path, write_json
+from infoq_deploy.data.load import load_data, normalise, read_fashion_mnist, stratified_indices
 
 SUBSET_SIZE = 1000
 

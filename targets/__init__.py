@@ -1,1 +1,1 @@
-"""Target definitions (TOML data); the loader is infoq_deploy.targets."""
+"""Target definitions (TOML data); the loader is infoq_deploy.core.targets."""

@@ -9,13 +9,13 @@ import math
 import numpy as np
 import pytest
 
-from infoq_deploy.allocate import FORMAT, Allocation, allocate, allocation_to_json, load_allocation
-from infoq_deploy.atomic import write_json
-from infoq_deploy.budgets import parse_budget, resolve_budget, size_mb
-from infoq_deploy.costs import layer_cost, model_cost
-from infoq_deploy.errors import UserError
-from infoq_deploy.layers import Layer
-from infoq_deploy.targets import KINDS, ActQuant, LatencyEntry, LatencyTable, Target, WeightQuant, load_target
+from infoq_deploy.allocate.budgets import parse_budget, resolve_budget, size_mb
+from infoq_deploy.allocate.costs import layer_cost, model_cost
+from infoq_deploy.allocate.ilp import FORMAT, Allocation, allocate, allocation_to_json, load_allocation
+from infoq_deploy.core.atomic import write_json
+from infoq_deploy.core.errors import UserError
+from infoq_deploy.core.targets import KINDS, ActQuant, LatencyEntry, LatencyTable, Target, WeightQuant, load_target
+from infoq_deploy.importing.layers import Layer
 
 TOL = 1e-9
 

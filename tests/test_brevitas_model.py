@@ -11,11 +11,11 @@ import torch
 import torch.fx
 from torch import nn
 
-from infoq_deploy.brevitas_model import build_quant_model, calibrate, read_bits, read_join_quantizers
-from infoq_deploy.errors import UserError
-from infoq_deploy.fold_bn import FoldBatchNorm
-from infoq_deploy.layers import build_layer_table
-from infoq_deploy.quantizer import QuantSpec, act_range, quantize_act, quantize_weight
+from infoq_deploy.core.errors import UserError
+from infoq_deploy.core.quantizer import QuantSpec, act_range, quantize_act, quantize_weight
+from infoq_deploy.importing.fold_bn import FoldBatchNorm
+from infoq_deploy.importing.layers import build_layer_table
+from infoq_deploy.quantize.brevitas_model import build_quant_model, calibrate, read_bits, read_join_quantizers
 
 INPUT_SHAPE = (3, 16, 16)
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from infoq_deploy.budgets import Budget, parse_budget, resolve_budget
-from infoq_deploy.costs import fp32_size_bytes
-from infoq_deploy.errors import UserError
-from infoq_deploy.layers import Layer
-from infoq_deploy.targets import load_target
+from infoq_deploy.allocate.budgets import Budget, parse_budget, resolve_budget
+from infoq_deploy.allocate.costs import fp32_size_bytes
+from infoq_deploy.core.errors import UserError
+from infoq_deploy.core.targets import load_target
+from infoq_deploy.importing.layers import Layer
 
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
 

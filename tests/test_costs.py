@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from infoq_deploy.budgets import size_mb
-from infoq_deploy.costs import fp32_size_bytes, layer_cost, model_cost
-from infoq_deploy.layers import Layer
-from infoq_deploy.targets import load_target
+from infoq_deploy.allocate.budgets import size_mb
+from infoq_deploy.allocate.costs import fp32_size_bytes, layer_cost, model_cost
+from infoq_deploy.core.targets import load_target
+from infoq_deploy.importing.layers import Layer
 
 # conv 3->16 3x3 on 32x32, depthwise 16 3x3 on 32x32, linear 16->10
 LAYERS = [
@@ -89,7 +89,7 @@ def test_resnet18_float_size_matches_the_literature():
     import torch.fx
     import torchvision
 
-    from infoq_deploy.layers import build_layer_table
+    from infoq_deploy.importing.layers import build_layer_table
 
     gm = torch.fx.symbolic_trace(torchvision.models.resnet18(weights=None))
     layers = build_layer_table(gm, (3, 224, 224))

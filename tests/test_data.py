@@ -12,11 +12,19 @@ import pytest
 import torch
 from PIL import Image
 
-from infoq_deploy import data as data_mod
-from infoq_deploy.data import (BUILTIN_CALIB, BUILTIN_EVAL, FASHION_CLASSES, IMG_EXTENSIONS, content_hash,
-                               load_data, split, stratified_indices)
-from infoq_deploy.errors import UserError
-from infoq_deploy.model_sources import Preprocess
+from infoq_deploy.core.errors import UserError
+from infoq_deploy.data import load as data_mod
+from infoq_deploy.data.load import (
+    BUILTIN_CALIB,
+    BUILTIN_EVAL,
+    FASHION_CLASSES,
+    IMG_EXTENSIONS,
+    content_hash,
+    load_data,
+    split,
+    stratified_indices,
+)
+from infoq_deploy.importing.model import Preprocess
 
 SHARED = Path(os.environ.get("INFOQ_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

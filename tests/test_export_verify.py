@@ -10,16 +10,16 @@ import pytest
 import torch
 import torch.fx
 from onnx import numpy_helper
+from test_brevitas_model import INPUT_SHAPE, MIXED, inputs, make_tiny
 from torch import nn
 
-import infoq_deploy.export as export_mod
-from infoq_deploy.brevitas_model import build_quant_model, calibrate
-from infoq_deploy.errors import UserError
-from infoq_deploy.export import export_model
-from infoq_deploy.layers import build_layer_table
-from infoq_deploy.quantizer import QuantSpec
-from infoq_deploy.verify import MIN_AGREEMENT, verify_export
-from test_brevitas_model import INPUT_SHAPE, MIXED, inputs, make_tiny
+import infoq_deploy.export.writer as export_mod
+from infoq_deploy.core.errors import UserError
+from infoq_deploy.core.quantizer import QuantSpec
+from infoq_deploy.export.writer import export_model
+from infoq_deploy.importing.layers import build_layer_table
+from infoq_deploy.quantize.brevitas_model import build_quant_model, calibrate
+from infoq_deploy.verify.check import MIN_AGREEMENT, verify_export
 
 FORMATS = ["qonnx", "qcdq"]
 N_VERIFY = 300

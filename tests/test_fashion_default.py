@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 import torch.fx
+from infoq_deploy.models import fashion_cnn
 from torch import nn
 
-from infoq_deploy.data import BUILTIN_EVAL, load_data
-from infoq_deploy.models import fashion_cnn
+from infoq_deploy.data.load import BUILTIN_EVAL, load_data
 
 
 @pytest.fixture(scope="module")

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.fx
 from torch import nn
 
-import infoq_deploy.finetune as ft
-from infoq_deploy.brevitas_model import build_quant_model, calibrate
-from infoq_deploy.data import Dataset
-from infoq_deploy.errors import UserError
-from infoq_deploy.evaluate import accuracy, predict
-from infoq_deploy.finetune import FinetuneConfig, crop_flip, finetune, scale_parameters
-from infoq_deploy.layers import build_layer_table
-from infoq_deploy.quantizer import QuantSpec
+import infoq_deploy.quantize.finetune as ft
+from infoq_deploy.core.errors import UserError
+from infoq_deploy.core.evaluate import accuracy, predict
+from infoq_deploy.core.quantizer import QuantSpec
+from infoq_deploy.data.load import Dataset
+from infoq_deploy.importing.layers import build_layer_table
+from infoq_deploy.quantize.brevitas_model import build_quant_model, calibrate
+from infoq_deploy.quantize.finetune import FinetuneConfig, crop_flip, finetune, scale_parameters
 
 SIZE = 8
 IDENTITY = {"model_fingerprint": "toy-cnn", "allocation_hash": "w2a2", "target": "test"}

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
-from infoq_deploy.errors import UserError
-from infoq_deploy.inspect_report import format_layer_table, inspect_json
-from infoq_deploy.model_sources import load_model
 from infoq_deploy.models.cifar_resnet import cifar_resnet
 from infoq_deploy.models.efficientnet_lite import efficientnet_lite0, same_padding
+
+from infoq_deploy.core.errors import UserError
+from infoq_deploy.importing.inventory import format_layer_table, inspect_json
+from infoq_deploy.importing.sources import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"

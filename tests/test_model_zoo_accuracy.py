@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from infoq_deploy.data import load_data
-from infoq_deploy.model_sources import load_model
+from infoq_deploy.data.load import load_data
+from infoq_deploy.importing.sources import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"

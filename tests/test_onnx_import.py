@@ -12,9 +12,9 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from infoq_deploy.errors import UserError
-from infoq_deploy.model_sources import load_model
-from infoq_deploy.onnx_import import import_onnx
+from infoq_deploy.core.errors import UserError
+from infoq_deploy.importing.from_onnx import import_onnx
+from infoq_deploy.importing.sources import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"

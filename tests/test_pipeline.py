@@ -138,7 +138,7 @@ def test_default_run(tmp_path):
 def test_verification_subset_is_class_balanced():
     import torch
 
-    from infoq_deploy.data import Dataset
+    from infoq_deploy.data.load import Dataset
     from infoq_deploy.stages import verification_subset
 
     y = torch.arange(4).repeat_interleave(50)  # ordered by class, as image folders are

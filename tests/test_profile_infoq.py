@@ -23,13 +23,13 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from infoq_deploy.errors import UserError
-from infoq_deploy.fold_bn import FoldBatchNorm
-from infoq_deploy.layers import build_layer_table
-from infoq_deploy.model_sources import ImportedModel, Preprocess
-from infoq_deploy.profile_mse import calibrate_act_ranges
-from infoq_deploy.quantizer import QuantSpec
-from infoq_deploy.suffix_runner import Perturb, SuffixRunner, split_batches
+from infoq_deploy.core.errors import UserError
+from infoq_deploy.core.quantizer import QuantSpec
+from infoq_deploy.importing.fold_bn import FoldBatchNorm
+from infoq_deploy.importing.layers import build_layer_table
+from infoq_deploy.importing.model import ImportedModel, Preprocess
+from infoq_deploy.profile.mse import calibrate_act_ranges
+from infoq_deploy.profile.suffix_runner import Perturb, SuffixRunner, split_batches
 
 SHAPE = (1, 12, 12)
 CLASSES = 4
@@ -138,7 +138,7 @@ class FakeTarget:
 
 
 def run_profile(cache_dir, **kw):
-    from infoq_deploy.profile_infoq import profile_infoq
+    from infoq_deploy.profile.infoq import profile_infoq
 
     kw.setdefault("n_proj", 8)
     model = kw.pop("model", None) or tiny_model()
@@ -215,7 +215,7 @@ def test_table_complete_finite_and_zero_at_8_bits(tmp_path):
     for png in ("sensitivity.png", "observers.png"):
         assert (tmp_path / "plots" / png).read_bytes()[:4] == b"\x89PNG"
     # the saved table loads back as the same scores
-    from infoq_deploy.sensitivity import load_sensitivity
+    from infoq_deploy.profile.table import load_sensitivity
 
     table.save(tmp_path / "t.json")
     back = load_sensitivity(tmp_path / "t.json")
@@ -234,7 +234,7 @@ def test_deterministic_and_inverse_bits_ablation(tmp_path):
 
 
 def test_cache_hit_is_fast(tmp_path):
-    from infoq_deploy.profile_infoq import profile_infoq
+    from infoq_deploy.profile.infoq import profile_infoq
 
     model, data, target = tiny_model(), tiny_data(), FakeTarget()
     first = run_profile(tmp_path, model=model, data=data, target=target)
@@ -254,7 +254,7 @@ import torch
 torch.set_num_threads(1)  # as the parent's tests run
 sys.path.insert(0, {tests!r})
 import test_profile_infoq as t
-from infoq_deploy import profile_cache
+from infoq_deploy.profile import cache as profile_cache
 
 orig = profile_cache.ProfileCache.save_partial
 def slow_save(self, state):
@@ -355,9 +355,9 @@ def test_bad_input_errors(tmp_path):
 
 def _fashion():
     try:
-        from infoq_deploy.data import load_data
-        from infoq_deploy.model_sources import load_model
-        from infoq_deploy.targets import load_target
+        from infoq_deploy.core.targets import load_target
+        from infoq_deploy.data.load import load_data
+        from infoq_deploy.importing.sources import load_model
 
         model = load_model("zoo:fashion-cnn")
         data = load_data("builtin:fashion-mnist", model.preprocess, limit=200, seed=0)
@@ -384,7 +384,7 @@ def test_fashion_cnn_end_to_end(tmp_path):
 
 
 def test_default_embedding_is_deterministic_pca():
-    from infoq_deploy.embedding import embed
+    from infoq_deploy.profile.embedding import embed
 
     x = tiny_data(100).x
     a, b = embed(x), embed(x.clone())
@@ -397,7 +397,7 @@ def test_default_embedding_is_deterministic_pca():
 
 
 def test_pluggable_encoders(tmp_path):
-    from infoq_deploy.embedding import embed, encoder_identity
+    from infoq_deploy.profile.embedding import embed, encoder_identity
 
     x = tiny_data(40).x
     src = tmp_path / "enc.py"

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from infoq_deploy.quantizer import QuantSpec, act_range, act_scale, quantize_act, quantize_weight, weight_scale
+from infoq_deploy.core.quantizer import QuantSpec, act_range, act_scale, quantize_act, quantize_weight, weight_scale
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])

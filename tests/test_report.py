@@ -7,11 +7,11 @@ import json
 import pytest
 from PIL import Image
 
-from infoq_deploy.costs import BYTES_PER_MB, fp32_size_bytes, model_cost
-from infoq_deploy.layers import Layer
-from infoq_deploy.report import PLOTS, write_report
-from infoq_deploy.report_plots import plot_bits_per_layer, plot_sensitivity_heatmap
-from infoq_deploy.sensitivity import SensitivityTable
+from infoq_deploy.allocate.costs import BYTES_PER_MB, fp32_size_bytes, model_cost
+from infoq_deploy.importing.layers import Layer
+from infoq_deploy.profile.table import SensitivityTable
+from infoq_deploy.report.plots import plot_bits_per_layer, plot_sensitivity_heatmap
+from infoq_deploy.report.write import PLOTS, write_report
 
 LAYERS = [
     Layer("conv1", "conv", 432, 16, 442368, (3, 32, 32), (16, 32, 32), 0),

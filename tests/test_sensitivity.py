@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from infoq_deploy.errors import UserError
-from infoq_deploy.layers import Layer
-from infoq_deploy.sensitivity import SensitivityTable, load_sensitivity
+from infoq_deploy.core.errors import UserError
+from infoq_deploy.importing.layers import Layer
+from infoq_deploy.profile.table import SensitivityTable, load_sensitivity
 
 
 def _table():

@@ -11,8 +11,8 @@ import pytest
 from scipy import integrate, stats
 from scipy.special import digamma
 
-from infoq_deploy.errors import UserError
-from infoq_deploy.mi_estimators import (
+from infoq_deploy.core.errors import UserError
+from infoq_deploy.profile.mi_estimators import (
     ksg,
     ksg_columns,
     ksg_columns_kdtree,
@@ -20,7 +20,7 @@ from infoq_deploy.mi_estimators import (
     ross_columns,
     ross_columns_kdtree,
 )
-from infoq_deploy.smi import (
+from infoq_deploy.profile.smi import (
     direction_pair,
     directions,
     mi_projected_continuous,

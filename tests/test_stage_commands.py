@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from infoq_deploy.cli import main
-from infoq_deploy.evaluate import predict
+from infoq_deploy.core.evaluate import predict
 
 TINY = str(Path(__file__).parent / "fixtures" / "tiny_cnn.py") + ":build"
 
@@ -72,8 +72,8 @@ def test_chain_finetunes_exports_and_verifies(chain):
 
 
 def test_quantized_file_rebuilds_the_same_model(chain):
-    from infoq_deploy.data import load_data
-    from infoq_deploy.quantized_file import load_quantized
+    from infoq_deploy.data.load import load_data
+    from infoq_deploy.quantize.file import load_quantized
 
     a, b = load_quantized(chain / "f.pt"), load_quantized(chain / "f.pt")
     x = load_data("builtin:fashion-mnist:eval", a.model.preprocess, limit=64).x
@@ -87,7 +87,7 @@ def test_quantized_file_rebuilds_the_same_model(chain):
 def test_finetune_resume_from_the_files_matches_a_straight_run(chain, tmp_path):
     """Stopped after epoch 1 and resumed from the checkpoint directory by a new command,
     fine-tuning ends where the chain's straight 2-epoch run ended."""
-    from infoq_deploy.quantized_file import load_quantized
+    from infoq_deploy.quantize.file import load_quantized
 
     ck = tmp_path / "ck"
     assert _run("finetune", chain / "q.pt", "--epochs", "1", "--lr", "1e-3", "--checkpoints", ck, "-o", tmp_path / "f1.pt") == 0

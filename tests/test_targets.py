@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from infoq_deploy.errors import UserError
-from infoq_deploy.quantizer import QuantSpec
-from infoq_deploy.targets import KINDS, Target, list_targets, load_target
+from infoq_deploy.core.errors import UserError
+from infoq_deploy.core.quantizer import QuantSpec
+from infoq_deploy.core.targets import KINDS, Target, list_targets, load_target
 
 TARGETS_DIR = Path(__file__).resolve().parents[1] / "targets"
 

@@ -17,9 +17,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .costs import BYTES_PER_MB, fp32_size_bytes
-from .errors import UserError
-from .layers import Layer
+from infoq_deploy.allocate.costs import BYTES_PER_MB, fp32_size_bytes
+from infoq_deploy.core.errors import UserError
+from infoq_deploy.importing.layers import Layer
 
 _SIZE = {"B": 1, "KB": 1024, "kB": 1024, "KiB": 1024, "MB": 1024**2, "MiB": 1024**2, "GB": 1024**3, "GiB": 1024**3}
 _TIME_MS = {"ms": 1.0, "us": 1e-3, "µs": 1e-3, "s": 1e3}

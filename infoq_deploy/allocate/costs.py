@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from .layers import Layer
+from infoq_deploy.importing.layers import Layer
 
 BYTES_PER_MB = 2**20
 BIAS_BITS = 32

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import pulp
 
-from .budgets import Budget, describe_best, resolve_budget, size_mb
-from .costs import fp32_size_bytes, layer_cost, model_cost, total_weight_params
-from .errors import UserError
-from .layers import Layer
+from infoq_deploy.allocate.budgets import Budget, describe_best, resolve_budget, size_mb
+from infoq_deploy.allocate.costs import fp32_size_bytes, layer_cost, model_cost, total_weight_params
+from infoq_deploy.core.errors import UserError
+from infoq_deploy.importing.layers import Layer
 
 FORMAT = "infoq-deploy/allocation/1"
 REL_TOL = 1e-9  # a budget counts as met when used <= limit * (1 + REL_TOL): float sums, not slack

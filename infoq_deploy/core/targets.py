@@ -18,8 +18,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from infoq_deploy.errors import UserError
-from infoq_deploy.quantizer import FLOAT_BITS, QuantSpec
+from infoq_deploy.core.errors import UserError
+from infoq_deploy.core.quantizer import FLOAT_BITS, QuantSpec
 
 KINDS = ("conv", "dwconv", "linear")
 METRICS = ("size", "bitops", "latency")

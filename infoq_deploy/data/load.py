@@ -61,8 +61,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import UserError
-from .model_sources import Preprocess
+from infoq_deploy.core.errors import UserError
+from infoq_deploy.importing.model import Preprocess
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .data import Dataset, load_data, split
-from .errors import UserError
-from .model_sources import Preprocess
+from infoq_deploy.core.errors import UserError
+from infoq_deploy.data.load import Dataset, load_data, split
+from infoq_deploy.importing.model import Preprocess
 
 PARTS = ("all", "first half", "second half")
 

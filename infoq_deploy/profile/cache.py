@@ -21,9 +21,9 @@ import json
 import os
 from pathlib import Path
 
-from .atomic import write_json
-from .errors import UserError
-from .sensitivity import SensitivityTable, load_sensitivity
+from infoq_deploy.core.atomic import write_json
+from infoq_deploy.core.errors import UserError
+from infoq_deploy.profile.table import SensitivityTable, load_sensitivity
 
 PARTIAL_FORMAT = "infoq-deploy/infoq-partial/1"
 

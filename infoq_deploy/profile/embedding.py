@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import UserError
+from infoq_deploy.core.errors import UserError
 
 DEFAULT = "pool-pca"
 POOL = 8
@@ -151,7 +151,7 @@ def _run_onnx(path: Path, x: torch.Tensor, batch_size: int) -> np.ndarray:
 
 
 def _run_torch(spec: str, weights: str | None, x: torch.Tensor, batch_size: int) -> np.ndarray:
-    from .model_sources import load_model
+    from infoq_deploy.importing.sources import load_model
 
     model = load_model(spec, weights=weights, input_shape=tuple(x.shape[1:]))
     outs = []

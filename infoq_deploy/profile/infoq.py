@@ -50,16 +50,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
-from .embedding import embed, encoder_identity
-from .errors import UserError
-from .observers import KINDS, correlate, find_candidates, layer_observers, measured_for, select
-from .profile_cache import ProfileCache, cache_key
-from .profile_mse import calibrate_act_ranges
-from .quantizer import FLOAT_BITS
-from .sensitivity import SensitivityTable
-from .smi import directions, mi_projected_continuous, mi_projected_labels
-from .suffix_runner import NonFiniteError, Perturb, SuffixRunner, split_batches
+from infoq_deploy import __version__
+from infoq_deploy.core.errors import UserError
+from infoq_deploy.core.quantizer import FLOAT_BITS
+from infoq_deploy.importing.deployable import deployable
+from infoq_deploy.profile.cache import ProfileCache, cache_key
+from infoq_deploy.profile.embedding import embed, encoder_identity
+from infoq_deploy.profile.mse import calibrate_act_ranges
+from infoq_deploy.profile.observers import KINDS, correlate, find_candidates, layer_observers, measured_for, select
+from infoq_deploy.profile.smi import directions, mi_projected_continuous, mi_projected_labels
+from infoq_deploy.profile.suffix_runner import NonFiniteError, Perturb, SuffixRunner, split_batches
+from infoq_deploy.profile.table import SensitivityTable
 
 PROFILER_VERSION = 1  # bump when a change alters the numbers: old cache entries stop matching
 BASE_BITS = 8
@@ -216,8 +217,6 @@ def profile_infoq(
         if plots_dir is not None:
             _plots(cached, plots_dir)
         return cached
-
-    from .stages import deployable  # stages imports the whole pipeline; keep this module light
 
     deployed = deployable(model)
     layers = deployed.layers
@@ -510,7 +509,7 @@ def _progress(total: int, initial: int, enabled: bool, what: str):
 
 
 def _plots(table: SensitivityTable, plots_dir: str | Path) -> None:
-    from .plots import plot_observers, plot_sensitivity
+    from infoq_deploy.profile.plots import plot_observers, plot_sensitivity
 
     out = Path(plots_dir)
     plot_sensitivity(table, out / "sensitivity.png")

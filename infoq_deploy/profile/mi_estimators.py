@@ -51,7 +51,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 from scipy.special import digamma
 
-from infoq_deploy.errors import UserError
+from infoq_deploy.core.errors import UserError
 
 JITTER = 1e-10  # in standard deviations of the column
 _JITTER_STREAM = 0x4A17

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 import torch.fx
 
-from .layers import Layer
-from .quantizer import FLOAT_BITS, ActRange, QuantSpec, quantize_act, quantize_weight
+from infoq_deploy.core.quantizer import FLOAT_BITS, ActRange, QuantSpec, quantize_act, quantize_weight
+from infoq_deploy.importing.layers import Layer
 
 
 def weight_scores(gm: torch.fx.GraphModule, layers: list[Layer], bits: list[int], spec: QuantSpec) -> dict[str, dict[int, float]]:

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .suffix_runner import SuffixRunner
+from infoq_deploy.profile.suffix_runner import SuffixRunner
 
 KINDS = ("XL", "LY")
 THRESHOLD = 0.7

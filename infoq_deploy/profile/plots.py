@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .atomic import atomic_path
+from infoq_deploy.core.atomic import atomic_path
 
 
 def _pyplot():

@@ -20,8 +20,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from infoq_deploy.errors import UserError
-from infoq_deploy.mi_estimators import ksg_columns, ross_columns
+from infoq_deploy.core.errors import UserError
+from infoq_deploy.profile.mi_estimators import ksg_columns, ross_columns
 
 
 @lru_cache(maxsize=16)  # a 16k x 64 matrix is 8 MB

@@ -29,8 +29,8 @@ import torch
 import torch.fx
 from torch import nn
 
-from .layers import Layer
-from .quantizer import FLOAT_BITS, ActRange, QuantSpec, quantize_act, quantize_weight
+from infoq_deploy.core.quantizer import FLOAT_BITS, ActRange, QuantSpec, quantize_act, quantize_weight
+from infoq_deploy.importing.layers import Layer
 
 Env = dict[str, torch.Tensor]
 Transform = Callable[[torch.Tensor], torch.Tensor]

@@ -25,9 +25,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .atomic import write_json
-from .errors import UserError
-from .layers import Layer
+from infoq_deploy.core.atomic import write_json
+from infoq_deploy.core.errors import UserError
+from infoq_deploy.importing.layers import Layer
 
 FORMAT = "infoq-deploy/sensitivity/1"
 

@@ -48,8 +48,8 @@ import torch.fx
 from brevitas.core.function_wrapper import CeilSte, LogTwo
 from brevitas.core.restrict_val import PowerOfTwoRestrictValue
 from brevitas.function.ops import max_int
-from brevitas.inject import ExtendedInjector
 from brevitas.graph.calibrate import quantization_status_manager
+from brevitas.inject import ExtendedInjector
 from brevitas.inject.enum import RestrictValueType, ScalingImplType, ScalingPerOutputType, StatsOp
 from brevitas.nn.quant_layer import QuantWeightBiasInputOutputLayer
 from brevitas.quant.base import IntQuant, NarrowIntQuant
@@ -57,9 +57,9 @@ from brevitas.quant.scaled_int import Int32Bias
 from brevitas.quant.solver import ActQuantSolver, WeightQuantSolver
 from torch import Tensor, nn
 
-from .errors import UserError
-from .layers import QUANTIZABLE, Layer
-from .quantizer import FLOAT_BITS, QuantSpec
+from infoq_deploy.core.errors import UserError
+from infoq_deploy.core.quantizer import FLOAT_BITS, QuantSpec
+from infoq_deploy.importing.layers import QUANTIZABLE, Layer
 
 MIN_BITS = 2  # 1 bit has no symmetric level besides 0 under the reference rule
 MAX_INT_BITS = 16

@@ -18,13 +18,15 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
-from .allocate import allocation_bits
-from .atomic import atomic_path
-from .data_plan import DataRef, absolute_spec
-from .errors import UserError
-from .model_sources import ImportedModel, load_model
-from .targets import Target, load_target, target_ref
+from infoq_deploy import __version__
+from infoq_deploy.allocate.ilp import allocation_bits
+from infoq_deploy.core.atomic import atomic_path
+from infoq_deploy.core.errors import UserError
+from infoq_deploy.core.targets import Target, load_target, target_ref
+from infoq_deploy.data.plan import DataRef, absolute_spec
+from infoq_deploy.importing.deployable import deployable
+from infoq_deploy.importing.model import ImportedModel
+from infoq_deploy.importing.sources import load_model
 
 FORMAT = "infoq-deploy/quantized-model/1"
 STAGES = ("ptq", "finetuned")
@@ -80,7 +82,7 @@ class QuantizedModel:
 
 
 def save_quantized(path: str | Path, qm: QuantizedModel) -> None:
-    from .brevitas_model import (
+    from infoq_deploy.quantize.brevitas_model import (
         act_signedness,  # Brevitas is imported on use: `inspect` needs none of it
     )
 
@@ -128,8 +130,7 @@ def read_quantized(path: str | Path) -> dict:
 
 def load_quantized(path: str | Path) -> QuantizedModel:
     """Rebuild the Brevitas model a `save_quantized` file describes, exactly."""
-    from .brevitas_model import build_quant_model, read_bits, restore_calibration
-    from .stages import deployable  # stages imports this module
+    from infoq_deploy.quantize.brevitas_model import build_quant_model, read_bits, restore_calibration
 
     obj = read_quantized(path)
     src = obj["source"]

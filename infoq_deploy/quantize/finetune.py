@@ -49,10 +49,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .atomic import atomic_path
-from .data import Dataset
-from .errors import UserError
-from .evaluate import accuracy
+from infoq_deploy.core.atomic import atomic_path
+from infoq_deploy.core.errors import UserError
+from infoq_deploy.core.evaluate import accuracy
+from infoq_deploy.data.load import Dataset
 
 CHECKPOINT_FORMAT = "infoq-deploy/finetune-checkpoint/1"
 AUGMENTS = ("auto", "none", "crop-flip")

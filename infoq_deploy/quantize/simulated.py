@@ -15,9 +15,9 @@ import torch
 import torch.fx
 from torch import nn
 
-from .errors import UserError
-from .layers import Layer
-from .quantizer import FLOAT_BITS, ActRange, QuantSpec, quantize_act, quantize_weight
+from infoq_deploy.core.errors import UserError
+from infoq_deploy.core.quantizer import FLOAT_BITS, ActRange, QuantSpec, quantize_act, quantize_weight
+from infoq_deploy.importing.layers import Layer
 
 
 def apply_allocation(

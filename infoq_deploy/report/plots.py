@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 
-from .atomic import atomic_path  # noqa: E402
+from infoq_deploy.core.atomic import atomic_path  # noqa: E402
 
 FLOAT_BITS = 32
 DPI = 110

@@ -16,11 +16,12 @@ import dataclasses
 import math
 from pathlib import Path
 
-from . import __version__
-from .atomic import write_json, write_text
-from .costs import BYTES_PER_MB, fp32_size_bytes
-from .layers import Layer
-from .report_plots import (
+from infoq_deploy import __version__
+from infoq_deploy.allocate.costs import BYTES_PER_MB, fp32_size_bytes
+from infoq_deploy.core.atomic import write_json, write_text
+from infoq_deploy.importing.layers import Layer
+from infoq_deploy.profile.table import SensitivityTable
+from infoq_deploy.report.plots import (
     ACCURACY_LABELS,
     FLOAT_BITS,
     plot_accuracy,
@@ -28,7 +29,6 @@ from .report_plots import (
     plot_cost_vs_budget,
     plot_sensitivity_heatmap,
 )
-from .sensitivity import SensitivityTable
 
 FORMAT = "infoq-deploy/report/1"
 PLOTS = ("bits_per_layer.png", "sensitivity_heatmap.png", "cost_vs_budget.png", "accuracy.png")

@@ -49,11 +49,11 @@ from qonnx.core.onnx_exec import execute_onnx
 from qonnx.util.cleanup import cleanup_model
 from torch import nn
 
-from .brevitas_model import act_quant_params, read_bits, read_join_quantizers
-from .errors import UserError
-from .export import check_format
-from .layers import QUANTIZABLE
-from .quantizer import FLOAT_BITS
+from infoq_deploy.core.errors import UserError
+from infoq_deploy.core.quantizer import FLOAT_BITS
+from infoq_deploy.export.writer import check_format
+from infoq_deploy.importing.layers import QUANTIZABLE
+from infoq_deploy.quantize.brevitas_model import act_quant_params, read_bits, read_join_quantizers
 
 MIN_AGREEMENT = 0.995
 QUANT_ERROR_FRACTION = 0.5

@@ -13,6 +13,8 @@ import warnings
 
 from infoq_deploy import __version__
 from infoq_deploy.core.errors import UserError
+from infoq_deploy.export import registry as export_formats
+from infoq_deploy.profile import registry as profile_methods
 
 SUBCOMMANDS = ("inspect", "profile", "allocate", "quantize", "finetune", "export", "verify", "report", "targets")
 
@@ -42,8 +44,8 @@ def _model_args(p: argparse.ArgumentParser, positional_required: bool = True) ->
 
 def _profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", required=True, help="a target name (see `infoq-deploy targets`) or a .toml file")
-    p.add_argument("--method", choices=("mse", "infoq"), default=None,
-                   help="sensitivity method: infoq (default) or mse, the cheap weight/activation-error proxy")
+    p.add_argument("--method", choices=profile_methods.names(), default=None,
+                   help=f"sensitivity method (default {profile_methods.DEFAULT}; the methods are listed below)")
     p.add_argument("--data", help="calibration data: image folder, .tar.gz of one, .npz/.pt, or builtin:NAME")
     p.add_argument("--labels", help="labels file overriding those of --data")
     p.add_argument("--calib-size", type=int, default=None, help="number of calibration samples (default: all)")
@@ -53,6 +55,11 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder", default=None,
                    help="InfoQ: input embedding, a .onnx file or MODEL spec (default: pool-pca, no download)")
     p.add_argument("--no-inverse-bits", action="store_true", help="InfoQ: drop the 1/b factor of Eq. 4 (ablation)")
+
+
+def _methods_epilog() -> str:
+    lines = [f"  {m.name:<8} {m.summary}" for m in profile_methods.METHODS.values()]
+    return "sensitivity methods (--method):\n" + "\n".join(lines)
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
@@ -79,7 +86,8 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     _model_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
-    p = sub.add_parser("profile", help="write a sensitivity table")
+    p = sub.add_parser("profile", help="write a sensitivity table", epilog=_methods_epilog(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     _model_args(p)
     _profile_args(p)
     p.add_argument("-o", "--output", required=True, help="sensitivity table to write (JSON)")
@@ -122,7 +130,8 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
 
     p = sub.add_parser("export", help="write QUANTIZED.pt as QONNX or QCDQ ONNX (the target's format by default)")
     p.add_argument("quantized", metavar="QUANTIZED.pt")
-    p.add_argument("--format", choices=("qonnx", "qcdq"), help="override the target's export format")
+    p.add_argument("--format", choices=export_formats.names(), help="override the target's export format: "
+                   + "; ".join(f"{f.name}: {f.summary}" for f in export_formats.FORMATS.values()))
     p.add_argument("-o", "--output", required=True, help="ONNX file to write")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
 
@@ -132,7 +141,7 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     p.add_argument("--eval-data", help="labelled data (default: the evaluation data QUANTIZED.pt records)")
     p.add_argument("--eval-size", type=int, default=None, help="samples drawn from --eval-data (default: all)")
     p.add_argument("--verify-size", type=int, default=None, help="class-balanced samples to run (default: all)")
-    p.add_argument("--format", choices=("qonnx", "qcdq"), help="the file's format (default: the target's)")
+    p.add_argument("--format", choices=export_formats.names(), help="the file's format (default: the target's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", help="verification file to write (JSON), the input of `report`")
     p.add_argument("--json", action="store_true", help="print the verification as JSON")
@@ -151,6 +160,7 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         prog="infoq-deploy",
         description="Run the whole pipeline (import, profile, allocate, ...) on MODEL, or on the bundled "
         "default model when none is named. Stages: " + ", ".join(SUBCOMMANDS) + " (see `infoq-deploy STAGE -h`).",
+        epilog=_methods_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run_parser.add_argument("--version", action="version", version=f"infoq-deploy {__version__}")
     _model_args(run_parser, positional_required=False)

@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 from pathlib import Path
 
 from infoq_deploy import stages
 from infoq_deploy.core.atomic import write_json
 from infoq_deploy.core.errors import UserError
-from infoq_deploy.core.targets import list_targets, load_target
 from infoq_deploy.data.load import load_data
 from infoq_deploy.importing.inventory import format_layer_table, inspect_json
 from infoq_deploy.importing.sources import load_model
+from infoq_deploy.profile import registry as profile_methods
 from infoq_deploy.profile.table import load_sensitivity
 
 
@@ -30,33 +31,35 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def _method_settings(args) -> dict:
+    """Every method option of the command line; each method takes the ones it names."""
+    return {"seed": args.seed, "n_proj": args.n_proj, "k": args.k, "encoder": args.encoder,
+            "use_inverse_bits": not args.no_inverse_bits}
+
+
 def _profile(args, model, target, plots_dir=None):
+    method = args.method or profile_methods.DEFAULT
+    profile_methods.get(method)
     data = None
     if args.data is not None:
         data = load_data(args.data, model.preprocess, limit=args.calib_size, seed=args.seed, labels=args.labels)
-    method = args.method or "infoq"
-    if method == "mse":
-        return stages.profile_mse(model, target, data, seed=args.seed)
-    from infoq_deploy.profile.infoq import profile_infoq  # the InfoQ profiler
-
-    if data is None:
-        raise UserError("the InfoQ profiler needs calibration data; pass --data (an image folder, .npz/.pt or builtin:NAME)")
-    return profile_infoq(model, target, data, seed=args.seed, n_proj=args.n_proj, k=args.k, encoder=args.encoder,
-                         use_inverse_bits=not args.no_inverse_bits, plots_dir=plots_dir)
+    return stages.profile(model, target, data, method, plots_dir=plots_dir, **_method_settings(args))
 
 
 def cmd_profile(args) -> int:
     model = _load(args)
-    target = load_target(args.target)
+    target = stages.load_target(args.target)
     out = Path(args.output)
     plots_dir = out.with_name(out.stem + "_plots")
+    started = time.time() - 1  # plots this run wrote, not an earlier run's (file times are coarse)
     table = _profile(args, model, target, plots_dir=plots_dir)
     table.save(out)
     print(f"wrote {out}: {len(table.layers)} layers, method {table.meta.get('method')}")
-    if table.meta.get("method") == "infoq":
-        print(f"plots: {plots_dir}/sensitivity.png, {plots_dir}/observers.png")
-        for o in table.meta.get("observers", []):
-            print(f"observer {o['name']} ({o['kind']}): r = {o['r']}")
+    plots = sorted(p for p in plots_dir.glob("*.png") if p.stat().st_mtime >= started) if plots_dir.is_dir() else []
+    if plots:
+        print("plots: " + ", ".join(f"{plots_dir}/{p.name}" for p in plots))
+    for o in table.meta.get("observers", []):
+        print(f"observer {o['name']} ({o['kind']}): r = {o['r']}")
     return 0
 
 
@@ -73,7 +76,7 @@ def _print_allocation(doc: dict) -> None:
 
 def cmd_allocate(args) -> int:
     table = load_sensitivity(args.sensitivity)
-    target = load_target(args.target)
+    target = stages.load_target(args.target)
     doc = stages.allocation_document(table, target, args.budget, alpha=args.alpha)
     write_json(args.output, doc)
     if args.json:
@@ -100,7 +103,7 @@ def _target_json(t) -> dict:
 
 
 def cmd_targets(args) -> int:
-    targets = list_targets()
+    targets = stages.list_targets()
     if args.json:
         print(json.dumps([_target_json(t) for t in targets], indent=2))
         return 0
@@ -150,8 +153,7 @@ def _run_config(args, *, budgets: list[str], method: str, allocation: str | None
         resume=args.resume,
         progress=not args.json,
         allocation=allocation,
-        infoq={"n_proj": getattr(args, "n_proj", 32), "k": getattr(args, "k", 3), "encoder": getattr(args, "encoder", None),
-               "use_inverse_bits": not getattr(args, "no_inverse_bits", False)},
+        infoq={k: v for k, v in _method_settings(args).items() if k != "seed"},
     )
 
 
@@ -177,7 +179,7 @@ def cmd_run(args) -> int:
         raise UserError("no budget given; pass at least one --budget (e.g. --budget 4.5MB or --budget 3.5bit), "
                         "or --allocation ALLOCATION.json")
     else:
-        cfg = _run_config(args, budgets=list(args.budget), method=args.method or "infoq")
+        cfg = _run_config(args, budgets=list(args.budget), method=args.method or profile_methods.DEFAULT)
     return _run_and_print(cfg, args.json)
 
 
@@ -217,7 +219,7 @@ def cmd_quantize(args) -> int:
     from infoq_deploy.quantize.file import ModelSource, save_quantized
 
     doc = load_allocation(args.allocation)
-    target = load_target(args.target or doc["target"])
+    target = stages.load_target(args.target or doc["target"])
     model = _load(args)
     default = args.model == stages.DEFAULT_MODEL and args.data is None
     plan = plan_datasets(model.preprocess, data=stages.DEFAULT_DATA if default else args.data,

@@ -21,9 +21,9 @@ from infoq_deploy.allocate.budgets import parse_budget
 from infoq_deploy.allocate.ilp import load_allocation
 from infoq_deploy.core.atomic import write_json
 from infoq_deploy.core.errors import UserError
-from infoq_deploy.core.targets import load_target
 from infoq_deploy.data.plan import plan_datasets
 from infoq_deploy.importing.sources import load_model
+from infoq_deploy.profile import registry as profile_methods
 from infoq_deploy.quantize.file import ModelSource, save_quantized
 from infoq_deploy.quantize.finetune import FinetuneConfig
 
@@ -56,7 +56,7 @@ class RunConfig:
     resume: bool = False
     progress: bool = True
     allocation: str | None = None  # an allocation file: skip profiling and allocation
-    infoq: dict = field(default_factory=dict)  # profile_infoq settings: n_proj, k, encoder, use_inverse_bits
+    infoq: dict = field(default_factory=dict)  # method settings (n_proj, k, encoder, use_inverse_bits); each method takes its own
     notes: list[str] = field(default_factory=list)
 
     def inputs(self) -> dict:
@@ -96,11 +96,11 @@ def claim_run_dir(run_dir: Path, inputs: dict, resume: bool) -> None:
 def run(cfg: RunConfig) -> dict:
     """Every stage in one run directory; each stage's file is the next stage's input, so any
     stage can be re-run alone from that directory (see `infoq-deploy STAGE -h`)."""
-    target = load_target(cfg.target)
+    target = stages.load_target(cfg.target)
     for text in cfg.budgets:  # fail on a typo before any expensive stage
         parse_budget(text)
-    if cfg.allocation is None and cfg.method not in ("infoq", "mse"):
-        raise UserError(f"unknown method '{cfg.method}'; use infoq or mse")
+    if cfg.allocation is None:
+        profile_methods.get(cfg.method)
     inputs = cfg.inputs()
     run_dir = Path(cfg.run_dir)
     claim_run_dir(run_dir, inputs, cfg.resume)
@@ -131,20 +131,10 @@ def run(cfg: RunConfig) -> dict:
     calib = plan.calibration
     if given is not None:
         table, alloc_doc = None, given
-    elif cfg.method == "infoq":
-        table = stages.profile_infoq(model, target, calib, seed=cfg.seed, progress=cfg.progress,
-                                     plots_dir=run_dir / "profile", **cfg.infoq)
-        if table.meta.get("labels") == "predictions":
-            cfg.notes.append("the calibration data has no labels: InfoQ used the float model's predictions as labels")
-        enc = table.meta.get("settings", {}).get("encoder", {})
-        if enc:
-            detail = f" ({enc['note']})" if enc.get("note") else ""
-            cfg.notes.append(f"InfoQ input embedding: {enc.get('name')}{detail}")
-        if table.meta.get("cache_hit"):
-            cfg.notes.append("sensitivity table taken from the profiling cache (same model, data and settings)")
     else:
-        table = stages.profile_mse(model, target, calib, seed=cfg.seed)
-        cfg.notes.append("sensitivity from the weight/activation quantization-error proxy (--method mse), not InfoQ")
+        table = stages.profile(model, target, calib, cfg.method, seed=cfg.seed, progress=cfg.progress,
+                               plots_dir=run_dir / "profile", **cfg.infoq)
+        cfg.notes.extend(profile_methods.notes(cfg.method, table))
     if table is not None:
         table.save(run_dir / "sensitivity.json")
         lap("profile")

@@ -1,25 +1,25 @@
 """The pipeline's stages as plain functions: the Python API behind the CLI.
 
 Each stage takes the previous stage's object (or file) and returns its own, so a build
-pipeline can call any of them alone::
+pipeline can call any of them alone (the README's example, on the bundled model)::
 
     from infoq_deploy import stages
-    model = stages.load_model("zoo:cifar10-resnet20")
+
+    model = stages.load_model(stages.DEFAULT_MODEL)  # the bundled Fashion-MNIST CNN
     target = stages.load_target("fpga-int")
-    data = stages.load_data("../shared/data/cifar10/train.tar.gz", model.preprocess, limit=1000)
-    table = stages.profile_infoq(model, target, data)        # or stages.profile_mse(...)
-    allocation = stages.allocation_document(table, target, ["3.5bit"])     # as allocation.json
-    plan = stages.plan_datasets(model.preprocess, data="../shared/data/cifar10/train.tar.gz", calib_size=1000,
-                                eval_data="../shared/data/cifar10/test", eval_size=2000)
-    qm = stages.quantize(model, target, allocation, plan, stages.ModelSource.of("zoo:cifar10-resnet20"))
-    stages.finetune_quantized(qm, plan.train, plan.evaluation, stages.FinetuneConfig(epochs=1), "ckpt")
-    stages.export_quantized(qm, "model.onnx")
-    verified = stages.verify_quantized("model.onnx", qm, plan.evaluation)
-    stages.report_run("run", qm, verified, sensitivity=table)
+    plan = stages.plan_datasets(model.preprocess, data=stages.DEFAULT_DATA, eval_data=stages.DEFAULT_EVAL_DATA)
+    table = stages.profile(model, target, plan.calibration, method="mse")  # or "infoq" (stages.profile_infoq)
+    allocation = stages.allocation_document(table, target, ["4bit"])       # as allocation.json
+    qm = stages.quantize(model, target, allocation, plan, stages.ModelSource.of(stages.DEFAULT_MODEL))
+    stages.save_quantized("api-run/quantized.pt", qm)
+    stages.export_quantized(qm, "api-run/model.onnx")
+    verified = stages.verify_quantized("api-run/model.onnx", qm, plan.evaluation)
+    stages.report_run("api-run", qm, verified, sensitivity=table)
+    print(qm.accuracies, "verified" if verified["result"]["ok"] else "FAILED")
 
 The objects between stages are plain: `ImportedModel`, `SensitivityTable`, the allocation
 document (a dict, as in allocation.json), `QuantizedModel` (saved and loaded by
-`quantized_file`) and the verification document (as in verify.json).
+`infoq_deploy.quantize.file`) and the verification document (as in verify.json).
 """
 
 from __future__ import annotations
@@ -35,14 +35,17 @@ from infoq_deploy import __version__
 from infoq_deploy.allocate.budgets import parse_budget
 from infoq_deploy.allocate.ilp import Allocation, allocate, allocation_bits, allocation_to_json
 from infoq_deploy.core.errors import UserError
-from infoq_deploy.core.targets import Target, load_target, target_ref
+from infoq_deploy.core.targets import Target, target_ref
+from infoq_deploy.core.targets import list_targets as _list_targets
+from infoq_deploy.core.targets import load_target as _load_target
 from infoq_deploy.data.load import Dataset, load_data
 from infoq_deploy.data.plan import DataPlan, DataRef, absolute_spec, plan_datasets
+from infoq_deploy.export import registry as export_formats
 from infoq_deploy.importing.deployable import deployable
 from infoq_deploy.importing.inventory import inspect_json
 from infoq_deploy.importing.model import ImportedModel
 from infoq_deploy.importing.sources import load_model
-from infoq_deploy.profile.mse import activation_scores, weight_scores
+from infoq_deploy.profile import registry as profile_methods
 from infoq_deploy.profile.table import SensitivityTable
 from infoq_deploy.quantize.file import ModelSource, QuantizedModel, load_quantized, save_quantized
 from infoq_deploy.quantize.finetune import FinetuneConfig
@@ -50,46 +53,36 @@ from infoq_deploy.quantize.finetune import FinetuneConfig
 VERIFY_FORMAT = "infoq-deploy/verify/1"
 
 
-def profile_infoq(model: ImportedModel, target: Target, data: Dataset, **settings) -> SensitivityTable:
-    """The InfoQ profiler (see `profile_infoq.profile_infoq` for the settings)."""
-    from infoq_deploy.profile.infoq import profile_infoq as run
-
-    return run(model, target, data, **settings)
-
 DEFAULT_MODEL = "zoo:fashion-cnn"
 DEFAULT_DATA = "builtin:fashion-mnist"  # 1,000 training images, committed
 DEFAULT_EVAL_DATA = "builtin:fashion-mnist:eval"  # 1,000 test images, committed
 
 
+def profile(model: ImportedModel, target: Target, data: Dataset | None, method: str = profile_methods.DEFAULT,
+            **settings) -> SensitivityTable:
+    """The sensitivity table by a registered method (`infoq_deploy.profile.registry`); settings
+    the method does not take are left out."""
+    return profile_methods.run(method, model, target, data, **settings)
+
+
+def profile_infoq(model: ImportedModel, target: Target, data: Dataset, **settings) -> SensitivityTable:
+    """The InfoQ profiler (see `infoq_deploy.profile.infoq.profile_infoq` for the settings)."""
+    return profile_methods.get("infoq").profile(model, target, data, **settings)
+
+
 def profile_mse(model: ImportedModel, target: Target, data: Dataset | None, seed: int = 0) -> SensitivityTable:
     """Weight (and, with data, activation) quantization error as the sensitivity proxy."""
-    deployed = deployable(model)
-    spec = target.quant_spec()
-    start = time.perf_counter()
-    s_w = weight_scores(deployed.graph, deployed.layers, list(target.weights.bits), spec)
-    a_bits = list(target.activations.bits)
-    if data is not None:
-        s_a = activation_scores(deployed.graph, deployed.layers, a_bits, spec, data.x)
-    elif len(a_bits) == 1:
-        s_a = {layer.name: {a_bits[0]: 0.0} for layer in deployed.layers}
-    else:
-        raise UserError(
-            f"target {target.name} chooses activation bits among {a_bits}, which needs calibration data; pass --data"
-        )
-    meta = {
-        "method": "mse",
-        "tool_version": __version__,
-        "settings": {"quant_spec": vars(spec) if hasattr(spec, "__dict__") else str(spec)},
-        "model_fingerprint": model.fingerprint,
-        "data_hash": None if data is None else data.sha256,
-        "data_source": None if data is None else data.source,
-        "calib_size": 0 if data is None else len(data.x),
-        "seed": seed,
-        "seconds": round(time.perf_counter() - start, 3),
-    }
-    return SensitivityTable(
-        model=model.spec, target=target.name, layers=deployed.layers, weights=s_w, activations=s_a, meta=meta
-    )
+    return profile_methods.get("mse").profile(model, target, data, seed=seed)
+
+
+def load_target(name_or_path) -> Target:
+    """A shipped target by name or a .toml file, its export format one that is registered."""
+    return _load_target(name_or_path, tuple(export_formats.names()))
+
+
+def list_targets() -> list[Target]:
+    """Every shipped target, sorted by name."""
+    return _list_targets(tuple(export_formats.names()))
 
 
 def allocate_table(table: SensitivityTable, target: Target, budget_texts: list[str], alpha: float = 1.0) -> Allocation:
@@ -160,7 +153,7 @@ def quantize(model: ImportedModel, target: Target, allocation: dict, plan: DataP
 def finetune_quantized(qm: QuantizedModel, train: Dataset, evaluation: Dataset, cfg, ckpt_dir: str | Path, *,
                        resume: bool = False, progress: bool = True, train_ref: DataRef | None = None,
                        eval_ref: DataRef | None = None) -> QuantizedModel:
-    """LSQ fine-tuning of ``qm`` in place (`finetune.finetune`); ``qm`` ends at its best checkpoint.
+    """LSQ fine-tuning of ``qm`` in place (`infoq_deploy.quantize.finetune.finetune`); ``qm`` ends at its best checkpoint.
 
     When ``evaluation`` is not the set the earlier accuracies were measured on, float and
     starting accuracy are re-measured on it, so the report compares like with like.
@@ -216,7 +209,7 @@ def _file_sha256(path: Path) -> str:
 def verify_quantized(onnx_path: str | Path, qm: QuantizedModel, evaluation: Dataset, *, verify_size: int | None = None,
                      seed: int = 0, fmt: str | None = None, eval_ref: DataRef | None = None) -> dict:
     """Run the exported file on (a class-balanced part of) ``evaluation`` against ``qm``: the
-    verification document (verify.json), whose ``result`` is `verify.VerifyResult.to_json()`."""
+    verification document (verify.json), whose ``result`` is `infoq_deploy.verify.check.VerifyResult.to_json()`."""
     from infoq_deploy.verify.check import verify_export
 
     if evaluation.y is None:
@@ -309,7 +302,7 @@ def report_run(run_dir: str | Path, qm: QuantizedModel, verified: dict, *, sensi
 __all__ = [
     "DEFAULT_DATA", "DEFAULT_EVAL_DATA", "DEFAULT_MODEL", "DataPlan", "DataRef", "FinetuneConfig", "ModelSource",
     "QuantizedModel", "absolute_spec", "allocate_table", "allocation_document", "check_allocation", "deployable", "export_quantized",
-    "finetune_quantized", "load_data", "load_model", "load_quantized", "load_target", "load_verification",
-    "plan_datasets", "profile_infoq", "profile_mse", "quantize", "report_run", "save_quantized", "verification_subset",
+    "finetune_quantized", "load_data", "load_model", "load_quantized", "load_target", "list_targets", "load_verification",
+    "plan_datasets", "profile", "profile_infoq", "profile_mse", "quantize", "report_run", "save_quantized", "verification_subset",
     "verify_quantized",
 ]

@@ -13,7 +13,7 @@ from onnx import numpy_helper
 from test_brevitas_model import INPUT_SHAPE, MIXED, inputs, make_tiny
 from torch import nn
 
-import infoq_deploy.export.writer as export_mod
+import infoq_deploy.export.to_qonnx as export_mod
 from infoq_deploy.core.errors import UserError
 from infoq_deploy.core.quantizer import QuantSpec
 from infoq_deploy.export.writer import export_model

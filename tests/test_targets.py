@@ -9,7 +9,8 @@ import pytest
 
 from infoq_deploy.core.errors import UserError
 from infoq_deploy.core.quantizer import QuantSpec
-from infoq_deploy.core.targets import KINDS, Target, list_targets, load_target
+from infoq_deploy.core.targets import KINDS, Target
+from infoq_deploy.stages import list_targets, load_target
 
 TARGETS_DIR = Path(__file__).resolve().parents[1] / "targets"
 

@@ -23,7 +23,6 @@ from infoq_deploy.core.quantizer import FLOAT_BITS, QuantSpec
 
 KINDS = ("conv", "dwconv", "linear")
 METRICS = ("size", "bitops", "latency")
-EXPORTS = ("qonnx", "qcdq")
 LATENCY_FORMAT = "infoq-deploy/latency/1"
 _PACKAGE = "infoq_deploy.target_defs"  # the top-level targets/ folder, shipped as package data
 
@@ -122,18 +121,22 @@ def _pair(p: tuple[int, int] | None) -> str:
 # ---------------------------------------------------------------- loading
 
 
-def load_target(name_or_path: str | Path) -> Target:
-    """A shipped target by name (e.g. "fpga-int"), or any target file by a path ending in .toml."""
+def load_target(name_or_path: str | Path, formats: tuple[str, ...] | None = None) -> Target:
+    """A shipped target by name (e.g. "fpga-int"), or any target file by a path ending in .toml.
+
+    ``formats``: the export formats that exist (the export stage's registry, which the API
+    passes in); ``None`` checks only that ``export`` is a name.
+    """
     text = str(name_or_path)
     if text.endswith(".toml") or "/" in text or "\\" in text:
         path = Path(text)
         if not path.is_file():
             raise UserError(f"target file {path} does not exist; pass an existing .toml file or one of: {_names()}")
-        return _load_file(path)
+        return _load_file(path, formats)
     path = _shipped_dir() / f"{text}.toml"
     if not path.is_file():
         raise UserError(f"unknown target '{text}'; use one of: {_names()} (or a path to a .toml file)")
-    return _load_file(path)
+    return _load_file(path, formats)
 
 
 def target_ref(target: Target) -> str:
@@ -142,9 +145,9 @@ def target_ref(target: Target) -> str:
     return target.name if path.parent == _shipped_dir().resolve() else str(path)
 
 
-def list_targets() -> list[Target]:
+def list_targets(formats: tuple[str, ...] | None = None) -> list[Target]:
     """Every shipped target, sorted by name."""
-    return [_load_file(p) for p in sorted(_shipped_dir().glob("*.toml"))]
+    return [_load_file(p, formats) for p in sorted(_shipped_dir().glob("*.toml"))]
 
 
 def _shipped_dir() -> Path:
@@ -220,7 +223,7 @@ def _type(v: Any) -> str:
     )
 
 
-def _load_file(path: Path) -> Target:
+def _load_file(path: Path, formats: tuple[str, ...] | None = None) -> Target:
     c = _Checker(path)
     try:
         raw = tomllib.loads(path.read_text())
@@ -230,7 +233,7 @@ def _load_file(path: Path) -> Target:
     c.keys(raw, "", {"name", "description", "export", "metrics", "weights", "activations"}, {"pin", "pairs", "latency"})
     name = c.string(raw["name"], "name")
     description = c.string(raw["description"], "description")
-    export = c.string(raw["export"], "export", EXPORTS)
+    export = c.string(raw["export"], "export", None if formats is None else tuple(formats))
 
     metrics_raw = raw["metrics"]
     if not isinstance(metrics_raw, list) or not metrics_raw:

@@ -12,7 +12,7 @@ weights and for its input activation, measured at the observer layers downstream
 Steps (DESIGN.md decisions where the paper is silent):
 
 1. The deployed graph (BatchNorm folded) with every layer's weights and input activation
-   fake-quantized to 8 bits by the target's quantizer (``quantizer.py``; activation
+   fake-quantized to 8 bits by the target's quantizer (``core/quantizer.py``; activation
    ranges from ``calibrate_act_ranges`` on the float model) is the baseline.
 2. Labels Y: the data's labels, else the float model's predictions (meta says which).
 3. X_E: ``embedding.embed`` (default: pooled-input PCA, 64 dims; pluggable encoder).
@@ -108,6 +108,8 @@ def _check_settings(n_proj: int, k: int, seed: int) -> None:
 
 
 def _check_data(model, data, k: int) -> torch.Tensor:
+    if data is None:
+        raise UserError("the InfoQ profiler needs calibration data; pass --data (an image folder, .npz/.pt or builtin:NAME)")
     x = data.x
     if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[0] == 0:
         raise UserError(f"the calibration set {data.source} holds no images; pass a data source with images")
@@ -492,6 +494,23 @@ def profile_infoq(
     if plots_dir is not None:
         _plots(table, plots_dir)
     return table
+
+
+profile = profile_infoq  # the entry point of profile/registry.py
+
+
+def notes(table: SensitivityTable) -> list[str]:
+    """What the run report says about an InfoQ table: labels, embedding, cache."""
+    out = []
+    if table.meta.get("labels") == "predictions":
+        out.append("the calibration data has no labels: InfoQ used the float model's predictions as labels")
+    enc = table.meta.get("settings", {}).get("encoder", {})
+    if enc:
+        detail = f" ({enc['note']})" if enc.get("note") else ""
+        out.append(f"InfoQ input embedding: {enc.get('name')}{detail}")
+    if table.meta.get("cache_hit"):
+        out.append("sensitivity table taken from the profiling cache (same model, data and settings)")
+    return out
 
 
 def _progress(total: int, initial: int, enabled: bool, what: str):

@@ -8,11 +8,52 @@ and it exercises the allocator end to end before the InfoQ profiler runs.
 
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.fx
 
+from infoq_deploy import __version__
+from infoq_deploy.core.errors import UserError
 from infoq_deploy.core.quantizer import FLOAT_BITS, ActRange, QuantSpec, quantize_act, quantize_weight
+from infoq_deploy.importing.deployable import deployable
 from infoq_deploy.importing.layers import Layer
+from infoq_deploy.profile.table import SensitivityTable
+
+
+def profile(model, target, data, *, seed: int = 0) -> SensitivityTable:
+    """Weight (and, with data, activation) quantization error as the sensitivity proxy."""
+    deployed = deployable(model)
+    spec = target.quant_spec()
+    start = time.perf_counter()
+    s_w = weight_scores(deployed.graph, deployed.layers, list(target.weights.bits), spec)
+    a_bits = list(target.activations.bits)
+    if data is not None:
+        s_a = activation_scores(deployed.graph, deployed.layers, a_bits, spec, data.x)
+    elif len(a_bits) == 1:
+        s_a = {layer.name: {a_bits[0]: 0.0} for layer in deployed.layers}
+    else:
+        raise UserError(
+            f"target {target.name} chooses activation bits among {a_bits}, which needs calibration data; pass --data"
+        )
+    meta = {
+        "method": "mse",
+        "tool_version": __version__,
+        "settings": {"quant_spec": vars(spec) if hasattr(spec, "__dict__") else str(spec)},
+        "model_fingerprint": model.fingerprint,
+        "data_hash": None if data is None else data.sha256,
+        "data_source": None if data is None else data.source,
+        "calib_size": 0 if data is None else len(data.x),
+        "seed": seed,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    return SensitivityTable(
+        model=model.spec, target=target.name, layers=deployed.layers, weights=s_w, activations=s_a, meta=meta
+    )
+
+
+def notes(table: SensitivityTable) -> list[str]:
+    return ["sensitivity from the weight/activation quantization-error proxy (--method mse), not InfoQ"]
 
 
 def weight_scores(gm: torch.fx.GraphModule, layers: list[Layer], bits: list[int], spec: QuantSpec) -> dict[str, dict[int, float]]:

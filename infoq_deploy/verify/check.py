@@ -1,7 +1,7 @@
 """Run an exported file and compare it with the Brevitas model it came from.
 
-QONNX runs in qonnx's reference executor (after qonnx cleanup), QCDQ in ONNX Runtime, each
-on the same inputs as the Brevitas model, the whole set in a few large batches (qonnx runs
+The file runs on the back end its format names (QONNX: qonnx's reference executor after
+qonnx cleanup; QCDQ: ONNX Runtime), on the same inputs as the Brevitas model, the whole set in a few large batches (qonnx runs
 node by node: the per-call overhead, not the batch, dominates).
 
 Bit-widths are read from the graph itself: QONNX from the ``bitwidth`` input of the
@@ -31,26 +31,22 @@ bit-width errors are caught by the graph check. The max difference is reported a
 
 from __future__ import annotations
 
-import copy
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from brevitas.graph.calibrate import quantization_status_manager
 from brevitas.nn.quant_layer import QuantWeightBiasInputOutputLayer
-from onnx import numpy_helper
-from qonnx.core.modelwrapper import ModelWrapper
-from qonnx.core.onnx_exec import execute_onnx
-from qonnx.util.cleanup import cleanup_model
 from torch import nn
 
+from infoq_deploy.backends.batched import run_batched
 from infoq_deploy.core.errors import UserError
 from infoq_deploy.core.quantizer import FLOAT_BITS
+from infoq_deploy.export import registry as formats
+from infoq_deploy.export.graph import OnnxGraph
 from infoq_deploy.export.writer import check_format
 from infoq_deploy.importing.layers import QUANTIZABLE
 from infoq_deploy.quantize.brevitas_model import act_quant_params, read_bits, read_join_quantizers
@@ -60,8 +56,6 @@ QUANT_ERROR_FRACTION = 0.5
 RUNTIME_RTOL = 1e-2
 _COMPUTE_OPS = ("Conv", "Gemm", "MatMul")
 _JOIN_OPS = ("Add", "Concat")
-_QUANT_OP = {"qonnx": "Quant", "qcdq": "DequantizeLinear"}
-_PARAM_OPS = ("Quant", "QuantizeLinear", "DequantizeLinear", "Clip", "Cast", "Identity", "Transpose")
 _ELEMENT_BUDGET = 2**22  # input elements per executor call: bounds qonnx's memory on big images
 
 
@@ -94,66 +88,17 @@ class VerifyResult:
 # ----------------------------------------------------------------------------- graph reading
 
 
-class _Graph:
-    def __init__(self, model: onnx.ModelProto):
-        self.nodes = list(model.graph.node)
-        self.inits = {i.name: i for i in model.graph.initializer}
-        self.producer = {out: n for n in self.nodes for out in n.output}
-
-    def const(self, name: str) -> np.ndarray | None:
-        if name in self.inits:
-            return numpy_helper.to_array(self.inits[name])
-        node = self.producer.get(name)
-        if node is not None and node.op_type == "Constant":
-            return numpy_helper.to_array(node.attribute[0].t)
-        return None
-
-    def is_param(self, name: str) -> bool:
-        """Whether ``name`` is computed from constants only (a weight/bias and its quantizer)."""
-        if self.const(name) is not None:
-            return True
-        node = self.producer.get(name)
-        return node is not None and node.op_type in _PARAM_OPS and all(self.is_param(i) for i in node.input if i)
-
-    def source(self, name: str):
-        """The node producing ``name``, looking through Identity and Transpose."""
-        node = self.producer.get(name)
-        while node is not None and node.op_type in ("Identity", "Transpose"):
-            node = self.producer.get(node.input[0])
-        return node
-
-
-def _bits_from_range(lo: int, hi: int) -> int | None:
-    bits = math.log2(hi + 1) + (1 if lo < 0 else 0)
-    return int(bits) if bits.is_integer() else None
-
-
-def _quant_node(g: _Graph, tensor: str, fmt: str):
-    """The Quant (QONNX) / DequantizeLinear (QCDQ) node producing ``tensor``, if any."""
+def _quant_node(g: OnnxGraph, tensor: str, fmt: str):
+    """The node ending a quantizer of ``fmt`` (QONNX Quant, QCDQ DequantizeLinear) that produces ``tensor``."""
     node = g.source(tensor)
-    return node if node is not None and node.op_type == _QUANT_OP[fmt] else None
+    return node if node is not None and node.op_type == formats.get(fmt).QUANT_OP else None
 
 
-def _bits(g: _Graph, qnode, fmt: str) -> int | str:
-    if qnode is None:
-        return FLOAT_BITS
-    if fmt == "qonnx":
-        bw = g.const(qnode.input[3])
-        return int(bw) if bw is not None else "Quant node with a non-constant bit width"
-    inner = g.producer.get(qnode.input[0])
-    if inner is not None and inner.op_type == "Clip":
-        lo, hi = g.const(inner.input[1]), g.const(inner.input[2])
-        if lo is None or hi is None:
-            return "Clip with non-constant bounds"
-        bits = _bits_from_range(int(lo), int(hi))
-        return bits if bits is not None else f"Clip range [{int(lo)}, {int(hi)}] is not a b-bit range"
-    zp = g.const(qnode.input[2]) if len(qnode.input) > 2 else None
-    if zp is not None and zp.dtype in (np.int8, np.uint8):
-        return 8  # plain int8/uint8 QuantizeLinear, no Clip
-    return f"DequantizeLinear with zero point type {None if zp is None else zp.dtype}"
+def _bits(g: OnnxGraph, qnode, fmt: str) -> int | str:
+    return FLOAT_BITS if qnode is None else formats.get(fmt).quant_bits(g, qnode)
 
 
-def _weight_shape(g: _Graph, node, fmt: str) -> tuple[int, ...] | None:
+def _weight_shape(g: OnnxGraph, node, fmt: str) -> tuple[int, ...] | None:
     qnode = _quant_node(g, node.input[1], fmt)
     if qnode is None:
         arr = g.const(node.input[1])
@@ -185,7 +130,7 @@ def graph_bits(model: onnx.ModelProto, fmt: str, qmodel: nn.Module) -> tuple[dic
 
     Problems include quantization scales in the graph that differ from the model's.
     """
-    g = _Graph(model)
+    g = OnnxGraph(model)
     compute = [n for n in g.nodes if n.op_type in _COMPUTE_OPS]
     calls = _layer_calls(qmodel)
     problems = []
@@ -220,7 +165,7 @@ def graph_bits(model: onnx.ModelProto, fmt: str, qmodel: nn.Module) -> tuple[dic
 
 def join_problems(model: onnx.ModelProto, fmt: str, qmodel: nn.Module) -> list[str]:
     """Each quantized Add/Concat takes all inputs from quantizers with the model's one shared scale."""
-    g = _Graph(model)
+    g = OnnxGraph(model)
     modules = dict(qmodel.named_modules())
     joins = [modules[name] for name in read_join_quantizers(qmodel)]
     problems, quantized = [], []
@@ -249,74 +194,6 @@ def join_problems(model: onnx.ModelProto, fmt: str, qmodel: nn.Module) -> list[s
 
 
 # ----------------------------------------------------------------------------- execution
-
-
-def _chunks(x: np.ndarray, size: int):
-    for start in range(0, x.shape[0], size):
-        part = x[start : start + size]
-        pad = size - part.shape[0]
-        if pad:  # the graph has a fixed batch size: pad the last chunk, drop the padding after
-            part = np.concatenate([part, np.zeros((pad, *part.shape[1:]), dtype=part.dtype)])
-        yield part, size - pad
-
-
-def _batch_size(model: onnx.ModelProto) -> int:
-    return model.graph.input[0].type.tensor_type.shape.dim[0].dim_value or 1
-
-
-def _rebatch(model: onnx.ModelProto, size: int) -> onnx.ModelProto:
-    """A copy of ``model`` for batches of ``size`` (the export bakes its example's batch size).
-
-    Like qonnx's ChangeBatchSize, but it only rewrites Reshape shapes that start with the
-    exported batch size: ChangeBatchSize also rewrites ``-1`` (e.g. F.pad's pads reshape).
-    """
-    old = _batch_size(model)
-    model = copy.deepcopy(model)
-    for value in (model.graph.input[0], model.graph.output[0]):
-        value.type.tensor_type.shape.dim[0].dim_value = size
-    del model.graph.value_info[:]
-    inits = {i.name: i for i in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Reshape" and node.input[1] in inits:
-            shape = numpy_helper.to_array(inits[node.input[1]]).copy()
-            if shape.size and shape[0] == old:
-                shape[0] = size
-                inits[node.input[1]].CopyFrom(numpy_helper.from_array(shape, node.input[1]))
-    return model
-
-
-def _execute(model: onnx.ModelProto, x: np.ndarray, size: int, fmt: str) -> np.ndarray:
-    if fmt == "qonnx":
-        wrapped = cleanup_model(ModelWrapper(model))
-        iname, oname = wrapped.graph.input[0].name, wrapped.graph.output[0].name
-        outs = [execute_onnx(wrapped, {iname: part})[oname][:n] for part, n in _chunks(x, size)]
-    else:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # Brevitas keeps initializers among graph inputs; ORT warns per tensor
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        iname = session.get_inputs()[0].name
-        outs = [session.run(None, {iname: part})[0][:n] for part, n in _chunks(x, size)]
-    return np.concatenate(outs)
-
-
-def _run_exported(model: onnx.ModelProto, x: np.ndarray, size: int, fmt: str) -> np.ndarray:
-    """Outputs of the exported graph on ``x``, ``size`` inputs per call where the graph allows.
-
-    The file as written (its own batch size) runs the first inputs; the re-batched copy is
-    used for the rest only if it reproduces them, else the file runs batch by batch.
-    """
-    exported = _batch_size(model)
-    first = _execute(model, x[:exported], exported, fmt)
-    if len(x) <= exported:
-        return first
-    if size > exported:
-        try:
-            out = _execute(_rebatch(model, size), x, size, fmt)
-        except Exception:  # an op other than Reshape bakes the batch size in
-            out = None
-        if out is not None and np.allclose(out[:exported], first, rtol=1e-4, atol=1e-6):
-            return out
-    return np.concatenate([first, _execute(model, x[exported:], exported, fmt)])
 
 
 def _run_brevitas(qmodel: nn.Module, x: torch.Tensor, size: int, quantized: bool = True) -> np.ndarray:
@@ -373,7 +250,7 @@ def verify_export(
     xs = x.detach().cpu().float()
     ref = _run_brevitas(qmodel, xs, size)
     quant_error = float(np.abs(ref.astype(np.float64) - _run_brevitas(qmodel, xs, size, quantized=False)).mean())
-    out = _run_exported(model, xs.numpy(), size, fmt).reshape(ref.shape)
+    out = run_batched(model, xs.numpy(), size, formats.get(fmt).BACKEND).reshape(ref.shape)
     diff = np.abs(out.astype(np.float64) - ref.astype(np.float64))
     pred, ref_pred = out.argmax(axis=1), ref.argmax(axis=1)
     labels = None if y is None else y.detach().cpu().numpy()

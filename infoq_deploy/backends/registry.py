@@ -1,0 +1,27 @@
+"""Back ends by name: the programs that consume an exported file and run it.
+
+A back end is one module of this package with
+
+    def session(model: onnx.ModelProto) -> Callable[[np.ndarray], np.ndarray]
+
+(one batch in, the graph's first output out). Adding one is that module plus one line in
+``BACKENDS``; an export format names the back end that runs its files (export/registry.py).
+"""
+
+from __future__ import annotations
+
+from infoq_deploy.core.registry import Entry, by_name, load
+
+BACKENDS = by_name(
+    Entry("qonnx", "infoq_deploy.backends.qonnx_exec", "qonnx's reference executor, after qonnx cleanup"),
+    Entry("ort", "infoq_deploy.backends.ort", "ONNX Runtime on the CPU, default graph optimizations"),
+)
+
+
+def names() -> list[str]:
+    return list(BACKENDS)
+
+
+def get(name: str):
+    """The module of back end ``name``."""
+    return load(BACKENDS, name, "back end")

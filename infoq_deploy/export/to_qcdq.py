@@ -1,0 +1,56 @@
+"""QCDQ: standard ONNX, int8/uint8 QuantizeLinear -> Clip (narrower ranges) -> DequantizeLinear.
+
+It expresses at most 8 bits and runs in ONNX Runtime, which fuses the pairs into integer
+kernels. Opset 13 is the lowest with per-channel (``axis``) QuantizeLinear/DequantizeLinear.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from brevitas.export import export_onnx_qcdq
+
+from infoq_deploy.core.errors import UserError
+from infoq_deploy.core.quantizer import FLOAT_BITS
+from infoq_deploy.export.graph import OnnxGraph, bits_from_range
+from infoq_deploy.quantize.brevitas_model import read_bits, read_join_quantizers
+
+BACKEND = "ort"
+QUANT_OP = "DequantizeLinear"
+ONNX_OPSET = 13
+MAX_BITS = 8
+
+
+def check(qmodel) -> None:
+    for name, (w_bits, a_bits) in read_bits(qmodel).items():
+        for what, bits in (("weights", w_bits), ("input activations", a_bits)):
+            if MAX_BITS < bits < FLOAT_BITS:
+                raise UserError(
+                    f"layer {name} has {bits}-bit {what} but QCDQ (ONNX Runtime) expresses at most "
+                    f"{MAX_BITS} bits; allocate at most {MAX_BITS} bits or {FLOAT_BITS} (float), "
+                    "or export to qonnx"
+                )
+    for name, bits in read_join_quantizers(qmodel).items():
+        if bits > MAX_BITS:
+            raise UserError(
+                f"the add/concat quantizer {name} has {bits} bits but QCDQ expresses at most "
+                f"{MAX_BITS}; build with join_bits <= {MAX_BITS} or export to qonnx"
+            )
+
+
+def write(qmodel, example, path) -> None:
+    export_onnx_qcdq(qmodel, example, export_path=str(path), dynamo=False, opset_version=ONNX_OPSET)
+
+
+def quant_bits(g: OnnxGraph, qnode) -> int | str:
+    inner = g.producer.get(qnode.input[0])
+    if inner is not None and inner.op_type == "Clip":
+        lo, hi = g.const(inner.input[1]), g.const(inner.input[2])
+        if lo is None or hi is None:
+            return "Clip with non-constant bounds"
+        bits = bits_from_range(int(lo), int(hi))
+        return bits if bits is not None else f"Clip range [{int(lo)}, {int(hi)}] is not a b-bit range"
+    zp = g.const(qnode.input[2]) if len(qnode.input) > 2 else None
+    if zp is not None and zp.dtype in (np.int8, np.uint8):
+        return 8  # plain int8/uint8 QuantizeLinear, no Clip
+    return f"DequantizeLinear with zero point type {None if zp is None else zp.dtype}"
+

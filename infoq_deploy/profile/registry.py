@@ -1,0 +1,52 @@
+"""Sensitivity methods by name: what `profile --method` lists and dispatches.
+
+A method is one module of this package with
+
+    def profile(model, target, data, *, seed=0, ...) -> SensitivityTable
+
+taking the settings it understands as keyword arguments (``progress`` and ``plots_dir``
+are offered to every method; the command line passes only those a method's signature
+names), and optionally ``notes(table) -> list[str]``, lines for the run report. Adding a
+method is that module plus one line in ``METHODS``; modules are imported on first use
+(InfoQ pulls in scipy and matplotlib).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from infoq_deploy.core.registry import Entry, by_name, load
+
+METHODS = by_name(
+    Entry("infoq", "infoq_deploy.profile.infoq",
+          "change of sliced mutual information at downstream observers, the paper's method (needs --data)"),
+    Entry("mse", "infoq_deploy.profile.mse",
+          "relative quantization error of each layer's weights (and inputs, with --data), a cheap local proxy"),
+)
+DEFAULT = "infoq"
+
+
+def names() -> list[str]:
+    return list(METHODS)
+
+
+def get(name: str):
+    """The module of method ``name``."""
+    return load(METHODS, name, "method")
+
+
+def accepts(name: str, setting: str) -> bool:
+    params = inspect.signature(get(name).profile).parameters
+    return setting in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def run(name: str, model, target, data, **settings):
+    """The sensitivity table of ``model`` for ``target`` by method ``name``; settings the
+    method does not take are left out (e.g. InfoQ's projection count for ``mse``)."""
+    return get(name).profile(model, target, data, **{k: v for k, v in settings.items() if accepts(name, k)})
+
+
+def notes(name: str, table) -> list[str]:
+    """What the run report should say about a table this method made."""
+    method = get(name)
+    return list(method.notes(table)) if hasattr(method, "notes") else []

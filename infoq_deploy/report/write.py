@@ -7,7 +7,7 @@ Cost references, used when no budget names a metric: size against the float32 mo
 (the "12x" compression convention), BitOps against 8-bit weights and activations,
 average weight bits against 32. Latency has no reference the report can compute
 without the target's table; pass ``model_info["reference_cost"] = {"latency_ms": ...}``
-(e.g. ``allocate.model_costs(layers, [(8, 8)] * n, target)``) to get one.
+(e.g. ``allocate.ilp.model_costs(layers, [(8, 8)] * n, target)``) to get one.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def _fmt(value) -> str:
     if isinstance(value, (list, tuple)):
         return ", ".join(_fmt(v) for v in value)
     if isinstance(value, dict):
-        return "; ".join(f"{k} {_fmt(v)}" for k, v in value.items())
+        return "; ".join(f"{k} {_fmt(v)}" for k, v in _given(value).items())
     return str(value)
 
 
@@ -196,16 +196,69 @@ def _check_accuracies(accuracies: dict) -> None:
 
 # ---------------------------------------------------------------- markdown
 
+def _given(d: dict) -> dict:
+    """The entries that were set: a report lists what happened, not rows of dashes."""
+    return {k: v for k, v in d.items() if v is not None and v != "" and v != [] and v != {}}
+
+
+def _model_name(doc: dict) -> str | None:
+    inputs = doc["inputs"]
+    given = inputs.get("quantized_model")
+    return inputs.get("model") or (given.get("spec") if isinstance(given, dict) else None) or doc["model"].get("spec")
+
+
+def summary_rows(doc: dict) -> list[list[str]]:
+    """The answer first: what was built, what it costs against each budget, how accurate it is, verified or not."""
+    alloc, verify = doc["allocation"], doc["verify"] or {}
+    target = alloc.get("target") or doc["inputs"].get("target")
+    rows = [["model", _model_name(doc)], ["target", target + (f", exported as {verify['fmt']}" if verify.get("fmt") else "")]]
+    for b in alloc.get("budgets", []):
+        metric, title = b["metric"], _METRICS.get(b["metric"], (None, b["metric"]))[1]
+        met = b["used"] <= b["limit"] * (1 + 1e-9)
+        share = f" ({100.0 * b['used'] / b['limit']:.1f}%)" if b["limit"] else ""
+        rows.append([f"budget {b['text']} ({title})", f"{fmt_metric(metric, b['used'])} used of "
+                     f"{fmt_metric(metric, b['limit'])}{share}: {'met' if met else 'EXCEEDED'}"])
+    cost = alloc.get("cost", {})
+    if cost.get("size_bytes") is not None and cost.get("compression"):
+        size = cost["size_bytes"]
+        line = (f"{fmt_metric('size', size)}, {cost['compression']:.3g}x smaller than float "
+                f"({fmt_metric('size', size * cost['compression'])})")
+        if cost.get("avg_weight_bits") is not None:
+            line += f"; {cost['avg_weight_bits']:.3g} bits per weight on average"
+        rows.append(["size", line])
+    acc = [f"{label} {fmt_acc(doc['accuracies'][k])}" for k, label in ACCURACY_LABELS.items()
+           if doc["accuracies"].get(k) is not None]
+    if acc:
+        rows.append(["top-1", ", ".join(acc)])
+    if verify:
+        verdict = "passed" if verify.get("ok") else "FAILED"
+        detail = []
+        if isinstance(verify.get("agreement"), float):
+            on = f" on {verify['n_inputs']:,} samples" if verify.get("n_inputs") else ""
+            detail.append(f"top-1 agreement {fmt_acc(verify['agreement'])}{on}")
+        if isinstance(verify.get("bits_in_graph"), dict):
+            wanted, wrong = _bits_not_carried(verify["bits_in_graph"], alloc)
+            detail.append(f"{len(wanted) - len(wrong)}/{len(wanted)} layers carry their bits")
+        if verify.get("mismatches"):
+            detail.append(f"{len(verify['mismatches'])} mismatches (see Verification)")
+        rows.append(["verification", verdict + (": " + ", ".join(detail) if detail else "")])
+    else:
+        rows.append(["verification", "not run"])
+    return rows
+
+
 def render_markdown(doc: dict) -> str:
     alloc = doc["allocation"]
     lines = ["# infoq-deploy run report", ""]
+    lines += [f"- **{k}**: {v}" for k, v in summary_rows(doc)]
+    lines.append("")
 
     lines += ["## What ran", ""]
-    lines += [f"- **{k}**: {_fmt(v)}" for k, v in doc["inputs"].items()] or ["- (no inputs recorded)"]
+    lines += [f"- **{k}**: {_fmt(v)}" for k, v in _given(doc["inputs"]).items()] or ["- (no inputs recorded)"]
     lines += [f"- **tool version**: {doc['tool_version']}", ""]
 
     lines += ["## Model", ""]
-    model = {k: v for k, v in doc["model"].items() if k not in ("layers", "reference_cost")}
+    model = {k: v for k, v in _given(doc["model"]).items() if k not in ("layers", "reference_cost")}
     lines += [f"- **{k}**: {_fmt(v)}" for k, v in model.items()]
     lines += [f"- **quantizable layers**: {len(doc['layers'])}"]
     sens = doc.get("sensitivity_meta")
@@ -299,14 +352,20 @@ def render_markdown(doc: dict) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _bits_not_carried(in_graph: dict, alloc: dict) -> tuple[dict, list[str]]:
+    """The allocated (w_bits, a_bits) per layer, and a line for each layer the graph carries otherwise."""
+    wanted = {l["name"]: [l["w_bits"], l["a_bits"]] for l in alloc["layers"]}
+    wrong = [f"{n}: graph {_fmt(in_graph.get(n))}, allocated {_fmt(b)}" for n, b in wanted.items()
+             if list(in_graph.get(n) or []) != b]
+    return wanted, wrong
+
+
 def _verify_lines(verify: dict, alloc: dict) -> list[str]:
     """verify.VerifyResult.to_json(), or any flat dict; graph bits are checked against the allocation."""
     lines = []
     for k, v in verify.items():
         if k == "bits_in_graph" and isinstance(v, dict):
-            wanted = {l["name"]: [l["w_bits"], l["a_bits"]] for l in alloc["layers"]}
-            wrong = [f"{n}: graph {_fmt(v.get(n))}, allocated {_fmt(b)}" for n, b in wanted.items()
-                     if list(v.get(n) or []) != b]
+            wanted, wrong = _bits_not_carried(v, alloc)
             lines.append(f"- **bits check**: {len(wanted) - len(wrong)}/{len(wanted)} layers carry the allocated "
                          "(w_bits, a_bits) in the exported graph")
             lines += [f"  - {w}" for w in wrong]

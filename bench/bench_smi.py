@@ -7,7 +7,7 @@ threads made a (1000 x 64) @ (64 x 32) projection take ~20 ms instead of 0.07 ms
 the estimators themselves use no BLAS. The variable's value is recorded.
 
 N = 1000 samples, 32 projections, k = 3, feature dims 64 and 4096 (float32, like
-activations). "fast" is infoq_deploy.smi as shipped; "kdtree" is the same
+activations). "fast" is infoq_deploy.profile.smi as shipped; "kdtree" is the same
 projections fed to the tree-only reference estimators (ksg_columns_kdtree,
 ross_columns_kdtree: sklearn's approach). Fast and reference runs alternate, so a
 change in machine load hits both; the ratio of medians is taken within this run.

@@ -4,7 +4,7 @@ Module names follow github.com/akamaster/pytorch_resnet_cifar10 so its pretraine
 checkpoints (``resnet20-12fca82f.th``, ``resnet56-4bfd9763.th``: a dict
 ``{"best_prec1": float, "state_dict": {...}}`` saved from DataParallel) load
 unchanged once the ``module.`` key prefix is stripped, which
-``infoq_deploy.model_sources.read_state_dict`` does for any weights file.
+``infoq_deploy.importing.sources.read_state_dict`` does for any weights file.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 DESIGN.md: "the sensitivity table is the expensive artefact; it is cached by a content
 hash of (model weights, data, settings)". The key is a sha256 over a canonical JSON of
-everything the table depends on (see ``profile_infoq._cache_parts``). Under the cache
+everything the table depends on (see ``profile/infoq.py``'s ``_cache_parts``). Under the cache
 directory (``$INFOQ_DEPLOY_CACHE``, else ``~/.cache/infoq-deploy``):
 
 - ``<key>.json``: the finished table (``sensitivity.SensitivityTable`` format);

@@ -14,7 +14,7 @@ encoder is pluggable:
   whitening would give the noisiest components the same weight as the leading ones.
 - ``path/to/encoder.onnx``: run with onnxruntime on the same preprocessed input; the
   first output, flattened per sample, is X_E.
-- any model spec ``model_sources.load_model`` accepts (``file.py:factory``,
+- any model spec ``importing.sources.load_model`` accepts (``file.py:factory``,
   ``torchvision:NAME``, ``zoo:NAME``), optionally followed by ``@weights.pt``; it is
   traced and run on the preprocessed input, its output flattened per sample.
 

@@ -1,6 +1,6 @@
 """The Brevitas quantized model of an allocation: build it, calibrate it, read its bits back.
 
-The quantizers below restate `quantizer.py` in Brevitas's own injector style, so that the
+The quantizers below restate `core/quantizer.py` in Brevitas's own injector style, so that the
 deployed model quantizes exactly as the profiler simulated (DESIGN.md, "one quantizer,
 everywhere"). Two Brevitas defaults differ from that reference and are replaced:
 
@@ -20,7 +20,7 @@ Biases of layers with quantized weights and inputs are int32 at the accumulator 
 ONNX Runtime does the same to a float bias between DequantizeLinear'd inputs and weights
 (its WeightBiasQuantization pass), so with a float bias the QCDQ file would not compute
 what the model computes (ResNet-20 at 4 bits: 86 % top-1 agreement on 1,000 CIFAR-10
-images, 100 % with the int32 bias). `quantizer.py` leaves biases in float: a difference
+images, 100 % with the int32 bias). `core/quantizer.py` leaves biases in float: a difference
 of at most half an accumulator step per output.
 
 Scales are learned parameters (weights: initialised from the weight's max, activations:
@@ -79,7 +79,7 @@ _QUANT_CLASS = {
 
 
 class MaxIntScaling(brevitas.jit.ScriptModule):
-    """Integer threshold = the largest level (2^(b-1)-1 signed, 2^b-1 unsigned), as quantizer.py."""
+    """Integer threshold = the largest level (2^(b-1)-1 signed, 2^b-1 unsigned), as core/quantizer.py."""
 
     __constants__ = ["signed"]
 
@@ -138,7 +138,7 @@ class WeightPerChannelPo2Quant(CeilPowerOfTwoScaling, WeightPerChannelQuant):
 class ActQuant(IntQuant, ActQuantSolver):
     """Per-tensor activations, scale = calibrated max|x| / largest level, learned after init.
 
-    Signed range is the full [-2^(b-1), 2^(b-1)-1] (not narrow), as quantizer.py; unsigned
+    Signed range is the full [-2^(b-1), 2^(b-1)-1] (not narrow), as core/quantizer.py; unsigned
     variants are made with ``.let(signed=False)``. ``scaling_init`` is the calibrated max.
     """
 

@@ -5,7 +5,7 @@ holding the Brevitas model's state dict and everything needed to rebuild the mod
 around it: how to import the float model again (checked by its fingerprint), the target,
 the allocation, and each activation quantizer's signedness (set by calibration and not
 part of a state dict). It also carries the run so far, so that `report` needs no other
-input: accuracies measured, the samples used (`data_plan.DataRef`), the fine-tuning
+input: accuracies measured, the samples used (`infoq_deploy.data.plan.DataRef`), the fine-tuning
 history, stage timings and notes.
 """
 

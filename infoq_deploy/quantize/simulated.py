@@ -3,7 +3,7 @@
 Used to measure how good an allocation is before any fine-tuning (the paper's "direct
 evaluation of the sensitivity metric"): weights are fake-quantized in place and every
 quantizable layer's input is fake-quantized by a forward pre-hook, with the quantizer
-of ``quantizer.py`` that the profilers simulate and Brevitas deploys.
+of ``core/quantizer.py`` that the profilers simulate and Brevitas deploys.
 """
 
 from __future__ import annotations

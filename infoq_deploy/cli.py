@@ -7,7 +7,9 @@ output file written (outputs are written atomically, at the end).
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
+import math
 import sys
 import warnings
 
@@ -17,6 +19,42 @@ from infoq_deploy.export import registry as export_formats
 from infoq_deploy.profile import registry as profile_methods
 
 SUBCOMMANDS = ("inspect", "profile", "allocate", "quantize", "finetune", "export", "verify", "report", "targets")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument as one UserError sentence (exit 2), not usage plus error."""
+
+    def error(self, message: str):
+        raise UserError(f"{message}; see `{self.prog} --help`")
+
+
+def _int_at_least(lo: int, hi: int | None = None):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+        if value < lo or (hi is not None and value > hi):
+            span = f"at least {lo}" if hi is None else f"from {lo} to {hi}"
+            raise argparse.ArgumentTypeError(f"is {value}; it must be {span}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"is {text}; it must be a finite number >= 0")
+    return value
+
+
+COUNT = _int_at_least(1)  # sample counts, sizes, projections, neighbours
+SEED = _int_at_least(0, 2**32 - 1)  # numpy's seed range
 
 
 def _input_shape(text: str) -> tuple[int, int, int]:
@@ -48,10 +86,10 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
                    help=f"sensitivity method (default {profile_methods.DEFAULT}; the methods are listed below)")
     p.add_argument("--data", help="calibration data: image folder, .tar.gz of one, .npz/.pt, or builtin:NAME")
     p.add_argument("--labels", help="labels file overriding those of --data")
-    p.add_argument("--calib-size", type=int, default=None, help="number of calibration samples (default: all)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-proj", type=int, default=32, help="InfoQ: random projections per sliced-MI estimate")
-    p.add_argument("--k", type=int, default=3, help="InfoQ: neighbours of the KSG / Ross estimators")
+    p.add_argument("--calib-size", type=COUNT, default=None, help="number of calibration samples (default: all)")
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--n-proj", type=COUNT, default=32, help="InfoQ: random projections per sliced-MI estimate")
+    p.add_argument("--k", type=COUNT, default=3, help="InfoQ: neighbours of the KSG / Ross estimators")
     p.add_argument("--encoder", default=None,
                    help="InfoQ: input embedding, a .onnx file or MODEL spec (default: pool-pca, no download)")
     p.add_argument("--no-inverse-bits", action="store_true", help="InfoQ: drop the 1/b factor of Eq. 4 (ablation)")
@@ -65,20 +103,20 @@ def _methods_epilog() -> str:
 def _run_args(p: argparse.ArgumentParser) -> None:
     """Options of the stages after allocation (quantize, fine-tune, export, verify, report)."""
     p.add_argument("--eval-data", help="held-out labelled data for accuracy and verification (default: half of --data)")
-    p.add_argument("--eval-size", type=int, default=None, help="evaluation samples (default: all)")
+    p.add_argument("--eval-size", type=COUNT, default=None, help="evaluation samples (default: all)")
     p.add_argument("--train-data", help="fine-tuning data (default: the calibration data)")
-    p.add_argument("--train-size", type=int, default=None, help="fine-tuning samples drawn from --train-data (default: all)")
-    p.add_argument("--epochs", type=int, default=0, help="quantization-aware fine-tuning epochs (default 0: post-training only)")
-    p.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate")
-    p.add_argument("--batch-size", type=int, default=128, help="fine-tuning batch size")
+    p.add_argument("--train-size", type=COUNT, default=None, help="fine-tuning samples drawn from --train-data (default: all)")
+    p.add_argument("--epochs", type=_int_at_least(0), default=0, help="quantization-aware fine-tuning epochs (default 0: post-training only)")
+    p.add_argument("--lr", type=_positive_float, default=None, help="fine-tuning learning rate")
+    p.add_argument("--batch-size", type=COUNT, default=128, help="fine-tuning batch size")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in the same -o RUN_DIR")
-    p.add_argument("--verify-size", type=int, default=None, help="held-out samples the exported graph is run on (default: all)")
+    p.add_argument("--verify-size", type=COUNT, default=None, help="held-out samples the exported graph is run on (default: all)")
     p.add_argument("-o", "--output", default=None, help="run directory (default runs/<model>-<target>)")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
 
 
 def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
-    sub_parser = argparse.ArgumentParser(prog="infoq-deploy", description=__doc__)
+    sub_parser = _Parser(prog="infoq-deploy", description=__doc__)
     sub_parser.add_argument("--version", action="version", version=f"infoq-deploy {__version__}")
     sub = sub_parser.add_subparsers(dest="command", required=True)
 
@@ -96,7 +134,7 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     p.add_argument("sensitivity", metavar="SENSITIVITY.json")
     p.add_argument("--target", required=True)
     p.add_argument("--budget", action="append", required=True, help="e.g. 4.5MB, 300KB, 23GBOPs, 2.5ms, 12x, 3.5bit; repeat for several")
-    p.add_argument("--alpha", type=float, default=1.0, help="weight of activation sensitivity in the objective")
+    p.add_argument("--alpha", type=_positive_float, default=1.0, help="weight of activation sensitivity in the objective")
     p.add_argument("-o", "--output", required=True, help="allocation to write (JSON)")
     p.add_argument("--json", action="store_true", help="print the allocation JSON to stdout")
 
@@ -106,23 +144,23 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     p.add_argument("--target", help="the allocation's target (default: the one it names)")
     p.add_argument("--data", help="calibration data (default for zoo:fashion-cnn: builtin:fashion-mnist)")
     p.add_argument("--labels", help="labels file overriding those of --data")
-    p.add_argument("--calib-size", type=int, default=None, help="number of calibration samples (default: all)")
+    p.add_argument("--calib-size", type=COUNT, default=None, help="number of calibration samples (default: all)")
     p.add_argument("--eval-data", help="held-out labelled data for accuracy (default: half of --data)")
-    p.add_argument("--eval-size", type=int, default=None, help="evaluation samples (default: all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-size", type=COUNT, default=None, help="evaluation samples (default: all)")
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("-o", "--output", required=True, help="quantized model file to write (.pt)")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
 
     p = sub.add_parser("finetune", help="LSQ fine-tuning of QUANTIZED.pt: a new quantized model file")
     p.add_argument("quantized", metavar="QUANTIZED.pt")
     p.add_argument("--train-data", help="fine-tuning data (default: the calibration data QUANTIZED.pt records)")
-    p.add_argument("--train-size", type=int, default=None, help="fine-tuning samples drawn from --train-data (default: all)")
+    p.add_argument("--train-size", type=COUNT, default=None, help="fine-tuning samples drawn from --train-data (default: all)")
     p.add_argument("--eval-data", help="held-out labelled data (default: the evaluation data QUANTIZED.pt records)")
-    p.add_argument("--eval-size", type=int, default=None, help="evaluation samples (default: all)")
+    p.add_argument("--eval-size", type=COUNT, default=None, help="evaluation samples (default: all)")
     p.add_argument("--epochs", type=int, required=True, help="fine-tuning epochs")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-4)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=_positive_float, default=None, help="learning rate (default 1e-4)")
+    p.add_argument("--batch-size", type=COUNT, default=128)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--checkpoints", help="checkpoint directory (default: checkpoints/ beside -o)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint of an interrupted run")
     p.add_argument("-o", "--output", required=True, help="quantized model file to write (.pt)")
@@ -139,10 +177,10 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     p.add_argument("onnx", metavar="MODEL.onnx")
     p.add_argument("quantized", metavar="QUANTIZED.pt")
     p.add_argument("--eval-data", help="labelled data (default: the evaluation data QUANTIZED.pt records)")
-    p.add_argument("--eval-size", type=int, default=None, help="samples drawn from --eval-data (default: all)")
-    p.add_argument("--verify-size", type=int, default=None, help="class-balanced samples to run (default: all)")
+    p.add_argument("--eval-size", type=COUNT, default=None, help="samples drawn from --eval-data (default: all)")
+    p.add_argument("--verify-size", type=COUNT, default=None, help="class-balanced samples to run (default: all)")
     p.add_argument("--format", choices=export_formats.names(), help="the file's format (default: the target's)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("-o", "--output", help="verification file to write (JSON), the input of `report`")
     p.add_argument("--json", action="store_true", help="print the verification as JSON")
 
@@ -156,7 +194,7 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     p = sub.add_parser("targets", help="list the hardware targets")
     p.add_argument("--json", action="store_true")
 
-    run_parser = argparse.ArgumentParser(
+    run_parser = _Parser(
         prog="infoq-deploy",
         description="Run the whole pipeline (import, profile, allocate, ...) on MODEL, or on the bundled "
         "default model when none is named. Stages: " + ", ".join(SUBCOMMANDS) + " (see `infoq-deploy STAGE -h`).",
@@ -168,9 +206,21 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     run_parser.add_argument("--budget", action="append", help="e.g. 4.5MB, 23GBOPs, 3.5bit; repeat for several")
     run_parser.add_argument("--allocation", metavar="ALLOCATION.json",
                             help="take the bit-widths from this file instead of profiling and allocating")
-    run_parser.add_argument("--alpha", type=float, default=1.0)
+    run_parser.add_argument("--alpha", type=_positive_float, default=1.0)
     _run_args(run_parser)
     return sub_parser, run_parser
+
+
+def _check_model_or_subcommand(word: str) -> None:
+    """The first word is a subcommand or a model (zoo:NAME, torchvision:NAME, FILE.onnx, FILE.py:factory)."""
+    from pathlib import Path
+
+    if ":" in word or word.endswith(".onnx") or Path(word).exists():
+        return
+    close = difflib.get_close_matches(word, SUBCOMMANDS, n=1)
+    hint = f"did you mean `infoq-deploy {close[0]}`? " if close else ""
+    raise UserError(f"'{word}' is neither a subcommand nor a model; {hint}subcommands: {', '.join(SUBCOMMANDS)}; "
+                    "a model is zoo:NAME, torchvision:NAME, FILE.onnx or FILE.py:factory")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             args = sub_parser.parse_args(argv)
             from infoq_deploy import commands
 
-            return getattr(commands, f"cmd_{args.command}")(args)
+            return commands.run_subcommand(args)
         if argv and argv[0] in ("-h", "--help") and len(argv) == 1:
             run_parser.print_help()
             sub_action = next(a for a in sub_parser._actions if isinstance(a, argparse._SubParsersAction))
@@ -194,12 +244,19 @@ def main(argv: list[str] | None = None) -> int:
             for name in SUBCOMMANDS:
                 print(f"  {name:<9} {helps.get(name, '')}")
             return 0
+        if argv and not argv[0].startswith("-"):
+            _check_model_or_subcommand(argv[0])
         args = run_parser.parse_args(argv)
         from infoq_deploy import commands
 
         return commands.cmd_run(args)
-    except UserError as exc:
-        print(f"infoq-deploy: error: {exc}", file=sys.stderr)
+    except UserError as exc:  # one line, whatever a library put in the message
+        print(f"infoq-deploy: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return getattr(exc, "exit_code", 2)
+    except OSError as exc:  # what the output claims and atomic writes did not foresee
+        from infoq_deploy.core.outputs import os_error_message
+
+        print(f"infoq-deploy: error: {os_error_message(exc, exc.filename or 'an output')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("infoq-deploy: interrupted; no output was left half-written", file=sys.stderr)

@@ -2,20 +2,50 @@
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 import time
 from pathlib import Path
 
 from infoq_deploy import stages
-from infoq_deploy.core.atomic import write_json
+from infoq_deploy.core.atomic import dumps, write_json
 from infoq_deploy.core.errors import UserError
+from infoq_deploy.core.outputs import claim_dir, claim_file
 from infoq_deploy.data.load import load_data
 from infoq_deploy.importing.inventory import format_layer_table, inspect_json
 from infoq_deploy.importing.sources import load_model
 from infoq_deploy.profile import registry as profile_methods
 from infoq_deploy.profile.table import load_sensitivity
+
+# What each subcommand writes with -o: claimed before any work starts (core/outputs.py).
+_OUTPUTS = {"profile": "file", "allocate": "file", "quantize": "file", "finetune": "file", "export": "file",
+            "verify": "file", "report": "dir"}
+
+
+def _plots_dir(output) -> Path:
+    out = Path(output)
+    return out.with_name(out.stem + "_plots")
+
+
+def _checkpoint_dir(args) -> Path:
+    return Path(args.checkpoints) if args.checkpoints else Path(args.output).parent / "checkpoints"
+
+
+def claim_outputs(args) -> None:
+    """Refuse an output location that cannot be written now, not after a sweep or a training run."""
+    kind = _OUTPUTS.get(args.command)
+    if kind is None or (args.command == "verify" and args.output is None):
+        return
+    (claim_file if kind == "file" else claim_dir)(args.output)
+    if args.command == "profile":
+        claim_dir(_plots_dir(args.output), "-o (its plots folder)")
+    if args.command == "finetune":
+        claim_dir(_checkpoint_dir(args), "--checkpoints")
+
+
+def run_subcommand(args) -> int:
+    claim_outputs(args)
+    return globals()[f"cmd_{args.command}"](args)
 
 
 def _load(args):
@@ -25,7 +55,7 @@ def _load(args):
 def cmd_inspect(args) -> int:
     model = _load(args)
     if args.json:
-        print(json.dumps(inspect_json(model), indent=2))
+        print(dumps(inspect_json(model)), end="")
     else:
         print(format_layer_table(model))
     return 0
@@ -50,7 +80,7 @@ def cmd_profile(args) -> int:
     model = _load(args)
     target = stages.load_target(args.target)
     out = Path(args.output)
-    plots_dir = out.with_name(out.stem + "_plots")
+    plots_dir = _plots_dir(out)
     started = time.time() - 1  # plots this run wrote, not an earlier run's (file times are coarse)
     table = _profile(args, model, target, plots_dir=plots_dir)
     table.save(out)
@@ -80,7 +110,7 @@ def cmd_allocate(args) -> int:
     doc = stages.allocation_document(table, target, args.budget, alpha=args.alpha)
     write_json(args.output, doc)
     if args.json:
-        print(json.dumps(doc, indent=2))
+        print(dumps(doc), end="")
     else:
         _print_allocation(doc)
         print(f"wrote {args.output}")
@@ -105,7 +135,7 @@ def _target_json(t) -> dict:
 def cmd_targets(args) -> int:
     targets = stages.list_targets()
     if args.json:
-        print(json.dumps([_target_json(t) for t in targets], indent=2))
+        print(dumps([_target_json(t) for t in targets]), end="")
         return 0
     for t in targets:
         bits = f"w{{{','.join(map(str, t.weights.bits))}}} a{{{','.join(map(str, t.activations.bits))}}}"
@@ -127,12 +157,14 @@ def _run_config(args, *, budgets: list[str], method: str, allocation: str | None
 
     default = args.model is None
     model_spec = args.model or stages.DEFAULT_MODEL
+    if args.output is not None and not args.output.strip():
+        raise UserError("-o is empty; name the run directory, or leave -o out for runs/<model>-<target>")
     target_name = Path(args.target).stem if args.target.endswith(".toml") else args.target
     return RunConfig(
         model=model_spec,
         target=args.target,
         budgets=budgets,
-        run_dir=Path(args.output or Path("runs") / f"{_slug(model_spec)}-{target_name}"),
+        run_dir=Path(args.output) if args.output is not None else Path("runs") / f"{_slug(model_spec)}-{target_name}",
         weights=args.weights,
         input_shape=args.input_shape,
         data_root=args.data_root,
@@ -162,7 +194,7 @@ def _run_and_print(cfg, as_json: bool) -> int:
 
     summary = run(cfg)
     if as_json:
-        print(json.dumps(summary, indent=2))
+        print(dumps(summary), end="")
     else:
         print((Path(summary["run_dir"]) / "report.md").read_text())
         print(f"wrote {summary['run_dir']}/ (model.onnx, report.md, report.json, allocation.json, quantized.pt, "
@@ -229,9 +261,9 @@ def cmd_quantize(args) -> int:
     qm = stages.quantize(model, target, doc, plan, source, allocation_name=args.allocation)
     save_quantized(args.output, qm)
     if args.json:
-        print(json.dumps(_quantized_summary(qm, args.output), indent=2))
+        print(dumps(_quantized_summary(qm, args.output)), end="")
     else:
-        _print_allocation(doc)
+        _print_allocation(qm.allocation)  # its costs recomputed from the model built
         _print_accuracies(qm.accuracies)
         for note in qm.notes:
             print(f"note: {note}")
@@ -257,12 +289,12 @@ def cmd_finetune(args) -> int:
     cfg = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
     if args.lr is not None:
         cfg.lr = args.lr
-    ckpt_dir = Path(args.checkpoints) if args.checkpoints else Path(args.output).parent / "checkpoints"
+    ckpt_dir = _checkpoint_dir(args)
     stages.finetune_quantized(qm, train, evaluation, cfg, ckpt_dir, resume=args.resume, progress=not args.json,
                               train_ref=train_ref, eval_ref=eval_ref)
     save_quantized(args.output, qm)
     if args.json:
-        print(json.dumps(_quantized_summary(qm, args.output), indent=2))
+        print(dumps(_quantized_summary(qm, args.output)), end="")
     else:
         ft = qm.finetune
         print(f"fine-tuned {ft['epochs_run']} epochs; best epoch {ft['best_epoch']} (checkpoints in {ckpt_dir})")
@@ -278,7 +310,7 @@ def cmd_export(args) -> int:
     fmt = args.format or qm.target.export
     seconds = stages.export_quantized(qm, args.output, fmt)
     if args.json:
-        print(json.dumps({"file": str(args.output), "format": fmt, "stage": qm.stage, "seconds": seconds}, indent=2))
+        print(dumps({"file": str(args.output), "format": fmt, "stage": qm.stage, "seconds": seconds}), end="")
         return 0
     print(f"wrote {args.output} ({fmt}, {qm.stage} model, {seconds:.1f} s); check it with "
           f"`infoq-deploy verify {args.output} {args.quantized}`")
@@ -296,7 +328,7 @@ def cmd_verify(args) -> int:
         write_json(args.output, doc)
     r = doc["result"]
     if args.json:
-        print(json.dumps(doc, indent=2))
+        print(dumps(doc), end="")
     else:
         print(f"{args.onnx} ({r['fmt']}) against {args.quantized} on {r['n_inputs']} samples of {evaluation.source}:")
         print(f"  top-1 agreement {_pct(r['agreement'])} (need >= {_pct(0.995)}); exported accuracy "
@@ -320,8 +352,6 @@ def cmd_report(args) -> int:
     from infoq_deploy.quantize.file import load_quantized
 
     out = Path(args.output)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} exists and is not a directory; pick another -o directory")
     verified = stages.load_verification(args.verification)
     table = load_sensitivity(args.sensitivity) if args.sensitivity else None
     qm = load_quantized(args.quantized)

@@ -5,13 +5,15 @@ subcommand writes: ``sensitivity.json`` (profile), ``allocation.json`` (allocate
 ``quantized.pt`` (quantize), ``finetuned.pt`` and ``checkpoints/`` (finetune),
 ``model.onnx`` (export), ``verify.json`` (verify), ``report.*`` and plots (report); so any
 stage can be re-run alone on the directory's files. ``run.json`` names the run's inputs
-and says ``running`` until the end; ``report.json`` is written last, so a directory
-without it is an unfinished run. Every file is written atomically.
+and says ``running`` until the end (``complete``, ``verification-failed``, or ``failed`` with the
+reason); ``report.json`` is written last, so a directory without it is an unfinished run.
+Every file is written atomically, and the directory is locked while a run writes it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +21,9 @@ from pathlib import Path
 from infoq_deploy import __version__, stages
 from infoq_deploy.allocate.budgets import parse_budget
 from infoq_deploy.allocate.ilp import load_allocation
-from infoq_deploy.core.atomic import write_json
+from infoq_deploy.core.atomic import dumps, write_json
 from infoq_deploy.core.errors import UserError
+from infoq_deploy.core.outputs import claim_dir, run_lock
 from infoq_deploy.data.plan import plan_datasets
 from infoq_deploy.importing.sources import load_model
 from infoq_deploy.profile import registry as profile_methods
@@ -70,18 +73,22 @@ class RunConfig:
         return d
 
 
+def _previous(run_dir: Path) -> dict:
+    try:
+        previous = json.loads((run_dir / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return previous if isinstance(previous, dict) else {}
+
+
 def claim_run_dir(run_dir: Path, inputs: dict, resume: bool) -> None:
     """Refuse a directory holding another run (or anything else); a matching run is resumed."""
+    claim_dir(run_dir, "-o RUN_DIR")
     if not run_dir.exists():
         return
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir} exists and is not a directory; pick another -o RUN_DIR")
     marker = run_dir / RUN_FILE
     if marker.is_file():
-        try:
-            previous = json.loads(marker.read_text())
-        except json.JSONDecodeError:
-            previous = {}
+        previous = _previous(run_dir)
         if previous.get("inputs") != inputs:
             raise UserError(
                 f"{run_dir} already holds another run (different model, data, target, budget or settings); "
@@ -118,16 +125,55 @@ def run(cfg: RunConfig) -> dict:
     plan = plan_datasets(model.preprocess, data=cfg.data, eval_data=cfg.eval_data, train_data=cfg.train_data,
                          labels=cfg.labels, calib_size=cfg.calib_size, eval_size=cfg.eval_size,
                          train_size=cfg.train_size, seed=cfg.seed)
+    if plan.evaluation is not None:
+        stages.check_verify_size(cfg.verify_size, plan.evaluation)
     given = None
     if cfg.allocation is not None:
         given = load_allocation(cfg.allocation)
         stages.check_allocation(given, target, model, cfg.allocation)
-    # Inputs are valid: only now does the run directory come to exist.
+    # Inputs are valid: only now does the run directory come to exist, held by this run alone.
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / RUN_FILE, {"tool_version": __version__, "inputs": inputs, "status": "running"})
-    (run_dir / "report.json").unlink(missing_ok=True)
-    lap("import")
+    holder = _previous(run_dir).get("pid")
+    with run_lock(run_dir, f"process {holder}" if holder else "another process"):
+        claim_run_dir(run_dir, inputs, cfg.resume)  # again: no other run can write here now
+        status = {"tool_version": __version__, "inputs": inputs, "pid": os.getpid()}
+        write_json(run_dir / RUN_FILE, {**status, "status": "running"})
+        try:
+            (run_dir / "report.json").unlink(missing_ok=True)
+            lap("import")
+            return _stages(cfg, target, model, plan, given, run_dir, status, timings, lap)
+        except VerificationFailed:
+            raise  # run.json already holds the verdict
+        except BaseException as exc:
+            reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else (str(exc) or type(exc).__name__)
+            _mark_failed(run_dir / RUN_FILE, {**status, "status": "failed", "reason": reason})
+            raise
 
+
+class VerificationFailed(UserError):
+    """The run finished and its exported graph failed verification (run.json says so): exit 1, as `verify`."""
+
+    exit_code = 1
+
+
+def _mark_failed(marker: Path, doc: dict) -> None:
+    """Best effort, since the failure may be a full disk: an atomic rewrite needs free space,
+    so fall back to rewriting the small file in place, in the blocks it already has."""
+    try:
+        write_json(marker, doc)
+        return
+    except Exception:
+        pass
+    try:
+        with open(marker, "r+") as f:
+            f.write(dumps(doc))
+            f.truncate()
+    except OSError:
+        pass
+
+
+def _stages(cfg: RunConfig, target, model, plan, given, run_dir: Path, status: dict, timings: dict, lap) -> dict:
+    inputs = status["inputs"]
     calib = plan.calibration
     if given is not None:
         table, alloc_doc = None, given
@@ -171,10 +217,9 @@ def run(cfg: RunConfig) -> dict:
 
     stages.report_run(run_dir, qm, verified, sensitivity=table, inputs=inputs, timings=timings, notes=cfg.notes)
     ver = verified["result"]
-    status = "complete" if ver["ok"] else "verification-failed"
-    write_json(run_dir / RUN_FILE, {"tool_version": __version__, "inputs": inputs, "status": status})
+    write_json(run_dir / RUN_FILE, {**status, "status": "complete" if ver["ok"] else "verification-failed"})
     if not ver["ok"]:
-        raise UserError(
+        raise VerificationFailed(
             f"the exported {target.export} graph failed verification (agreement {ver['agreement']:.4f}, "
             f"bit mismatches {ver['mismatches']}); see {run_dir}/report.md"
         )

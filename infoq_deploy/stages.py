@@ -33,7 +33,7 @@ import torch
 
 from infoq_deploy import __version__
 from infoq_deploy.allocate.budgets import parse_budget
-from infoq_deploy.allocate.ilp import Allocation, allocate, allocation_bits, allocation_to_json
+from infoq_deploy.allocate.ilp import Allocation, allocate, allocation_bits, allocation_to_json, check_rules, recost
 from infoq_deploy.core.errors import UserError
 from infoq_deploy.core.targets import Target, target_ref
 from infoq_deploy.core.targets import list_targets as _list_targets
@@ -115,6 +115,7 @@ def check_allocation(doc: dict, target: Target, model: ImportedModel, name: str 
                                      f"it misses layers ({', '.join(missing[:5])})" if missing else "") if p)
             + "; allocate for this model"
         )
+    check_rules(doc, model.layers, target, name)
 
 
 def quantize(model: ImportedModel, target: Target, allocation: dict, plan: DataPlan, source: ModelSource,
@@ -127,8 +128,9 @@ def quantize(model: ImportedModel, target: Target, allocation: dict, plan: DataP
 
     start = time.perf_counter()
     check_allocation(allocation, target, model, allocation_name)
-    bits = allocation_bits(allocation)
     deployed = deployable(model)
+    allocation = recost(allocation, deployed.layers, target)  # the costs of what is built, not the file's
+    bits = allocation_bits(allocation)
     qmodel = build_quant_model(deployed.graph, deployed.layers, bits, target.quant_spec())
     calibrate(qmodel, plan.calibration.x)
     check_exportable(qmodel, target.export)  # a format that cannot express the bits fails before training
@@ -215,9 +217,8 @@ def verify_quantized(onnx_path: str | Path, qm: QuantizedModel, evaluation: Data
     if evaluation.y is None:
         raise UserError(f"{evaluation.source} has no labels, so the exported model's accuracy cannot be measured; "
                         "pass labelled evaluation data")
-    if verify_size is not None and verify_size < 1:
-        raise UserError(f"--verify-size is {verify_size}; verify on at least one sample")
-    n = len(evaluation) if verify_size is None else min(verify_size, len(evaluation))
+    check_verify_size(verify_size, evaluation)
+    n = len(evaluation) if verify_size is None else verify_size
     held_out = verification_subset(evaluation, n, seed)
     result = verify_export(onnx_path, fmt or qm.target.export, qm.qmodel, held_out.x, held_out.y, allocation=qm.bits)
     return {
@@ -231,6 +232,17 @@ def verify_quantized(onnx_path: str | Path, qm: QuantizedModel, evaluation: Data
                  "ref": None if eval_ref is None else eval_ref.to_json()},
         "result": result.to_json(),
     }
+
+
+def check_verify_size(verify_size: int | None, evaluation: Dataset) -> None:
+    """UserError unless ``verify_size`` samples can be drawn from ``evaluation`` (None: all of them)."""
+    if verify_size is None:
+        return
+    if verify_size < 1:
+        raise UserError(f"--verify-size is {verify_size}; verify on at least one sample")
+    if verify_size > len(evaluation):
+        raise UserError(f"--verify-size {verify_size} is more than the {len(evaluation)} evaluation samples of "
+                        f"{evaluation.source}; pass at most {len(evaluation)}, or leave it out to verify on all")
 
 
 def verification_subset(evaluation: Dataset, n: int, seed: int) -> Dataset:
@@ -251,20 +263,32 @@ def load_verification(path: str | Path) -> dict:
         raise UserError(f"{path} is not valid JSON; run `infoq-deploy verify` again") from None
     if not isinstance(doc, dict) or doc.get("format") != VERIFY_FORMAT or not isinstance(doc.get("result"), dict):
         raise UserError(f"{path} is not an infoq-deploy verification file; pass the -o file of `infoq-deploy verify`")
+    result, ev = doc["result"], doc.get("eval")
+    if not (isinstance(doc.get("onnx"), str) and isinstance(doc.get("onnx_sha256"), str)
+            and isinstance(doc.get("quantized_state_sha256"), str) and isinstance(ev, dict)
+            and isinstance(ev.get("verified_on"), int) and isinstance(result.get("ok"), bool)):
+        raise UserError(f"{path} is damaged (a verification file names its ONNX file, their hashes, the samples "
+                        "and the verdict); run `infoq-deploy verify` again")
+    onnx_path = Path(doc["onnx"])
+    if onnx_path.is_file() and _file_sha256(onnx_path) != doc["onnx_sha256"]:
+        raise UserError(f"{onnx_path} has changed since {path} verified it; run `infoq-deploy verify` on it again")
     return doc
 
 
 def report_run(run_dir: str | Path, qm: QuantizedModel, verified: dict, *, sensitivity: SensitivityTable | None = None,
                inputs: dict | None = None, timings: dict[str, float] | None = None, notes: list[str] = ()) -> None:
     """report.md, report.json and the plots of ``qm`` and its verification into ``run_dir``."""
+    from infoq_deploy.quantize.brevitas_model import read_bits
     from infoq_deploy.report.write import write_report
 
     if verified.get("quantized_state_sha256") != qm.state_sha256():
         raise UserError(f"the verification of {verified.get('onnx')} was made for another quantized model "
-                        "(different weights or scales); verify this model's export first")
+                        "(different bit-widths, weights or scales); verify this model's export first")
     if sensitivity is not None and sensitivity.meta.get("model_fingerprint") not in (None, qm.model.fingerprint):
         raise UserError(f"the sensitivity table is for another model than {qm.source.spec}; pass the table "
                         "this model's allocation came from")
+    # The costs of the model as built, whatever the files say.
+    allocation = recost(qm.allocation, deployable(qm.model).layers, qm.target, read_bits(qm.qmodel))
     result = verified["result"]
     accuracies = dict(qm.accuracies)
     accuracies["exported"] = result.get("accuracy")
@@ -294,7 +318,7 @@ def report_run(run_dir: str | Path, qm: QuantizedModel, verified: dict, *, sensi
                   "data": {k: f"{v.source}" + ("" if v.part == "all" else f" ({v.part})") + f", {v.n} samples"
                            for k, v in qm.data.items()},
                   "exported": verified["onnx"]}
-    write_report(Path(run_dir), inputs=inputs, model_info=model_info, allocation=qm.allocation,
+    write_report(Path(run_dir), inputs=inputs, model_info=model_info, allocation=allocation,
                  sensitivity=sensitivity, accuracies=accuracies, verify=result, timings=timings,
                  finetune=qm.finetune, notes=all_notes)
 

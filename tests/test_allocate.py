@@ -440,6 +440,7 @@ def test_malformed_allocation_files(tmp_path, mutate, match):
     assert str(path) in str(e.value)
 
 
+@pytest.mark.writes_bad_json  # its inputs are broken JSON on purpose
 def test_allocation_file_not_json_or_missing(tmp_path):
     path = tmp_path / "a.json"
     with pytest.raises(UserError, match="does not exist"):

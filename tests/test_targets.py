@@ -189,6 +189,7 @@ def test_latency_entry_with_negative_cost(tmp_path):
     assert "'latency.entries[1].ns_per_mac'" in str(e.value)
 
 
+@pytest.mark.writes_bad_json  # its inputs are broken JSON on purpose
 def test_latency_json_problems(tmp_path):
     toml = write(tmp_path, LATENCY_BASE + '\n[latency]\ntable = "lat.json"\n')
     with pytest.raises(UserError, match="does not exist"):

@@ -54,21 +54,28 @@ def parse_budget(text: str) -> Budget:
     if not math.isfinite(value) or value <= 0:
         raise UserError(f"the budget '{text}' must be a positive number; e.g. {ACCEPTED}")
     if unit in _SIZE:
-        return Budget(text, "size", value * _SIZE[unit], unit)
+        return _finite(Budget(text, "size", value * _SIZE[unit], unit))
     if unit in _TIME_MS:
-        return Budget(text, "latency", value * _TIME_MS[unit], unit)
+        return _finite(Budget(text, "latency", value * _TIME_MS[unit], unit))
     if unit in ("x", "X", "×"):
-        return Budget(text, "compression", value, "x")
+        return _finite(Budget(text, "compression", value, "x"))
     if unit in ("bit", "bits"):
-        return Budget(text, "wbits", value, "bit")
+        return _finite(Budget(text, "wbits", value, "bit"))
     if b := _BOPS.fullmatch(unit):
-        return Budget(text, "bitops", value * _BOP_PREFIX[b["prefix"]], f"{b['prefix']}BOPs")
+        return _finite(Budget(text, "bitops", value * _BOP_PREFIX[b["prefix"]], f"{b['prefix']}BOPs"))
     if _BITS_NOT_BYTES.fullmatch(unit):
         raise UserError(
             f"the budget '{text}' uses '{unit}', a lower-case b (bits); sizes are in bytes with a capital B, "
             f"e.g. {unit[:-1].upper().replace('I', 'i')}B; accepted: {ACCEPTED}"
         )
     raise UserError(f"the budget '{text}' has an unknown unit '{unit}'; accepted: {ACCEPTED}")
+
+
+def _finite(b: Budget) -> Budget:
+    """A limit that overflows to infinity cannot be written as (strict) JSON, nor mean anything."""
+    if not math.isfinite(b.limit) or b.limit <= 0:
+        raise UserError(f"the budget '{b.text}' is out of range (it does not fit a float); give a realistic limit")
+    return b
 
 
 def resolve_budget(budget: Budget, layers: Sequence[Layer], target) -> Budget:

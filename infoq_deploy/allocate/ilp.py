@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pulp
 
-from infoq_deploy.allocate.budgets import Budget, describe_best, resolve_budget, size_mb
+from infoq_deploy.allocate.budgets import Budget, describe_best, parse_budget, resolve_budget, size_mb
 from infoq_deploy.allocate.costs import fp32_size_bytes, layer_cost, model_cost, total_weight_params
 from infoq_deploy.core.errors import UserError
 from infoq_deploy.importing.layers import Layer
@@ -328,6 +328,48 @@ def allocation_bits(doc: dict) -> dict[str, tuple[int, int]]:
     return {d["name"]: (int(d["w_bits"]), int(d["a_bits"])) for d in doc["layers"]}
 
 
+def check_rules(doc: dict, layers: Sequence[Layer], target, name: str = "the allocation") -> None:
+    """UserError unless every layer's (w_bits, a_bits) is one ``target`` allows at its place (pins included),
+    whatever produced the allocation."""
+    layers = sorted(layers, key=lambda l: l.order)
+    bits = allocation_bits(doc)
+    bad = []
+    for i, layer in enumerate(layers):
+        allowed = target.layer_choices(i, len(layers))
+        pair = bits[layer.name]
+        if pair not in allowed:
+            why = f"pinned at w{allowed[0][0]}/a{allowed[0][1]}" if len(allowed) == 1 else "not an allowed pair"
+            bad.append(f"{layer.name} at w{pair[0]}/a{pair[1]} ({why})")
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise UserError(f"{name} gives bit-widths target {target.name} does not allow: {'; '.join(bad[:3])}{more}; "
+                        f"it allows {_choices_note(target)}; re-allocate for this target")
+
+
+def _choices_note(target) -> str:
+    if target.pairs is not None:
+        pairs = " ".join(f"w{w}/a{a}" for w, a in sorted(target.pairs))
+    else:
+        pairs = f"w in {{{','.join(map(str, target.weights.bits))}}}, a in {{{','.join(map(str, target.activations.bits))}}}"
+    pins = target.pin_note()
+    return pairs + (f", {pins}" if pins else "")
+
+
+def recost(doc: dict, layers: Sequence[Layer], target, bits: Mapping[str, tuple[int, int]] | None = None) -> dict:
+    """``doc`` with its costs, budget limits and budget use computed from ``bits`` (default: the
+    document's own) and the model's layers: a cost is never read back from a file."""
+    layers = sorted(layers, key=lambda l: l.order)
+    bits = allocation_bits(doc) if bits is None else bits
+    chosen = [tuple(bits[l.name]) for l in layers]
+    budgets = []
+    for b in doc["budgets"]:
+        resolved = resolve_budget(parse_budget(b["text"]), layers, target)
+        budgets.append(dict(b, metric=resolved.metric, limit=resolved.limit,
+                            used=model_cost(resolved.metric, layers, chosen, target)))
+    return dict(doc, layers=[{"name": l.name, "w_bits": w, "a_bits": a} for l, (w, a) in zip(layers, chosen)],
+                cost=model_costs(layers, chosen, target), budgets=budgets)
+
+
 def load_allocation(path: str | os.PathLike) -> dict:
     """Read an allocation JSON; UserError naming the file and the problem when it is malformed."""
     path = Path(path)
@@ -337,6 +379,12 @@ def load_allocation(path: str | os.PathLike) -> dict:
         raise UserError(f"allocation file {path} does not exist; run allocate first or fix the path") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path} is not valid JSON ({exc}); re-run allocate") from None
+    return validate_allocation(doc, path)
+
+
+def validate_allocation(doc, where) -> dict:
+    """``doc`` if it is a well-formed allocation document; UserError naming ``where`` otherwise."""
+    path = where
 
     def bad(what: str) -> UserError:
         return UserError(f"{path} is not a valid allocation: {what}; re-run allocate")

@@ -52,6 +52,7 @@ import hashlib
 import io
 import os
 import tarfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
@@ -61,6 +62,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from infoq_deploy.core import torch_files
 from infoq_deploy.core.errors import UserError
 from infoq_deploy.importing.model import Preprocess
 
@@ -100,8 +102,10 @@ def load_data(spec: str | Path, preprocess: Preprocess, limit: int | None = None
               labels: str | Path | None = None) -> Dataset:
     """Load ``spec`` (see the module docstring) as normalised network input."""
     _check_preprocess(preprocess)
-    if limit is not None and limit < 1:
-        raise UserError(f"limit must be a positive number of images, got {limit}.")
+    check_seed(seed)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise UserError(f"the number of samples to draw (--calib-size, --eval-size or --train-size) is {limit!r}; "
+                        "pass a positive whole number, or leave it out for all")
     override = _read_labels(Path(labels)) if labels is not None else None
 
     # Sources call this with their image count and labels (or None) and get the
@@ -137,11 +141,17 @@ def load_data(spec: str | Path, preprocess: Preprocess, limit: int | None = None
     return Dataset(x=x, y=y_t, classes=classes, source=desc, sha256=content_hash(x, y_t))
 
 
+def check_seed(seed) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+        raise UserError(f"the seed is {seed!r}; pass a whole number from 0 to {2**32 - 1} (--seed)")
+
+
 def split(ds: Dataset, n_first: int, seed: int) -> tuple[Dataset, Dataset]:
     """Two disjoint parts: ``n_first`` seeded (class-stratified when labelled) images, and the rest.
 
     Each part keeps the original order.
     """
+    check_seed(seed)
     n = len(ds)
     if not 1 <= n_first <= n - 1:
         raise UserError(f"cannot split {n} images into {n_first} and {n - n_first}; "
@@ -260,6 +270,10 @@ def _load_tensor_arrays(x: np.ndarray, y: np.ndarray | None, name: str, pp: Prep
 
 
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":  # numpy would try it as a pickle and say so, misleadingly
+            raise UserError(f"{path} is not an .npz archive (a zip of .npy arrays); save the images with "
+                            "numpy.savez(path, x=images, y=labels).")
     try:
         with np.load(path, allow_pickle=False) as z:
             if "x" not in z.files:
@@ -273,11 +287,8 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def _read_pt(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(f"cannot load {path} as plain tensors ({type(e).__name__}); "
-                        f"save a dict of tensors {{'x': ..., 'y': ...}} with torch.save.") from None
+    obj = torch_files.load(path, what="plain tensors",
+                           fix="save a dict of tensors {'x': ..., 'y': ...} with torch.save")
     if not isinstance(obj, dict) or not isinstance(obj.get("x"), torch.Tensor):
         raise UserError(f"{path} must hold a dict with a tensor 'x' (and optional 'y'); "
                         f"save it with torch.save({{'x': images, 'y': labels}}).")
@@ -363,8 +374,9 @@ def _load_tar(path: Path, pp: Preprocess, choose):
             # In archive order: one forward pass through the compressed stream.
             for m in sorted(chosen, key=lambda m: m.offset_data):
                 blobs[m.name] = tf.extractfile(m).read()
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise UserError(f"cannot read the archive {path} ({e}); check that it is a complete .tar.gz.") from None
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        raise UserError(f"cannot read the archive {path} ({type(e).__name__}): it is truncated, damaged or not a "
+                        "tar archive; download or pack it again (tar czf NAME.tar.gz FOLDER).") from None
     items = [(f"{path}:{m.name}", blobs[m.name]) for m in chosen]
     kind = f"archive {path} ({len(classes)} classes)" if classes else f"archive {path} (unlabelled)"
     return _decode_all(items, pp), y_sel, classes, kind
@@ -398,8 +410,9 @@ def _decode_all(items: list, pp: Preprocess) -> np.ndarray:
         if pp.crop is not None:
             im = _centre_crop(im, pp.crop, name)
         if im.size != (w, h):
-            raise UserError(f"image {name} is {im.size[0]}x{im.size[1]} after resize/crop but the model "
-                            f"takes {w}x{h}; set resize/crop in the preprocess to reach {w}x{h}.")
+            raise UserError(f"image {name} is {im.size[0]}x{im.size[1]} (after the model's resize and crop, if any) "
+                            f"but the model takes {w}x{h}; resize the images to {w}x{h}, or pass --input-shape "
+                            f"{c},{im.size[1]},{im.size[0]} if the model takes that size.")
         a = np.asarray(im)
         out[i] = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
@@ -422,8 +435,8 @@ def _resize_shorter(im: Image.Image, size: int, resample) -> Image.Image:
 def _centre_crop(im: Image.Image, size: int, name: str) -> Image.Image:
     w, h = im.size
     if w < size or h < size:
-        raise UserError(f"image {name} is {w}x{h}, smaller than the centre crop {size}; "
-                        f"set resize in the preprocess to at least {size}.")
+        raise UserError(f"image {name} is {w}x{h}, smaller than the centre crop {size} of the model's preprocessing; "
+                        f"use images of at least {size}x{size}, or --input-shape to give the model a smaller input.")
     top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
     return im.crop((left, top, left + size, top + size))
 

@@ -168,6 +168,22 @@ def _check_counts(model: onnx.ModelProto, gm: torch.fx.GraphModule, path: Path) 
         )
 
 
+def _check_operators(model: onnx.ModelProto, path: Path) -> None:
+    """Name the first operator onnx2torch has no converter for, before it fails on it."""
+    from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY
+
+    known = {(d.domain or "", d.operation_type) for d in _CONVERTER_REGISTRY}
+    for node in model.graph.node:
+        if (node.domain or "", node.op_type) not in known:
+            standard = node.domain in ("", "ai.onnx")
+            kind = f"the standard ONNX operator {node.op_type}" if standard else f"the operator {node.domain}.{node.op_type}"
+            raise UserError(
+                f"{path}: node {node.name or node.op_type} is {kind}, which the ONNX importer "
+                f"(onnx2torch) cannot convert; export the model from PyTorch with torchvision:NAME or "
+                f"file.py:factory instead, or replace {node.op_type} before exporting"
+            )
+
+
 def import_onnx(
     path: str | Path, input_shape: tuple[int, int, int] | None = None
 ) -> tuple[torch.fx.GraphModule, tuple[int, int, int]]:
@@ -181,6 +197,7 @@ def import_onnx(
     # between (TorchScript exporter output) makes it fail with a KeyError
     model = onnxoptimizer.optimize(model, ["eliminate_identity"])
     _constants_to_initializers(model)
+    _check_operators(model, path)
     try:
         gm = convert(model)
     except Exception as exc:

@@ -21,6 +21,7 @@ import torch
 import torch.fx
 from torch import nn
 
+from infoq_deploy.core import torch_files
 from infoq_deploy.core.errors import UserError
 from infoq_deploy.importing.layers import build_layer_table
 from infoq_deploy.importing.model import ImportedModel, Preprocess
@@ -132,13 +133,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"weights file {path} does not exist; check the --weights path")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(
-            f"cannot read weights file {path} as a torch state dict ({_first_line(exc)}); "
-            "save the weights with torch.save(model.state_dict(), path)"
-        ) from None
+    obj = torch_files.load(path, what="a torch state dict",
+                           fix="save the weights with torch.save(model.state_dict(), path)")
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):

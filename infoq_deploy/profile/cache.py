@@ -23,6 +23,7 @@ from pathlib import Path
 
 from infoq_deploy.core.atomic import write_json
 from infoq_deploy.core.errors import UserError
+from infoq_deploy.core.outputs import claim_dir
 from infoq_deploy.profile.table import SensitivityTable, load_sensitivity
 
 PARTIAL_FORMAT = "infoq-deploy/infoq-partial/1"
@@ -47,6 +48,10 @@ class ProfileCache:
         self.key = key
         self.table_path = self.dir / f"{key}.json"
         self.partial_path = self.dir / f"{key}.partial.json"
+
+    def claim(self) -> None:
+        """Before the sweep: the cache is where it checkpoints, so an unwritable one fails now."""
+        claim_dir(self.dir, "the profile cache (INFOQ_DEPLOY_CACHE, default ~/.cache/infoq-deploy)")
 
     def _writable(self) -> None:
         try:

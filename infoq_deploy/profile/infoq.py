@@ -219,6 +219,7 @@ def profile_infoq(
         if plots_dir is not None:
             _plots(cached, plots_dir)
         return cached
+    cache.claim()
 
     deployed = deployable(model)
     layers = deployed.layers

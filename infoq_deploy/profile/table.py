@@ -76,11 +76,27 @@ def _decode_scores(obj: object, what: str, path: Path, names: list[str]) -> Scor
                 bits = int(b)
             except ValueError:
                 raise UserError(f"{path}: '{what}.{name}' has bit-width key '{b}', which is not an integer") from None
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-                raise UserError(f"{path}: '{what}.{name}.{b}' is {v!r}; scores must be finite numbers")
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+                raise UserError(f"{path}: '{what}.{name}.{b}' is {v!r}; scores must be finite numbers >= 0 "
+                                "(a loss of information or accuracy); regenerate the table")
             decoded[bits] = float(v)
         out[name] = decoded
     return out
+
+
+def _check_layers(layers: list[Layer], path: Path) -> None:
+    """The layer table feeds the costs: names once each, counts that cannot be negative, one order."""
+    seen: set[str] = set()
+    for i, layer in enumerate(layers):
+        if layer.name in seen:
+            raise UserError(f"{path}: layer '{layer.name}' is listed twice; regenerate the table")
+        seen.add(layer.name)
+        for key in ("weight_params", "bias_params", "macs", "order"):
+            if getattr(layer, key) < 0:
+                raise UserError(f"{path}: layers[{i}].{key} is {getattr(layer, key)}; counts must be >= 0; "
+                                "regenerate the table")
+    if sorted(layer.order for layer in layers) != list(range(len(layers))):
+        raise UserError(f"{path}: the layers' 'order' values are not 0..{len(layers) - 1} once each; regenerate the table")
 
 
 def load_sensitivity(path: str | Path) -> SensitivityTable:
@@ -98,6 +114,7 @@ def load_sensitivity(path: str | Path) -> SensitivityTable:
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{path}: the 'layers' list is malformed ({exc!r}); regenerate the table") from None
     names = [layer.name for layer in layers]
+    _check_layers(layers, path)
     return SensitivityTable(
         model=str(obj.get("model", "")),
         target=str(obj.get("target", "")),

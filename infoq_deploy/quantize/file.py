@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from infoq_deploy import __version__
-from infoq_deploy.allocate.ilp import allocation_bits
+from infoq_deploy.allocate.ilp import allocation_bits, check_rules, recost, validate_allocation
+from infoq_deploy.core import torch_files
 from infoq_deploy.core.atomic import atomic_path
 from infoq_deploy.core.errors import UserError
 from infoq_deploy.core.targets import Target, load_target, target_ref
@@ -30,6 +32,10 @@ from infoq_deploy.importing.sources import load_model
 
 FORMAT = "infoq-deploy/quantized-model/1"
 STAGES = ("ptq", "finetuned")
+# What a file must hold, and as what (a damaged or hand-made file is refused, not half-read).
+_RECORD = {"source": dict, "model_fingerprint": str, "target": str, "target_name": str, "quant_spec": dict,
+           "allocation": dict, "act_signed": dict, "state_dict": dict, "state_sha256": str, "stage": str,
+           "accuracies": dict, "data": dict, "model_info": dict, "timings": dict, "notes": list}
 
 
 @dataclass
@@ -73,8 +79,14 @@ class QuantizedModel:
         return allocation_bits(self.allocation)
 
     def state_sha256(self) -> str:
-        """Identifies the quantized weights and scales: what `verify` checked, `report` matches."""
+        """Identifies the quantized model, what `verify` checked and `report` matches: its bit-widths
+        (which Brevitas keeps out of the state dict, so two allocations can share one) and its
+        weights and scales."""
+        from infoq_deploy.quantize.brevitas_model import read_bits, read_join_quantizers
+
         h = hashlib.sha256()
+        h.update(json.dumps([sorted(read_bits(self.qmodel).items()), sorted(read_join_quantizers(self.qmodel).items())])
+                 .encode())
         for name, t in sorted(self.qmodel.state_dict().items()):
             h.update(name.encode())
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
@@ -117,14 +129,18 @@ def read_quantized(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"quantized model file {path} does not exist; run `infoq-deploy quantize` first or fix the path")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated or foreign file
-        raise UserError(f"{path} cannot be read as a quantized model ({type(exc).__name__}); "
-                        "pass the .pt file `infoq-deploy quantize` or `finetune` wrote") from None
+    obj = torch_files.load(path, what="a quantized model",
+                           fix="pass the .pt file `infoq-deploy quantize` or `finetune` wrote")
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise UserError(f"{path} is not an infoq-deploy quantized model file; pass the .pt file "
                         "`infoq-deploy quantize` or `finetune` wrote")
+    for key, kind in _RECORD.items():
+        if not isinstance(obj.get(key), kind):
+            raise UserError(f"{path} is damaged: its '{key}' is missing or not a {kind.__name__}; "
+                            "quantize the model again")
+    if obj["stage"] not in STAGES:
+        raise UserError(f"{path} is damaged: its stage {obj['stage']!r} is not one of {', '.join(STAGES)}; "
+                        "quantize the model again")
     return obj
 
 
@@ -146,7 +162,9 @@ def load_quantized(path: str | Path) -> QuantizedModel:
         raise UserError(f"target {obj['target']} has changed since {path} was written (its quantizer differs); "
                         "quantize again")
     deployed = deployable(model)
-    allocation = obj["allocation"]
+    allocation = validate_allocation(obj["allocation"], f"the allocation inside {path}")
+    check_rules(allocation, deployed.layers, target, f"the allocation inside {path}")
+    allocation = recost(allocation, deployed.layers, target)
     bits = allocation_bits(allocation)
     qmodel = build_quant_model(deployed.graph, deployed.layers, bits, target.quant_spec())
     restore_calibration(qmodel, obj["act_signed"])
@@ -160,5 +178,6 @@ def load_quantized(path: str | Path) -> QuantizedModel:
         model_info=obj["model_info"], finetune=obj["finetune"], timings=dict(obj["timings"]), notes=list(obj["notes"]),
     )
     if qm.state_sha256() != obj["state_sha256"]:
-        raise RuntimeError(f"the model rebuilt from {path} differs from the one saved; this is a bug")
+        raise UserError(f"the model rebuilt from {path} differs from the one saved (the file is damaged or "
+                        "from another version of infoq-deploy); quantize again")
     return qm

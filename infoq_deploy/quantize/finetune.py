@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from infoq_deploy.core import torch_files
 from infoq_deploy.core.atomic import atomic_path
 from infoq_deploy.core.errors import UserError
 from infoq_deploy.core.evaluate import accuracy
@@ -200,10 +201,7 @@ def _save(obj: dict, path: Path) -> None:
 
 
 def _load(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated/foreign file: tell the user which and what to do
-        raise UserError(f"checkpoint {path} cannot be read ({type(exc).__name__}); delete it or pick another run directory") from None
+    return torch_files.load(path, what="a fine-tuning checkpoint", fix="delete it or pick another run directory")
 
 
 def _config_key(cfg: FinetuneConfig) -> dict:

@@ -87,6 +87,7 @@ def _workspace(d: Path) -> Path:
     small.mkdir(parents=True)
     Image.fromarray(np.zeros((5, 5), dtype=np.uint8)).save(small / "a.png")
     _lstm_onnx(d / "lstm.onnx")
+    (d / "broken_model.py").write_text("def build(:\n")
     (d / "a_dir").mkdir()
     (d / "a_file").write_text("a file, not a directory\n")
     return d
@@ -152,6 +153,8 @@ CASES = [
     ("a mistyped subcommand", ["profle", M], "did you mean `infoq-deploy profile`"),
     ("images of another size", ["profile", M, "--target", "fpga-int", "--method", "mse", "--data", "{d}/small",
                                 "-o", "{d}/out.json"], "resize the images to 28x28"),
+    ("a model file with a syntax error", ["inspect", "{d}/broken_model.py:build"], "SyntaxError"),
+    ("a factory the file lacks", ["inspect", "{d}/lstm.onnx.py:build"], "does not exist"),
     ("a damaged quantized file", ["export", "{d}/s.json", "-o", "{d}/out.onnx"], "cannot be read as a quantized model"),
 ]
 

@@ -265,8 +265,6 @@ def _from_python(spec: str, weights, shape) -> tuple[nn.Module, Preprocess]:
         raise UserError(f"'{factory_name}' in {spec} is not a function name; write path/to/file.py:FUNCTION")
     if not path.is_file():
         raise UserError(f"model file {path} does not exist; check the path in {spec}")
-    if shape is None:
-        raise UserError(f"{spec} does not say what input it takes; pass --input-shape C,H,W")
     # a stable module name per file, so pickling and repeated loads agree
     module_name = "infoq_user_model_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
     module_spec = importlib.util.spec_from_file_location(module_name, path)
@@ -280,6 +278,8 @@ def _from_python(spec: str, weights, shape) -> tuple[nn.Module, Preprocess]:
     factory = getattr(module, factory_name, None)
     if not callable(factory):
         raise UserError(f"{path} has no function {factory_name}; name an existing factory in {spec}")
+    if shape is None:  # after the import, so a broken file or a wrong name is reported first
+        raise UserError(f"{spec} does not say what input it takes; pass --input-shape C,H,W")
     try:
         model = _seeded_build(factory)
     except Exception as exc:

@@ -204,3 +204,29 @@ def test_qcdq_biases_are_already_int32(exported):
             assert _value(model, bias.input[0]).dtype == np.int32
             integer_convs += 1
     assert integer_convs == 4
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_layers_are_matched_by_identity_not_position(tmp_path, fmt):
+    """torchvision's ResNet: the ONNX exporter orders each downsample convolution apart from the
+    traced graph, so pairing graph nodes with layers by position reads the wrong layer's bits."""
+    from infoq_deploy.importing.deployable import deployable
+    from infoq_deploy.importing.sources import load_model
+    from infoq_deploy.verify.check import OnnxGraph, graph_bits, match_layers
+
+    model = deployable(load_model("torchvision:resnet18", input_shape=(3, 32, 32)))
+    choices = [(8, 8), (4, 8), (6, 4), (5, 6), (3, 8), (7, 5)] if fmt == "qonnx" else [(8, 8), (4, 8), (6, 4), (5, 8)]
+    bits = {layer.name: choices[i % len(choices)] for i, layer in enumerate(model.layers)}
+    qmodel = build_quant_model(model.graph, model.layers, bits, QuantSpec())
+    calibrate(qmodel, torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    path = tmp_path / "r18.onnx"
+    export_model(qmodel, torch.zeros(1, 3, 32, 32), fmt, path)
+    graph = onnx.load(str(path))
+    pairs, problems = match_layers(OnnxGraph(graph), fmt, qmodel)
+    calls = [name for _, name, _ in pairs]
+    assert problems == [] and sorted(calls) == sorted(bits)
+    if fmt == "qonnx":  # qonnx's cleanup sorts the graph anew; the QCDQ file keeps the traced order
+        traced = [layer.name for layer in sorted(model.layers, key=lambda l: l.order)]
+        assert calls != traced, "the graph kept the traced order, so this test proves nothing; pick another model"
+    found, problems = graph_bits(graph, fmt, qmodel)
+    assert problems == [] and found == bits

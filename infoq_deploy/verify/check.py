@@ -7,8 +7,8 @@ node by node: the per-call overhead, not the batch, dominates).
 Bit-widths are read from the graph itself: QONNX from the ``bitwidth`` input of the
 ``Quant`` nodes feeding each Conv/Gemm/MatMul weight and input; QCDQ from the Clip bounds
 between QuantizeLinear and DequantizeLinear (or the zero point's int8/uint8 type when
-there is no Clip). Graph compute nodes are matched to layers by call order (the exporter
-traces the fx graph in order), checked by weight shape.
+there is no Clip). Graph compute nodes are matched to layers by identity: the weight a node
+holds is the layer's (`match_layers`), never by position.
 
 Logit tolerance: exported and Brevitas logits differ by more than float rounding, because
 a value that lands near a rounding boundary can fall one quantization step apart in two
@@ -98,14 +98,68 @@ def _bits(g: OnnxGraph, qnode, fmt: str) -> int | str:
     return FLOAT_BITS if qnode is None else formats.get(fmt).quant_bits(g, qnode)
 
 
-def _weight_shape(g: OnnxGraph, node, fmt: str) -> tuple[int, ...] | None:
+def _weight_array(g: OnnxGraph, node, fmt: str) -> np.ndarray | None:
+    """The weight a compute node reads: float (QONNX Quant input) or integer (QCDQ), None if not constant."""
     qnode = _quant_node(g, node.input[1], fmt)
     if qnode is None:
-        arr = g.const(node.input[1])
-    else:
-        inner = g.producer.get(qnode.input[0])
-        arr = g.const(inner.input[0] if inner is not None and inner.op_type == "Clip" else qnode.input[0])
-    return None if arr is None else tuple(arr.shape)
+        return g.const(node.input[1])
+    inner = g.producer.get(qnode.input[0])
+    return g.const(inner.input[0] if inner is not None and inner.op_type == "Clip" else qnode.input[0])
+
+
+def _weight_forms(module: nn.Module) -> list[np.ndarray]:
+    """The arrays an exporter may write for a layer's weight: as trained, and as quantized integers."""
+    forms = [module.weight.detach().cpu().numpy()]
+    if isinstance(module, QuantWeightBiasInputOutputLayer) and module.weight_quant.is_quant_enabled:
+        with torch.no_grad():
+            forms.append(module.quant_weight().int().detach().cpu().numpy())
+    return forms
+
+
+def _same_weight(arr: np.ndarray | None, forms: list[np.ndarray]) -> bool:
+    if arr is None:
+        return False
+    for w in forms:
+        for cand in (w, w.T) if w.ndim == 2 else (w,):
+            if cand.shape == arr.shape and np.array_equal(cand.astype(arr.dtype, copy=False), arr):
+                return True
+    return False
+
+
+def match_layers(g: OnnxGraph, fmt: str, qmodel: nn.Module) -> tuple[list[tuple[object, str, nn.Module]], list[str]]:
+    """Pair each Conv/Gemm/MatMul node of the graph with the layer it computes, by identity: the
+    weight it holds equals the layer's (as trained or as quantized integers). Exporters order
+    nodes their own way (torchvision's ResNet downsample convolutions, for one), so position
+    proves nothing. A node whose weight is no layer's is paired with the next unpaired layer of
+    its shape and reported, so a graph from another model fails with reasons."""
+    compute = [n for n in g.nodes if n.op_type in _COMPUTE_OPS]
+    calls = _layer_calls(qmodel)
+    problems = []
+    if len(compute) != len(calls):
+        problems.append(f"the graph has {len(compute)} Conv/Gemm/MatMul nodes but the model calls {len(calls)} layers")
+    forms = {id(m): _weight_forms(m) for _, m in calls}
+    free = list(range(len(calls)))  # calls not yet paired, in graph order
+    pairs, unmatched = [], []
+    for node in compute:
+        arr = _weight_array(g, node, fmt)
+        hit = next((i for i in free if _same_weight(arr, forms[id(calls[i][1])])), None)
+        if hit is None:
+            unmatched.append((node, arr))
+            continue
+        free.remove(hit)
+        pairs.append((node, *calls[hit]))
+    for node, arr in unmatched:
+        shape = None if arr is None else tuple(arr.shape)
+        same = next((i for i in free if shape in (tuple(calls[i][1].weight.shape), tuple(calls[i][1].weight.shape)[::-1])),
+                    None)
+        if same is None:
+            problems.append(f"graph node {node.name} (weight {shape}) matches no layer of the model")
+            continue
+        free.remove(same)
+        name, module = calls[same]
+        problems.append(f"graph node {node.name}: its weights differ from those of layer {name}")
+        pairs.append((node, name, module))
+    return pairs, problems
 
 
 def _same_scale(graph_scale: np.ndarray | None, model_scale: torch.Tensor) -> bool:
@@ -131,18 +185,9 @@ def graph_bits(model: onnx.ModelProto, fmt: str, qmodel: nn.Module) -> tuple[dic
     Problems include quantization scales in the graph that differ from the model's.
     """
     g = OnnxGraph(model)
-    compute = [n for n in g.nodes if n.op_type in _COMPUTE_OPS]
-    calls = _layer_calls(qmodel)
-    problems = []
-    if len(compute) != len(calls):
-        problems.append(f"the graph has {len(compute)} Conv/Gemm/MatMul nodes but the model calls {len(calls)} layers")
+    pairs, problems = match_layers(g, fmt, qmodel)
     found: dict[str, tuple[int, int]] = {}
-    for node, (name, module) in zip(compute, calls):
-        shape = tuple(module.weight.shape)
-        wshape = _weight_shape(g, node, fmt)
-        if wshape not in (shape, shape[::-1]):
-            problems.append(f"graph node {node.name} (weight {wshape}) does not match layer {name} (weight {shape})")
-            continue
+    for node, name, module in pairs:
         qnodes = (_quant_node(g, node.input[1], fmt), _quant_node(g, node.input[0], fmt))
         pair = tuple(_bits(g, q, fmt) for q in qnodes)
         for what, bits in zip(("weight", "input"), pair):

@@ -269,6 +269,17 @@ def load_verification(path: str | Path) -> dict:
             and isinstance(ev.get("verified_on"), int) and isinstance(result.get("ok"), bool)):
         raise UserError(f"{path} is damaged (a verification file names its ONNX file, their hashes, the samples "
                         "and the verdict); run `infoq-deploy verify` again")
+    numbers = ("agreement", "mean_abs_diff", "max_abs_diff", "tolerance", "quant_error")
+    if not (all(isinstance(result.get(k), (int, float)) and not isinstance(result.get(k), bool) for k in numbers)
+            and isinstance(result.get("mismatches"), list) and isinstance(result.get("bits_in_graph"), dict)
+            and isinstance(result.get("n_inputs"), int) and isinstance(result.get("fmt"), str)):
+        raise UserError(f"{path} is damaged (its result lacks the agreement, logit differences, bits or mismatches); "
+                        "run `infoq-deploy verify` again")
+    # the verdict follows from the numbers; a file saying otherwise is not believed
+    from infoq_deploy.verify.check import VerifyResult
+
+    result["ok"] = VerifyResult.passes(result["agreement"], result["mismatches"], result["mean_abs_diff"],
+                                       result["tolerance"])
     onnx_path = Path(doc["onnx"])
     if onnx_path.is_file() and _file_sha256(onnx_path) != doc["onnx_sha256"]:
         raise UserError(f"{onnx_path} has changed since {path} verified it; run `infoq-deploy verify` on it again")

@@ -80,6 +80,12 @@ def _workspace(d: Path) -> Path:
     _edit_json(d / "s.json", d / "s_negative.json",
                lambda doc: doc["weights"][doc["layers"][1]["name"]].update({"4": -0.5}))
     _edit_json(d / "s.json", d / "s_macs.json", lambda doc: doc["layers"][1].update(macs=-7))
+    _edit_json(d / "s.json", d / "s_unscored.json", lambda doc: doc["weights"].pop(doc["layers"][0]["name"]))
+    _edit_json(d / "a.json", d / "a_budget.json", lambda doc: doc["budgets"][0].update(text="four bits"))
+    _edit_json(d / "v.json", d / "v_short.json", lambda doc: doc.update(result={"ok": True}))
+    record = torch.load(d / "q.pt", weights_only=True)
+    record["source"].pop("spec")
+    torch.save(record, d / "q_damaged.pt")
     (d / "broken.tar.gz").write_bytes(b"\x1f\x8b\x08\x00" + os.urandom(300))
     (d / "fake.npz").write_bytes(b"just some text, not a zip archive\n")
     torch.save({"weight": Pickled()}, d / "evil.pt")
@@ -153,6 +159,12 @@ CASES = [
     ("a mistyped subcommand", ["profle", M], "did you mean `infoq-deploy profile`"),
     ("images of another size", ["profile", M, "--target", "fpga-int", "--method", "mse", "--data", "{d}/small",
                                 "-o", "{d}/out.json"], "resize the images to 28x28"),
+    ("a table without scores for a layer", ["allocate", "{d}/s_unscored.json", "--target", "fpga-int", "--budget",
+                                            "4bit", "-o", "{d}/out.json"], "has no scores for layer"),
+    ("an allocation whose budget is not one", ["quantize", M, "{d}/a_budget.json", "-o", "{d}/out.pt"],
+     "is not a budget"),
+    ("a verification without its numbers", ["report", "{d}/q.pt", "{d}/v_short.json", "-o", "{d}/rep"], "is damaged"),
+    ("a quantized file whose record is damaged", ["export", "{d}/q_damaged.pt", "-o", "{d}/out.onnx"], "is damaged"),
     ("a model file with a syntax error", ["inspect", "{d}/broken_model.py:build"], "SyntaxError"),
     ("a factory the file lacks", ["inspect", "{d}/lstm.onnx.py:build"], "does not exist"),
     ("a damaged quantized file", ["export", "{d}/s.json", "-o", "{d}/out.onnx"], "cannot be read as a quantized model"),
@@ -259,3 +271,10 @@ def test_a_verification_of_a_changed_file_is_refused(ws, tmp_path, capsys):
     damaged = _edit_json(ws / "v.json", tmp_path / "v2.json", lambda doc: doc.pop("eval"))
     assert _run("report", ws / "q.pt", damaged, "-o", tmp_path / "damaged") == 2
     assert "is damaged" in capsys.readouterr().err
+
+
+def test_a_verdict_edited_into_a_verification_is_not_believed(ws, tmp_path):
+    edited = _edit_json(ws / "v.json", tmp_path / "v.json", lambda doc: doc["result"].update(agreement=0.5, ok=True))
+    assert _run("report", ws / "q.pt", edited, "-o", tmp_path / "rep") == 0
+    assert "**verification**: FAILED" in (tmp_path / "rep" / "report.md").read_text()
+    assert json.loads((tmp_path / "rep" / "report.json").read_text())["verify"]["ok"] is False

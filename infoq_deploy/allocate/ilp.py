@@ -422,6 +422,13 @@ def validate_allocation(doc, where) -> dict:
         isinstance(b, dict) and {"text", "metric", "limit", "used"} <= set(b) for b in doc["budgets"]
     ):
         raise bad("'budgets' must be a list of {text, metric, limit, used, unit}")
+    for i, b in enumerate(doc["budgets"]):
+        try:
+            parse_budget(b["text"]) if isinstance(b["text"], str) else None
+        except UserError:
+            raise bad(f"budgets[{i}].text {b['text']!r} is not a budget") from None
+        if not isinstance(b["text"], str):
+            raise bad(f"budgets[{i}].text must be a budget string such as 4.5MB")
     if not isinstance(doc["solver"], dict) or not {"name", "status", "seconds"} <= set(doc["solver"]):
         raise bad("'solver' must be {name, status, seconds}")
     if doc["sensitivity"] is not None and not isinstance(doc["sensitivity"], dict):

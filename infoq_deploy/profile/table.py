@@ -30,6 +30,7 @@ from infoq_deploy.core.errors import UserError
 from infoq_deploy.importing.layers import Layer
 
 FORMAT = "infoq-deploy/sensitivity/1"
+LAYER_KINDS = ("conv", "dwconv", "linear")
 
 Scores = dict[str, dict[int, float]]
 
@@ -91,6 +92,12 @@ def _check_layers(layers: list[Layer], path: Path) -> None:
         if layer.name in seen:
             raise UserError(f"{path}: layer '{layer.name}' is listed twice; regenerate the table")
         seen.add(layer.name)
+        if layer.kind not in LAYER_KINDS:
+            raise UserError(f"{path}: layers[{i}].kind is {layer.kind!r}, not one of {', '.join(LAYER_KINDS)}; "
+                            "regenerate the table")
+        if not all(isinstance(d, int) and d > 0 for d in (*layer.in_shape, *layer.out_shape)):
+            raise UserError(f"{path}: layers[{i}] has shapes {layer.in_shape} -> {layer.out_shape}; shapes are "
+                            "positive integers; regenerate the table")
         for key in ("weight_params", "bias_params", "macs", "order"):
             if getattr(layer, key) < 0:
                 raise UserError(f"{path}: layers[{i}].{key} is {getattr(layer, key)}; counts must be >= 0; "
@@ -115,11 +122,17 @@ def load_sensitivity(path: str | Path) -> SensitivityTable:
         raise UserError(f"{path}: the 'layers' list is malformed ({exc!r}); regenerate the table") from None
     names = [layer.name for layer in layers]
     _check_layers(layers, path)
+    scores = {what: _decode_scores(obj.get(what), what, path, names) for what in ("weights", "activations")}
+    for what, table in scores.items():
+        if missing := [n for n in names if n not in table]:
+            raise UserError(f"{path}: '{what}' has no scores for layer '{missing[0]}'; regenerate the table")
+    if not isinstance(obj.get("meta", {}), dict):
+        raise UserError(f"{path}: 'meta' must be an object; regenerate the table")
     return SensitivityTable(
         model=str(obj.get("model", "")),
         target=str(obj.get("target", "")),
         layers=layers,
-        weights=_decode_scores(obj.get("weights"), "weights", path, names),
-        activations=_decode_scores(obj.get("activations"), "activations", path, names),
+        weights=scores["weights"],
+        activations=scores["activations"],
         meta=dict(obj.get("meta", {})),
     )

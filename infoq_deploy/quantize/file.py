@@ -146,9 +146,18 @@ def read_quantized(path: str | Path) -> dict:
 
 def load_quantized(path: str | Path) -> QuantizedModel:
     """Rebuild the Brevitas model a `save_quantized` file describes, exactly."""
+    obj = read_quantized(path)
+    try:
+        return _rebuild(obj, path)
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        # the record's parts do not fit together: a damaged or hand-edited file, not our bug to show
+        raise UserError(f"{path} is damaged ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                        "quantize the model again") from None
+
+
+def _rebuild(obj: dict, path) -> QuantizedModel:
     from infoq_deploy.quantize.brevitas_model import build_quant_model, read_bits, restore_calibration
 
-    obj = read_quantized(path)
     src = obj["source"]
     source = ModelSource(spec=src["spec"], weights=src["weights"],
                          input_shape=None if src["input_shape"] is None else tuple(src["input_shape"]),

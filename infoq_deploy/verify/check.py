@@ -76,7 +76,11 @@ class VerifyResult:
 
     @property
     def ok(self) -> bool:
-        return self.agreement >= MIN_AGREEMENT and not self.mismatches and self.mean_abs_diff <= self.tolerance
+        return self.passes(self.agreement, self.mismatches, self.mean_abs_diff, self.tolerance)
+
+    @staticmethod
+    def passes(agreement: float, mismatches: list, mean_abs_diff: float, tolerance: float) -> bool:
+        return agreement >= MIN_AGREEMENT and not mismatches and mean_abs_diff <= tolerance
 
     def to_json(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}

@@ -10,7 +10,9 @@ import argparse
 import difflib
 import logging
 import math
+import signal
 import sys
+import threading
 import warnings
 
 from infoq_deploy import __version__
@@ -223,7 +225,25 @@ def _check_model_or_subcommand(word: str) -> None:
                     "a model is zoo:NAME, torchvision:NAME, FILE.onnx or FILE.py:factory")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a build pipeline's timeout, `kill`), raised like Ctrl-C so every write cleans up after itself."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        return _main(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     # Import-time chatter of optional GPU pieces (torch's CUDA_HOME probe, Brevitas's
     # Hadamard kernels) is irrelevant to a CPU user and would bury the one-line errors.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
@@ -258,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"infoq-deploy: error: {os_error_message(exc, exc.filename or 'an output')}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("infoq-deploy: terminated (SIGTERM); no output was left half-written", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("infoq-deploy: interrupted; no output was left half-written", file=sys.stderr)
         return 130

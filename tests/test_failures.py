@@ -278,3 +278,27 @@ def test_a_verdict_edited_into_a_verification_is_not_believed(ws, tmp_path):
     assert _run("report", ws / "q.pt", edited, "-o", tmp_path / "rep") == 0
     assert "**verification**: FAILED" in (tmp_path / "rep" / "report.md").read_text()
     assert json.loads((tmp_path / "rep" / "report.json").read_text())["verify"]["ok"] is False
+
+
+def test_sigterm_cleans_up_and_marks_the_run_failed(tmp_path):
+    """A build pipeline's timeout sends SIGTERM: no temporary file stays, and run.json says why the run stopped."""
+    import signal
+    import sys
+    import time
+
+    exe = str(Path(sys.executable).with_name("infoq-deploy"))
+    env = dict(os.environ, INFOQ_DEPLOY_CACHE=str(tmp_path / "cache"))
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([exe, "--target", "fpga-int", "--budget", "4bit", "-o", str(run_dir)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (tmp_path / "cache").is_dir():  # the InfoQ sweep has begun
+        time.sleep(0.2)
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "infoq-deploy: terminated (SIGTERM); no output was left half-written" in err and "Traceback" not in err
+    status = json.loads((run_dir / "run.json").read_text())
+    assert status["status"] == "failed" and status["reason"] == "interrupted"
+    assert not [p for p in tmp_path.rglob("*.part")], "a temporary file survived SIGTERM"

@@ -59,6 +59,26 @@ COUNT = _int_at_least(1)  # sample counts, sizes, projections, neighbours
 SEED = _int_at_least(0, 2**32 - 1)  # numpy's seed range
 
 
+def _pin(text: str) -> tuple[str, tuple[int, int] | None]:
+    where, _, value = text.partition("=")
+    if where not in ("first", "last") or not value:
+        raise argparse.ArgumentTypeError(f"'{text}' is not first=W,A, last=W,A, first=free or last=free")
+    if value == "free":
+        return where, None
+    try:
+        w, a = (int(v) for v in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}': give the pair as W,A (e.g. last=4,8) or free") from None
+    return where, (w, a)
+
+
+def _pin_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pin", action="append", type=_pin, default=[], metavar="first|last=W,A|free",
+                   help="pin the first or last quantizable layer at w W / a A bits, or free it (repeat for both); "
+                        "overrides the target's pins")
+    p.add_argument("--no-pin", action="store_true", help="free the layers the target pins (then --pin adds back)")
+
+
 def _input_shape(text: str) -> tuple[int, int, int]:
     try:
         dims = tuple(int(p) for p in text.split(","))
@@ -137,6 +157,7 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     p.add_argument("--target", required=True)
     p.add_argument("--budget", action="append", required=True, help="e.g. 4.5MB, 300KB, 23GBOPs, 2.5ms, 12x, 3.5bit; repeat for several")
     p.add_argument("--alpha", type=_positive_float, default=1.0, help="weight of activation sensitivity in the objective")
+    _pin_args(p)
     p.add_argument("-o", "--output", required=True, help="allocation to write (JSON)")
     p.add_argument("--json", action="store_true", help="print the allocation JSON to stdout")
 
@@ -209,6 +230,7 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     run_parser.add_argument("--allocation", metavar="ALLOCATION.json",
                             help="take the bit-widths from this file instead of profiling and allocating")
     run_parser.add_argument("--alpha", type=_positive_float, default=1.0)
+    _pin_args(run_parser)
     _run_args(run_parser)
     return sub_parser, run_parser
 

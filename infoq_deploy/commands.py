@@ -106,7 +106,7 @@ def _print_allocation(doc: dict) -> None:
 
 def cmd_allocate(args) -> int:
     table = load_sensitivity(args.sensitivity)
-    target = stages.load_target(args.target)
+    target = stages.pin_target(stages.load_target(args.target), args.pin, args.no_pin)
     doc = stages.allocation_document(table, target, args.budget, alpha=args.alpha)
     write_json(args.output, doc)
     if args.json:
@@ -178,6 +178,8 @@ def _run_config(args, *, budgets: list[str], method: str, allocation: str | None
         verify_size=args.verify_size,
         method=method,
         alpha=getattr(args, "alpha", 1.0),
+        pins=[(w, None if p is None else list(p)) for w, p in args.pin],
+        no_pin=args.no_pin,
         seed=args.seed,
         epochs=args.epochs,
         lr=args.lr,
@@ -206,6 +208,9 @@ def cmd_run(args) -> int:
     if args.allocation is not None:
         if args.budget:
             raise UserError("--allocation gives the bit-widths, so --budget has nothing to do; pass one or the other")
+        if args.pin or args.no_pin:
+            raise UserError("--allocation gives the bit-widths and records its pins, so --pin/--no-pin have nothing "
+                            "to do; pass them to `infoq-deploy allocate` instead")
         cfg = _run_config(args, budgets=[], method="none", allocation=args.allocation)
     elif not args.budget:
         raise UserError("no budget given; pass at least one --budget (e.g. --budget 4.5MB or --budget 3.5bit), "

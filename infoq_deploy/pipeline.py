@@ -52,6 +52,8 @@ class RunConfig:
     verify_size: int | None = None  # held-out samples run through the exported file (None: all)
     method: str = "infoq"
     alpha: float = 1.0
+    pins: list = field(default_factory=list)  # [(first|last, [w, a] or None)]: --pin
+    no_pin: bool = False
     seed: int = 0
     epochs: int = 0
     lr: float | None = None
@@ -65,8 +67,8 @@ class RunConfig:
     def inputs(self) -> dict:
         """What identifies the run: a run directory holds the run of one set of inputs."""
         keys = ("model", "weights", "input_shape", "data", "eval_data", "train_data", "labels", "calib_size",
-                "eval_size", "train_size", "method", "alpha", "seed", "epochs", "lr", "batch_size", "verify_size", "allocation", "infoq")
-        d = {k: getattr(self, k) for k in keys}
+                "eval_size", "train_size", "method", "alpha", "pins", "no_pin", "seed", "epochs", "lr", "batch_size", "verify_size", "allocation", "infoq")
+        d = {k: getattr(self, k) for k in keys if k not in ("pins", "no_pin") or getattr(self, k)}
         d["input_shape"] = list(self.input_shape) if self.input_shape else None
         d["target"] = self.target
         d["budgets"] = list(self.budgets)
@@ -103,7 +105,8 @@ def claim_run_dir(run_dir: Path, inputs: dict, resume: bool) -> None:
 def run(cfg: RunConfig) -> dict:
     """Every stage in one run directory; each stage's file is the next stage's input, so any
     stage can be re-run alone from that directory (see `infoq-deploy STAGE -h`)."""
-    target = stages.load_target(cfg.target)
+    pins = [(where, None if pair is None else tuple(pair)) for where, pair in cfg.pins]
+    target = stages.pin_target(stages.load_target(cfg.target), pins, cfg.no_pin)
     for text in cfg.budgets:  # fail on a typo before any expensive stage
         parse_budget(text)
     if cfg.allocation is None:

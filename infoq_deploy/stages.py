@@ -85,6 +85,19 @@ def list_targets() -> list[Target]:
     return _list_targets(tuple(export_formats.names()))
 
 
+def pin_target(target: Target, pins: list[tuple[str, tuple[int, int] | None]] = (), no_pin: bool = False) -> Target:
+    """``target`` with its pins overridden: ``no_pin`` frees both, then each (``"first"``/``"last"``,
+    pair or None) pins or frees one layer. The allocation records the result, the report shows it."""
+    if not pins and not no_pin:
+        return target
+    chosen = {"first": None, "last": None} if no_pin else {"first": target.pin_first, "last": target.pin_last}
+    for where, pair in pins:
+        chosen[where] = pair
+    source = " ".join((["--no-pin"] if no_pin else [])
+                      + [f"--pin {w}={'free' if p is None else f'{p[0]},{p[1]}'}" for w, p in pins])
+    return target.with_pins(chosen["first"], chosen["last"], source)
+
+
 def allocate_table(table: SensitivityTable, target: Target, budget_texts: list[str], alpha: float = 1.0) -> Allocation:
     if not budget_texts:
         raise UserError("no budget given; pass at least one --budget, e.g. --budget 4.5MB or --budget 3.5bit")
@@ -338,6 +351,6 @@ __all__ = [
     "DEFAULT_DATA", "DEFAULT_EVAL_DATA", "DEFAULT_MODEL", "DataPlan", "DataRef", "FinetuneConfig", "ModelSource",
     "QuantizedModel", "absolute_spec", "allocate_table", "allocation_document", "check_allocation", "deployable", "export_quantized",
     "finetune_quantized", "load_data", "load_model", "load_quantized", "load_target", "list_targets", "load_verification",
-    "plan_datasets", "profile", "profile_infoq", "profile_mse", "quantize", "report_run", "save_quantized", "verification_subset",
+    "pin_target", "plan_datasets", "profile", "profile_infoq", "profile_mse", "quantize", "report_run", "save_quantized", "verification_subset",
     "verify_quantized",
 ]

@@ -302,3 +302,30 @@ def test_sigterm_cleans_up_and_marks_the_run_failed(tmp_path):
     status = json.loads((run_dir / "run.json").read_text())
     assert status["status"] == "failed" and status["reason"] == "interrupted"
     assert not [p for p in tmp_path.rglob("*.part")], "a temporary file survived SIGTERM"
+
+
+def test_pins_are_overridden_from_the_command_line_and_reported(ws, tmp_path, capsys):
+    """A model whose pinned classifier alone breaks the budget needs a way to unpin it."""
+    freed = tmp_path / "free.json"
+    assert _run("allocate", ws / "s.json", "--target", "fpga-int", "--budget", "3bit", "--no-pin", "-o", freed) == 0
+    layers = json.loads(freed.read_text())["layers"]
+    assert (layers[0]["w_bits"], layers[-1]["w_bits"]) != (8, 8), "--no-pin changed nothing at a tight budget"
+    pinned = tmp_path / "pinned.json"
+    assert _run("allocate", ws / "s.json", "--target", "fpga-int", "--budget", "3bit", "--pin", "last=4,8",
+                "-o", pinned) == 0
+    doc = json.loads(pinned.read_text())
+    assert (doc["layers"][-1]["w_bits"], doc["layers"][-1]["a_bits"]) == (4, 8)
+    assert (doc["layers"][0]["w_bits"], doc["layers"][0]["a_bits"]) == (8, 8)  # the target's first pin stays
+    assert doc["pins"]["from"] == "--pin last=4,8"
+    q, m, v = tmp_path / "q.pt", tmp_path / "m.onnx", tmp_path / "v.json"
+    assert _run("quantize", M, pinned, "-o", q) == 0  # the rules it is checked against are the recorded pins
+    assert _run("export", q, "-o", m) == 0 and _run("verify", m, q, "--verify-size", "50", "-o", v) == 0
+    assert _run("report", q, v, "-o", tmp_path / "rep") == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "fc (last layer) at w4/a8, by target fpga-int with --pin last=4,8" in md
+    capsys.readouterr()
+    assert _run("allocate", ws / "s.json", "--target", "fpga-int", "--budget", "3bit", "--pin", "last=9,9",
+                "-o", tmp_path / "bad.json") == 2
+    assert "does not allow" in capsys.readouterr().err and not (tmp_path / "bad.json").exists()
+    assert _run("--target", "fpga-int", "--allocation", pinned, "--no-pin", "-o", tmp_path / "run") == 2
+    assert "--pin/--no-pin have nothing to do" in capsys.readouterr().err

@@ -320,6 +320,7 @@ def allocation_to_json(a: Allocation, target, sensitivity_meta: dict | None) -> 
         "objective": a.objective,
         "solver": {"name": "CBC", "status": a.status, "seconds": a.solve_seconds},
         "sensitivity": sensitivity_meta,
+        "pins": target.pins(),
     }
 
 
@@ -332,6 +333,7 @@ def check_rules(doc: dict, layers: Sequence[Layer], target, name: str = "the all
     """UserError unless every layer's (w_bits, a_bits) is one ``target`` allows at its place (pins included),
     whatever produced the allocation."""
     layers = sorted(layers, key=lambda l: l.order)
+    target = pinned_as_allocated(doc, target)
     bits = allocation_bits(doc)
     bad = []
     for i, layer in enumerate(layers):
@@ -344,6 +346,15 @@ def check_rules(doc: dict, layers: Sequence[Layer], target, name: str = "the all
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
         raise UserError(f"{name} gives bit-widths target {target.name} does not allow: {'; '.join(bad[:3])}{more}; "
                         f"it allows {_choices_note(target)}; re-allocate for this target")
+
+
+def pinned_as_allocated(doc: dict, target):
+    """``target`` with the pins the allocation was made under: the target's own, or those the
+    user set with --pin / --no-pin (recorded in the document, and shown in the report)."""
+    pins = doc.get("pins")
+    if pins is None or pins.get("from") == "target":
+        return target
+    return target.with_pins(pins.get("first"), pins.get("last"), pins["from"])
 
 
 def _choices_note(target) -> str:
@@ -396,7 +407,7 @@ def validate_allocation(doc, where) -> dict:
         raise bad(f"'format' is {doc.get('format')!r}, expected {FORMAT!r}")
     if missing := sorted(required - set(doc)):
         raise bad(f"key '{missing[0]}' is missing")
-    if unknown := sorted(set(doc) - required):
+    if unknown := sorted(set(doc) - required - {"pins"}):  # pins: optional, absent in older files
         raise bad(f"key '{unknown[0]}' is not part of the format")
     if not isinstance(doc["target"], str):
         raise bad("'target' must be a string")
@@ -433,6 +444,11 @@ def validate_allocation(doc, where) -> dict:
         raise bad("'solver' must be {name, status, seconds}")
     if doc["sensitivity"] is not None and not isinstance(doc["sensitivity"], dict):
         raise bad("'sensitivity' must be an object or null")
+    pins = doc.get("pins", {"first": None, "last": None, "from": "target"})
+    if not (isinstance(pins, dict) and isinstance(pins.get("from"), str)
+            and all(p is None or (isinstance(p, list) and len(p) == 2 and all(isinstance(b, int) for b in p))
+                    for p in (pins.get("first"), pins.get("last")))):
+        raise bad("'pins' must be {first, last, from} with [w_bits, a_bits] or null for first and last")
     return doc
 
 

@@ -9,6 +9,7 @@ keys are errors too, so a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -79,6 +80,8 @@ class Target:
     pairs: tuple[tuple[int, int], ...] | None  # explicit allowed (w, a) pairs; None = full product
     latency: LatencyTable | None
     path: str  # the file it was read from, for messages
+    pin_why: str = ""  # why the target pins layers (its [pin] why), for the report
+    pins_from: str = "target"  # "target", or the command-line options that set the pins
 
     def quant_spec(self) -> QuantSpec:
         return QuantSpec(
@@ -104,6 +107,24 @@ class Target:
                 "whose pins agree"
             )
         return (pins.pop(),) if pins else self.choices()
+
+    def with_pins(self, first: tuple[int, int] | None, last: tuple[int, int] | None, source: str) -> "Target":
+        """This target with other pins (None: that layer is free), each checked against what it allows."""
+        for where, pair in (("first", first), ("last", last)):
+            if pair is not None and tuple(pair) not in self.choices():
+                allowed = (" ".join(_pair(p) for p in sorted(self.pairs)) if self.pairs else
+                           f"w in {{{','.join(map(str, self.weights.bits))}}} with a in "
+                           f"{{{','.join(map(str, self.activations.bits))}}}")
+                raise UserError(f"{source} pins the {where} layer at {_pair(tuple(pair))}, which target {self.name} "
+                                f"does not allow; pin {allowed}")
+        return dataclasses.replace(self, pin_first=None if first is None else tuple(first),
+                                   pin_last=None if last is None else tuple(last), pins_from=source)
+
+    def pins(self) -> dict:
+        """The pins as the allocation document records them."""
+        return {"first": list(self.pin_first) if self.pin_first else None,
+                "last": list(self.pin_last) if self.pin_last else None,
+                "from": self.pins_from, "why": self.pin_why if self.pins_from == "target" else ""}
 
     def pin_note(self) -> str:
         """Describes the pins for messages, e.g. 'first and last layers pinned at w8/a8'."""
@@ -274,9 +295,11 @@ def _load_file(path: Path, formats: tuple[str, ...] | None = None) -> Target:
             raise c.fail("pairs", "lists a pair twice; list each once")
 
     pin_first = pin_last = None
+    pin_why = ""
     if "pin" in raw:
         pin = c.table(raw, "pin", "pin")
-        c.keys(pin, "pin.", set(), {"first", "last"})
+        c.keys(pin, "pin.", set(), {"first", "last", "why"})
+        pin_why = c.string(pin["why"], "pin.why") if "why" in pin else ""
         pins = {}
         for k in ("first", "last"):
             if k in pin:
@@ -309,6 +332,7 @@ def _load_file(path: Path, formats: tuple[str, ...] | None = None) -> Target:
         pairs=pairs,
         latency=latency,
         path=str(path),
+        pin_why=pin_why,
     )
 
 

@@ -207,6 +207,20 @@ def _model_name(doc: dict) -> str | None:
     return inputs.get("model") or (given.get("spec") if isinstance(given, dict) else None) or doc["model"].get("spec")
 
 
+def pin_line(alloc: dict) -> str | None:
+    """Which layers were held at fixed bits, and who said so (the target, or --pin/--no-pin)."""
+    pins, layers = alloc.get("pins"), alloc.get("layers") or []
+    if not pins or not layers:
+        return None
+    held = [f"{layers[i]['name']} ({where} layer) at w{p[0]}/a{p[1]}"
+            for where, i, p in (("first", 0, pins.get("first")), ("last", -1, pins.get("last"))) if p]
+    by = f"by target {alloc.get('target')}" + ("" if pins.get("from") == "target" else f" with {pins.get('from')}")
+    if not held:
+        return f"none ({by})"
+    why = f": {pins['why']}" if pins.get("why") else ""
+    return f"{', '.join(held)}, {by}{why}"
+
+
 def summary_rows(doc: dict) -> list[list[str]]:
     """The answer first: what was built, what it costs against each budget, how accurate it is, verified or not."""
     alloc, verify = doc["allocation"], doc["verify"] or {}
@@ -218,6 +232,9 @@ def summary_rows(doc: dict) -> list[list[str]]:
         share = f" ({100.0 * b['used'] / b['limit']:.1f}%)" if b["limit"] else ""
         rows.append([f"budget {b['text']} ({title})", f"{fmt_metric(metric, b['used'])} used of "
                      f"{fmt_metric(metric, b['limit'])}{share}: {'met' if met else 'EXCEEDED'}"])
+    pins = pin_line(alloc)
+    if pins:
+        rows.append(["pinned", pins])
     cost = alloc.get("cost", {})
     if cost.get("size_bytes") is not None and cost.get("compression"):
         size = cost["size_bytes"]

@@ -1,8 +1,8 @@
 """Run an exported file and compare it with the Brevitas model it came from.
 
 The file runs on the back end its format names (QONNX: qonnx's reference executor after
-qonnx cleanup; QCDQ: ONNX Runtime), on the same inputs as the Brevitas model, the whole set in a few large batches (qonnx runs
-node by node: the per-call overhead, not the batch, dominates).
+qonnx cleanup; QCDQ: ONNX Runtime), on the same inputs as the Brevitas model, the whole set
+in a few large batches (qonnx runs node by node: the per-call overhead, not the batch, dominates).
 
 Bit-widths are read from the graph itself: QONNX from the ``bitwidth`` input of the
 ``Quant`` nodes feeding each Conv/Gemm/MatMul weight and input; QCDQ from the Clip bounds
@@ -130,6 +130,11 @@ def _same_weight(arr: np.ndarray | None, forms: list[np.ndarray]) -> bool:
     return False
 
 
+def _shapes(module: nn.Module) -> tuple[tuple[int, ...], ...]:
+    shape = tuple(module.weight.shape)
+    return shape, shape[::-1]
+
+
 def match_layers(g: OnnxGraph, fmt: str, qmodel: nn.Module) -> tuple[list[tuple[object, str, nn.Module]], list[str]]:
     """Pair each Conv/Gemm/MatMul node of the graph with the layer it computes, by identity: the
     weight it holds equals the layer's (as trained or as quantized integers). Exporters order
@@ -154,8 +159,7 @@ def match_layers(g: OnnxGraph, fmt: str, qmodel: nn.Module) -> tuple[list[tuple[
         pairs.append((node, *calls[hit]))
     for node, arr in unmatched:
         shape = None if arr is None else tuple(arr.shape)
-        same = next((i for i in free if shape in (tuple(calls[i][1].weight.shape), tuple(calls[i][1].weight.shape)[::-1])),
-                    None)
+        same = next((i for i in free if shape in _shapes(calls[i][1])), None)
         if same is None:
             problems.append(f"graph node {node.name} (weight {shape}) matches no layer of the model")
             continue

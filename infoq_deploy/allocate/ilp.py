@@ -193,7 +193,8 @@ def _check_each_budget(budgets, rows, layers, target) -> None:
             failed.append(f"{describe_best(b, _base(b, best, layers), layers)} ({_cheapest_note(target)})")
             failed[-1] = f"the budget {b.text} cannot be met on {target.name}: {failed[-1]}"
     if failed:
-        raise UserError("; ".join(failed) + "; raise the budget" + ("s" if len(failed) > 1 else ""))
+        unpin = " or free the pinned layers (--no-pin, --pin last=W,A)" if target.pin_first or target.pin_last else ""
+        raise UserError("; ".join(failed) + "; raise the budget" + ("s" if len(failed) > 1 else "") + unpin)
 
 
 def _joint_message(budgets, rows, layers, target) -> str:

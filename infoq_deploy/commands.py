@@ -227,6 +227,17 @@ def _pct(value) -> str:
     return "—" if value is None else f"{100.0 * value:.2f}%"
 
 
+def _agreement(r: dict) -> str:
+    """Top-1 agreement and what it was judged on (verify/check.py: top1_agreement)."""
+    judged_on = r.get("top1_judged_on")
+    if judged_on is None:  # a file from before near-ties were set aside
+        return _pct(r["agreement"])
+    if r["agreement"] is None:
+        return f"not judged (all {r['n_inputs']} inputs are near-ties within the logit tolerance)"
+    ties = f", {r['ties']} near-tie flips set aside" if r.get("ties") else ""
+    return f"{_pct(r['agreement'])} on {judged_on} decisive inputs of {r['n_inputs']}{ties}"
+
+
 def _print_accuracies(acc: dict) -> None:
     if acc:
         print("top-1: " + ", ".join(f"{k} {_pct(v)}" for k, v in acc.items()))
@@ -336,7 +347,7 @@ def cmd_verify(args) -> int:
         print(dumps(doc), end="")
     else:
         print(f"{args.onnx} ({r['fmt']}) against {args.quantized} on {r['n_inputs']} samples of {evaluation.source}:")
-        print(f"  top-1 agreement {_pct(r['agreement'])} (need >= {_pct(0.995)}); exported accuracy "
+        print(f"  top-1 agreement {_agreement(r)} (need >= {_pct(0.995)}); exported accuracy "
               f"{_pct(r['accuracy'])}, Brevitas {_pct(r['reference_accuracy'])}")
         print(f"  logits: mean |diff| {r['mean_abs_diff']:.4g} (tolerance {r['tolerance']:.4g}), max {r['max_abs_diff']:.4g}")
         in_graph = {k: tuple(v) for k, v in r["bits_in_graph"].items()}

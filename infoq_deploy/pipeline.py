@@ -153,6 +153,10 @@ def run(cfg: RunConfig) -> dict:
             raise
 
 
+def _share(value: float | None) -> str:
+    return "not judged" if value is None else f"{value:.4f}"
+
+
 class VerificationFailed(UserError):
     """The run finished and its exported graph failed verification (run.json says so): exit 1, as `verify`."""
 
@@ -223,7 +227,7 @@ def _stages(cfg: RunConfig, target, model, plan, given, run_dir: Path, status: d
     write_json(run_dir / RUN_FILE, {**status, "status": "complete" if ver["ok"] else "verification-failed"})
     if not ver["ok"]:
         raise VerificationFailed(
-            f"the exported {target.export} graph failed verification (agreement {ver['agreement']:.4f}, "
+            f"the exported {target.export} graph failed verification (top-1 agreement {_share(ver['agreement'])}, "
             f"bit mismatches {ver['mismatches']}); see {run_dir}/report.md"
         )
     return {"run_dir": str(run_dir), "accuracies": dict(qm.accuracies, exported=ver["accuracy"]), "timings": timings,

@@ -282,8 +282,10 @@ def load_verification(path: str | Path) -> dict:
             and isinstance(ev.get("verified_on"), int) and isinstance(result.get("ok"), bool)):
         raise UserError(f"{path} is damaged (a verification file names its ONNX file, their hashes, the samples "
                         "and the verdict); run `infoq-deploy verify` again")
-    numbers = ("agreement", "mean_abs_diff", "max_abs_diff", "tolerance", "quant_error")
-    if not (all(isinstance(result.get(k), (int, float)) and not isinstance(result.get(k), bool) for k in numbers)
+    numbers = ("mean_abs_diff", "max_abs_diff", "tolerance", "quant_error")
+    agreement = result.get("agreement", False)
+    if not ((agreement is None or (isinstance(agreement, (int, float)) and not isinstance(agreement, bool)))
+            and all(isinstance(result.get(k), (int, float)) and not isinstance(result.get(k), bool) for k in numbers)
             and isinstance(result.get("mismatches"), list) and isinstance(result.get("bits_in_graph"), dict)
             and isinstance(result.get("n_inputs"), int) and isinstance(result.get("fmt"), str)):
         raise UserError(f"{path} is damaged (its result lacks the agreement, logit differences, bits or mismatches); "

@@ -230,3 +230,27 @@ def test_layers_are_matched_by_identity_not_position(tmp_path, fmt):
         assert calls != traced, "the graph kept the traced order, so this test proves nothing; pick another model"
     found, problems = graph_bits(graph, fmt, qmodel)
     assert problems == [] and found == bits
+
+
+def test_near_ties_are_set_aside_and_real_flips_still_count():
+    """A random-weight model's logits are nearly equal: their argmax flips with float rounding,
+    which says nothing about the graph. Decisive inputs still judge it."""
+    from infoq_deploy.verify.check import top1_agreement
+
+    rng = np.random.default_rng(0)
+    tol = 1e-3
+    tied = rng.normal(0, 1e-5, size=(50, 10))  # every top-2 margin far below 2 x tol
+    flipped = tied[:, ::-1].copy()  # argmax moves on nearly every input
+    agreement, judged_on, ties = top1_agreement(tied, flipped, tol)
+    assert agreement is None and judged_on == 0 and ties > 40
+
+    clear = np.zeros((50, 10))
+    clear[np.arange(50), rng.integers(0, 10, 50)] = 1.0  # margin 1 >> 2 x tol
+    out = clear.copy()
+    out[:5] = np.roll(out[:5], 1, axis=1)  # five real disagreements
+    agreement, judged_on, ties = top1_agreement(clear, out, tol)
+    assert judged_on == 50 and ties == 0 and agreement == pytest.approx(0.9)
+
+    both = np.concatenate([tied, clear])
+    agreement, judged_on, ties = top1_agreement(both, np.concatenate([flipped, clear]), tol)
+    assert agreement == 1.0 and judged_on == 50 and ties > 40

@@ -251,8 +251,13 @@ def summary_rows(doc: dict) -> list[list[str]]:
         verdict = "passed" if verify.get("ok") else "FAILED"
         detail = []
         if isinstance(verify.get("agreement"), float):
-            on = f" on {verify['n_inputs']:,} samples" if verify.get("n_inputs") else ""
+            judged_on = verify.get("top1_judged_on", verify.get("n_inputs"))
+            on = f" on {judged_on:,} sample{'s' if judged_on != 1 else ''}" if judged_on else ""
+            if verify.get("ties"):
+                on += f" ({verify['ties']} near-tie flips set aside)"
             detail.append(f"top-1 agreement {fmt_acc(verify['agreement'])}{on}")
+        elif "agreement" in verify and verify["agreement"] is None:
+            detail.append("top-1 not judged (every input a near-tie; the logit check decides)")
         if isinstance(verify.get("bits_in_graph"), dict):
             wanted, wrong = _bits_not_carried(verify["bits_in_graph"], alloc)
             detail.append(f"{len(wanted) - len(wrong)}/{len(wanted)} layers carry their bits")
@@ -387,7 +392,12 @@ def _verify_lines(verify: dict, alloc: dict) -> list[str]:
                          "(w_bits, a_bits) in the exported graph")
             lines += [f"  - {w}" for w in wrong]
         elif k == "agreement" and isinstance(v, float):
-            lines.append(f"- **agreement** (top-1, exported vs Brevitas): {fmt_acc(v)}")
+            lines.append(f"- **agreement** (top-1, exported vs Brevitas, decisive inputs): {fmt_acc(v)}")
+        elif k == "agreement" and v is None:
+            lines.append("- **agreement**: not judged: on every input the top two logits are within the logit "
+                         "tolerance of each other, so the logit check decides")
+        elif k == "agreement_all" and isinstance(v, (int, float)):
+            lines.append(f"- **agreement on all inputs** (near-ties included): {fmt_acc(float(v))}")
         elif isinstance(v, dict):
             lines.append(f"- **{k}**: " + ", ".join(f"{kk} {_fmt(vv)}" for kk, vv in v.items()))
         elif isinstance(v, list):

@@ -63,7 +63,7 @@ _ELEMENT_BUDGET = 2**22  # input elements per executor call: bounds qonnx's memo
 class VerifyResult:
     fmt: str
     n_inputs: int
-    agreement: float  # top-1 agreement, exported file vs Brevitas model
+    agreement: float | None  # top-1 agreement on the decisive inputs (None: no input is decisive)
     max_abs_diff: float  # logits, exported vs Brevitas
     mean_abs_diff: float
     tolerance: float  # allowed mean_abs_diff (see the module docstring)
@@ -73,14 +73,18 @@ class VerifyResult:
     bits_in_graph: dict[str, tuple[int, int]]
     mismatches: list[str] = field(default_factory=list)  # bits vs allocation, scales vs model, joins
     seconds: float = 0.0
+    agreement_all: float | None = None  # top-1 agreement on every input, near-ties included
+    top1_judged_on: int | None = None  # decisive inputs: the reference's top-2 margin exceeds 2 x tolerance
+    ties: int = 0  # inputs whose top-1 differs within that margin: set aside, not counted
 
     @property
     def ok(self) -> bool:
         return self.passes(self.agreement, self.mismatches, self.mean_abs_diff, self.tolerance)
 
     @staticmethod
-    def passes(agreement: float, mismatches: list, mean_abs_diff: float, tolerance: float) -> bool:
-        return agreement >= MIN_AGREEMENT and not mismatches and mean_abs_diff <= tolerance
+    def passes(agreement: float | None, mismatches: list, mean_abs_diff: float, tolerance: float) -> bool:
+        top1 = agreement is None or agreement >= MIN_AGREEMENT  # None: every input is a near-tie
+        return top1 and not mismatches and mean_abs_diff <= tolerance
 
     def to_json(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -249,6 +253,19 @@ def join_problems(model: onnx.ModelProto, fmt: str, qmodel: nn.Module) -> list[s
 # ----------------------------------------------------------------------------- execution
 
 
+def top1_agreement(ref: np.ndarray, out: np.ndarray, tolerance: float) -> tuple[float | None, int, int]:
+    """Top-1 agreement judged where it means something: on inputs whose reference top-2 margin
+    exceeds what the logit tolerance lets both logits move (2 x tolerance). Where the top two
+    are closer (a random-weight model's near-equal logits, a boundary case), a flip says nothing
+    about the graph; those inputs are set aside and counted, and the logit check still binds.
+    Returns (agreement or None when no input is decisive, decisive inputs, flips set aside)."""
+    top2 = np.sort(ref, axis=1)[:, -2:] if ref.shape[1] > 1 else np.concatenate([ref, ref - np.inf], axis=1)
+    decisive = (top2[:, 1] - top2[:, 0]) > 2 * tolerance
+    same = out.argmax(axis=1) == ref.argmax(axis=1)
+    n = int(decisive.sum())
+    return (float(same[decisive].mean()) if n else None), n, int((~same & ~decisive).sum())
+
+
 def _run_brevitas(qmodel: nn.Module, x: torch.Tensor, size: int, quantized: bool = True) -> np.ndarray:
     was_training = qmodel.training
     qmodel.eval()
@@ -307,13 +324,18 @@ def verify_export(
     diff = np.abs(out.astype(np.float64) - ref.astype(np.float64))
     pred, ref_pred = out.argmax(axis=1), ref.argmax(axis=1)
     labels = None if y is None else y.detach().cpu().numpy()
+    tolerance = max(QUANT_ERROR_FRACTION * quant_error, RUNTIME_RTOL * float(np.abs(ref).mean()))
+    judged, judged_on, ties = top1_agreement(ref, out, tolerance)
     return VerifyResult(
         fmt=fmt,
         n_inputs=len(x),
-        agreement=float((pred == ref_pred).mean()),
+        agreement=judged,
+        agreement_all=float((pred == ref_pred).mean()),
+        top1_judged_on=judged_on,
+        ties=ties,
         max_abs_diff=float(diff.max()),
         mean_abs_diff=float(diff.mean()),
-        tolerance=max(QUANT_ERROR_FRACTION * quant_error, RUNTIME_RTOL * float(np.abs(ref).mean())),
+        tolerance=tolerance,
         quant_error=quant_error,
         accuracy=None if labels is None else float((pred == labels).mean()),
         reference_accuracy=None if labels is None else float((ref_pred == labels).mean()),

@@ -67,7 +67,8 @@ def main() -> int:
         right = json.loads((Path(tmp) / "verify.json").read_text())["result"]
         wrong = json.loads((Path(tmp) / "verify_wrong.json").read_text())["result"]
         alloc = json.loads((Path(tmp) / "a.json").read_text())
-    keys = ("agreement", "accuracy", "reference_accuracy", "mean_abs_diff", "tolerance", "mismatches", "ok")
+    keys = ("agreement", "agreement_all", "top1_judged_on", "ties", "accuracy", "reference_accuracy", "mean_abs_diff",
+            "tolerance", "mismatches", "ok")
     result = {
         "benchmark": "infoq-deploy stage subcommands chained on the bundled Fashion-MNIST CNN, target fpga-int",
         "command": "python bench/bench_stage_chain.py",

@@ -294,7 +294,7 @@ def test_sigterm_cleans_up_and_marks_the_run_failed(tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and not (tmp_path / "cache").is_dir():  # the InfoQ sweep has begun
         time.sleep(0.2)
-    time.sleep(2)
+    time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err

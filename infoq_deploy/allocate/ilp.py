@@ -346,7 +346,8 @@ def check_rules(doc: dict, layers: Sequence[Layer], target, name: str = "the all
     if bad:
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
         raise UserError(f"{name} gives bit-widths target {target.name} does not allow: {'; '.join(bad[:3])}{more}; "
-                        f"it allows {_choices_note(target)}; re-allocate for this target")
+                        f"it allows {target.choices_note()}{', ' + target.pin_note() if target.pin_note() else ''}; "
+                        "re-allocate for this target")
 
 
 def pinned_as_allocated(doc: dict, target):
@@ -356,15 +357,6 @@ def pinned_as_allocated(doc: dict, target):
     if pins is None or pins.get("from") == "target":
         return target
     return target.with_pins(pins.get("first"), pins.get("last"), pins["from"])
-
-
-def _choices_note(target) -> str:
-    if target.pairs is not None:
-        pairs = " ".join(f"w{w}/a{a}" for w, a in sorted(target.pairs))
-    else:
-        pairs = f"w in {{{','.join(map(str, target.weights.bits))}}}, a in {{{','.join(map(str, target.activations.bits))}}}"
-    pins = target.pin_note()
-    return pairs + (f", {pins}" if pins else "")
 
 
 def recost(doc: dict, layers: Sequence[Layer], target, bits: Mapping[str, tuple[int, int]] | None = None) -> dict:

@@ -112,13 +112,17 @@ class Target:
         """This target with other pins (None: that layer is free), each checked against what it allows."""
         for where, pair in (("first", first), ("last", last)):
             if pair is not None and tuple(pair) not in self.choices():
-                allowed = (" ".join(_pair(p) for p in sorted(self.pairs)) if self.pairs else
-                           f"w in {{{','.join(map(str, self.weights.bits))}}} with a in "
-                           f"{{{','.join(map(str, self.activations.bits))}}}")
                 raise UserError(f"{source} pins the {where} layer at {_pair(tuple(pair))}, which target {self.name} "
-                                f"does not allow; pin {allowed}")
+                                f"does not allow; pin {self.choices_note()}")
         return dataclasses.replace(self, pin_first=None if first is None else tuple(first),
                                    pin_last=None if last is None else tuple(last), pins_from=source)
+
+    def choices_note(self) -> str:
+        """The allowed (w_bits, a_bits) for messages: 'w in {2,4,8}, a in {8}' or the listed pairs."""
+        if self.pairs is not None:
+            return " ".join(_pair(p) for p in sorted(self.pairs))
+        return (f"w in {{{','.join(map(str, self.weights.bits))}}}, "
+                f"a in {{{','.join(map(str, self.activations.bits))}}}")
 
     def pins(self) -> dict:
         """The pins as the allocation document records them."""

@@ -27,10 +27,10 @@ from pathlib import Path
 
 from infoq_deploy.core.atomic import write_json
 from infoq_deploy.core.errors import UserError
+from infoq_deploy.core.targets import KINDS
 from infoq_deploy.importing.layers import Layer
 
 FORMAT = "infoq-deploy/sensitivity/1"
-LAYER_KINDS = ("conv", "dwconv", "linear")
 
 Scores = dict[str, dict[int, float]]
 
@@ -92,8 +92,8 @@ def _check_layers(layers: list[Layer], path: Path) -> None:
         if layer.name in seen:
             raise UserError(f"{path}: layer '{layer.name}' is listed twice; regenerate the table")
         seen.add(layer.name)
-        if layer.kind not in LAYER_KINDS:
-            raise UserError(f"{path}: layers[{i}].kind is {layer.kind!r}, not one of {', '.join(LAYER_KINDS)}; "
+        if layer.kind not in KINDS:
+            raise UserError(f"{path}: layers[{i}].kind is {layer.kind!r}, not one of {', '.join(KINDS)}; "
                             "regenerate the table")
         if not all(isinstance(d, int) and d > 0 for d in (*layer.in_shape, *layer.out_shape)):
             raise UserError(f"{path}: layers[{i}] has shapes {layer.in_shape} -> {layer.out_shape}; shapes are "

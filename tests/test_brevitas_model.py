@@ -178,23 +178,37 @@ def test_act_quant_equals_reference_after_calibration(spec):
         assert torch.equal(ours, ref), name
 
 
-def test_join_inputs_share_one_quantizer():
+def test_one_quantizer_per_tensor_at_joins():
+    """x feeds both the dw layer and the residual add: the add reads dw's own input quantizer;
+    the branch output and the concatenated convs go through one join quantizer per join."""
     gm, layers = make_tiny()
     qmodel = build_quant_model(gm, layers, MIXED, QuantSpec())
     joins = read_join_quantizers(qmodel)
     assert len(joins) == 2 and set(joins.values()) == {8}
     modules = dict(qmodel.named_modules())
-    checked = 0
+    seen = {}
     for node in qmodel.graph.nodes:
         if node.op == "call_function" and node.target in (operator.add, torch.cat):
             ins = node.args[0] if node.target is torch.cat else node.args[:2]
-            targets = {a.target for a in ins}
-            assert len(targets) == 1, node.name  # one shared quantizer for every input
-            assert isinstance(modules[targets.pop()], qnn.QuantIdentity)
-            checked += 1
-    assert checked == 2
+            seen[node.target] = [
+                a.args[0].target if a.op == "call_function" else a.target for a in ins  # _plain(proxy(x)) or join(x)
+            ]
+    add, cat = seen[operator.add], seen[torch.cat]
+    assert "dw.input_quant" in add  # shared with the layer that reads the same tensor
+    (own,) = [t for t in add if t != "dw.input_quant"]
+    assert isinstance(modules[own], qnn.QuantIdentity)
+    assert len(set(cat)) == 1 and isinstance(modules[cat[0]], qnn.QuantIdentity)
     calibrate(qmodel, inputs(32, 5))
     assert read_join_quantizers(qmodel) == joins
+
+
+def test_float_input_layer_does_not_share():
+    """A layer whose input stays float has no quantizer to share: the join quantizes that input itself."""
+    gm, layers = make_tiny()
+    qmodel = build_quant_model(gm, layers, {**MIXED, "dw": (3, 32)}, QuantSpec())
+    add = next(n for n in qmodel.graph.nodes if n.op == "call_function" and n.target is operator.add)
+    targets = {a.target for a in add.args[:2]}
+    assert len(targets) == 1 and isinstance(qmodel.get_submodule(targets.pop()), qnn.QuantIdentity)
 
 
 def test_scales_are_trainable():

@@ -74,19 +74,34 @@ def _value(model: onnx.ModelProto, name: str) -> np.ndarray:
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_add_and_concat_inputs_share_one_scale_in_graph(exported, fmt):
+def test_one_quantizer_per_tensor_in_graph(exported, fmt):
+    """The add reads x through the very quantizer node the dw conv reads (one quantizer per
+    tensor); its other input and both concatenated inputs come from one join quantizer each."""
     model = onnx.load(str(exported[fmt]))
     producer = _producer(model)
     quant_op = "Quant" if fmt == "qonnx" else "DequantizeLinear"
-    joins = [n for n in model.graph.node if n.op_type in ("Add", "Concat")]
-    assert sorted(n.op_type for n in joins) == ["Add", "Concat"]
-    for node in joins:
+    consumers = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    joins = {n.op_type: n for n in model.graph.node if n.op_type in ("Add", "Concat")}
+    assert sorted(joins) == ["Add", "Concat"]
+    for op, node in joins.items():
         srcs = [producer[i] for i in node.input]
         assert [s.op_type for s in srcs] == [quant_op] * len(srcs), node.name
-        scales = [_value(model, s.input[1]) for s in srcs]
-        assert all(np.array_equal(scales[0], s) for s in scales[1:]), node.name
-        if fmt == "qonnx":
-            assert len({int(_value(model, s.input[3])) for s in srcs}) == 1  # same bit width too
+        shared = [s for s in srcs if any(c.op_type == "Conv" for c in consumers[s.output[0]])]
+        if op == "Add":
+            assert len(shared) == 1  # x: the dw conv's input quantizer, not a second one
+            tensor = shared[0].input[0]
+            if fmt == "qcdq":
+                tensor = producer[producer[tensor].input[0]].input[0]  # DequantizeLinear <- Clip <- QuantizeLinear
+            assert [c.op_type for c in consumers[tensor]].count(shared[0].op_type if fmt == "qonnx" else "QuantizeLinear") == 1
+        else:
+            assert shared == []
+            scales = [_value(model, s.input[1]) for s in srcs]
+            assert all(np.array_equal(scales[0], s) for s in scales[1:]), node.name
+            if fmt == "qonnx":
+                assert len({int(_value(model, s.input[3])) for s in srcs}) == 1  # same bit width too
 
 
 def test_verify_detects_a_model_that_differs_from_the_file(tiny, exported):

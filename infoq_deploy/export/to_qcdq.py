@@ -11,7 +11,10 @@ from brevitas.export import export_onnx_qcdq
 
 from infoq_deploy.core.errors import UserError
 from infoq_deploy.core.quantizer import FLOAT_BITS
+from qonnx.core.modelwrapper import ModelWrapper
+
 from infoq_deploy.export.graph import OnnxGraph, bits_from_range
+from infoq_deploy.export.passes.merge_duplicates import MergeDuplicateNodes
 from infoq_deploy.quantize.brevitas_model import read_bits, read_join_quantizers
 
 BACKEND = "ort"
@@ -39,6 +42,10 @@ def check(qmodel) -> None:
 
 def write(qmodel, example, path) -> None:
     export_onnx_qcdq(qmodel, example, export_path=str(path), dynamo=False, opset_version=ONNX_OPSET)
+    # one quantizer per tensor: a tensor shared by a layer and a residual add is exported
+    # twice by Brevitas; ORT fuses a DequantizeLinear into one integer kernel only
+    model = ModelWrapper(str(path)).transform(MergeDuplicateNodes())
+    model.save(str(path))
 
 
 def quant_bits(g: OnnxGraph, qnode) -> int | str:

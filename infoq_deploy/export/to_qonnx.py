@@ -1,16 +1,23 @@
 """QONNX: Brevitas ``Quant`` nodes of any width, in qonnx's cleaned form (FINN, hls4ml).
 
 FINN and hls4ml start from qonnx's cleaned form (shapes inferred, constants folded, names
-made unique), so that is the file we ship.
+made unique), so that is the file we ship, after the rewrites in `export/passes/` that put
+it in the form both flows take unedited (each pass says which flow needs it and why).
 """
 
 from __future__ import annotations
 
 from brevitas.export import export_qonnx
 from qonnx.core.modelwrapper import ModelWrapper
+from qonnx.transformation.general import RemoveUnusedTensors
+from qonnx.transformation.remove import RemoveUnusedNodes
 from qonnx.util.cleanup import cleanup_model
 
 from infoq_deploy.export.graph import OnnxGraph
+from infoq_deploy.export.passes.bias_to_batchnorm import BiasToBatchNorm
+from infoq_deploy.export.passes.gap_to_sum_conv import GlobalAveragePoolToSumConv
+from infoq_deploy.export.passes.merge_duplicates import MergeDuplicateNodes
+from infoq_deploy.export.passes.quant_before_flatten import QuantBeforeFlatten
 
 BACKEND = "qonnx"
 QUANT_OP = "Quant"
@@ -21,9 +28,18 @@ def check(qmodel) -> None:
     """QONNX expresses every width the quantizers take."""
 
 
+# in order: one quantizer per tensor first, so the later passes see the shared form
+PASSES = (MergeDuplicateNodes, BiasToBatchNorm, GlobalAveragePoolToSumConv, QuantBeforeFlatten)
+
+
 def write(qmodel, example, path) -> None:
     export_qonnx(qmodel, example, export_path=str(path), dynamo=False, opset_version=ONNX_OPSET)
-    cleanup_model(ModelWrapper(str(path))).save(str(path))
+    model = cleanup_model(ModelWrapper(str(path)))
+    for rewrite in PASSES:
+        model = model.transform(rewrite())
+    # the bias Quant nodes the passes left behind, and the tensors only they read
+    model = model.transform(RemoveUnusedNodes()).transform(RemoveUnusedTensors())
+    cleanup_model(model).save(str(path))
 
 
 def quant_bits(g: OnnxGraph, qnode) -> int | str:

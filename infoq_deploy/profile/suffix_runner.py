@@ -30,6 +30,7 @@ import torch.fx
 from torch import nn
 
 from infoq_deploy.core.quantizer import FLOAT_BITS, ActRange, QuantSpec, quantize_act, quantize_weight
+from infoq_deploy.importing.joins import plan_joins
 from infoq_deploy.importing.layers import Layer
 
 Env = dict[str, torch.Tensor]
@@ -96,6 +97,17 @@ class SuffixRunner:
         missing = [name for name in self.layers if name not in self.layer_node]
         if missing:
             raise ValueError(f"layers not called in the graph: {missing}")
+        # one quantizer per tensor (importing/joins.py): these consumers read a layer's input
+        # through that layer's input quantizer, as the deployed model does
+        self.shares: dict[str, dict[str, str]] = {}  # consumer node -> {source node: layer}
+        if self.act_ranges is not None and base_bits < FLOAT_BITS:
+            for share in plan_joins(self.gm, set(self.layers)).shares:
+                self.shares.setdefault(share.consumer, {})[share.source] = share.layer
+        # a perturbation of a layer's input changes its shared consumers too: they may come first
+        self._cut = {name: self.index[node] for name, node in self.layer_node.items()}
+        for consumer, sources in self.shares.items():
+            for layer in sources.values():
+                self._cut[layer] = min(self._cut[layer], self.index[consumer])
         self._w_base = {name: self._qweight(name, base_bits) for name in self.layers}
         self._needed_cache: dict[tuple[int, tuple[str, ...]], list[int]] = {}
         self._desc_cache: dict[str, frozenset[str]] = {}
@@ -103,8 +115,9 @@ class SuffixRunner:
     # ------------------------------------------------------------------ graph facts
 
     def cut(self, layer: str) -> int:
-        """Index of the layer's first call node: the first node a perturbation of it changes."""
-        return self.index[self.layer_node[layer]]
+        """Index of the first node a perturbation of the layer changes: its first call, or an
+        earlier consumer that shares its input quantizer."""
+        return self._cut[layer]
 
     def frontier_names(self, cut: int) -> list[str]:
         """Nodes before ``cut`` whose value some node at or after ``cut`` reads."""
@@ -149,17 +162,23 @@ class SuffixRunner:
         w = self.modules[layer].weight.detach()
         return quantize_weight(w, bits, self.spec) if bits < FLOAT_BITS else w
 
+    def _act_bits(self, name: str, perturb: Perturb | None) -> int:
+        if perturb is not None and perturb.layer == name and perturb.what == "a":
+            return perturb.bits
+        return self.base_bits
+
+    def _quant_input(self, name: str, x: torch.Tensor, perturb: Perturb | None) -> torch.Tensor:
+        a_bits = self._act_bits(name, perturb)
+        if self.act_ranges is not None and a_bits < FLOAT_BITS:
+            return quantize_act(x, a_bits, self.act_ranges[name], self.spec)
+        return x
+
     def _call_layer(self, name: str, x: torch.Tensor, perturb: Perturb | None, w_pert: torch.Tensor | None):
         m = self.modules[name]
-        a_bits = self.base_bits
         w = self._w_base[name]
-        if perturb is not None and perturb.layer == name:
-            if perturb.what == "a":
-                a_bits = perturb.bits
-            else:
-                w = w_pert
-        if self.act_ranges is not None and a_bits < FLOAT_BITS:
-            x = quantize_act(x, a_bits, self.act_ranges[name], self.spec)
+        if perturb is not None and perturb.layer == name and perturb.what == "w":
+            w = w_pert
+        x = self._quant_input(name, x, perturb)
         if isinstance(m, nn.Linear):
             return nn.functional.linear(x, w, m.bias)
         return m._conv_forward(x, w, m.bias)
@@ -167,6 +186,9 @@ class SuffixRunner:
     # ------------------------------------------------------------------ evaluation
 
     def _eval_node(self, n: torch.fx.Node, env: Env, perturb, w_pert):
+        shared = self.shares.get(n.name)
+        if shared:
+            env = {**env, **{src: self._quant_input(layer, env[src], perturb) for src, layer in shared.items()}}
         args = _load_arg(n.args, env)
         kwargs = _load_arg(n.kwargs, env)
         if n.op == "placeholder":

@@ -55,10 +55,13 @@ from brevitas.nn.quant_layer import QuantWeightBiasInputOutputLayer
 from brevitas.quant.base import IntQuant, NarrowIntQuant
 from brevitas.quant.scaled_int import Int32Bias
 from brevitas.quant.solver import ActQuantSolver, WeightQuantSolver
+from brevitas.quant_tensor import QuantTensor
 from torch import Tensor, nn
 
 from infoq_deploy.core.errors import UserError
 from infoq_deploy.core.quantizer import FLOAT_BITS, QuantSpec
+from infoq_deploy.importing.joins import is_tensor, keeps_grid, plan_joins
+from infoq_deploy.importing.joins import join_inputs as join_inputs_of
 from infoq_deploy.importing.layers import QUANTIZABLE, Layer
 
 MIN_BITS = 2  # 1 bit has no symmetric level besides 0 under the reference rule
@@ -66,6 +69,7 @@ MAX_INT_BITS = 16
 DEFAULT_JOIN_BITS = 8
 SCALE_MIN = 1e-12  # the reference clamps the range at 1e-12 before dividing
 SPEC_KEY, JOINS_KEY, CALIBRATED_KEY = "infoq_spec", "infoq_joins", "infoq_calibrated"
+JOIN_INPUTS_KEY = "infoq_join_inputs"
 
 _QUANT_CLASS = {
     nn.Conv1d: qnn.QuantConv1d,
@@ -271,46 +275,6 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, attr, module)
 
 
-_SCALAR_METHODS = {"size", "dim", "numel", "item", "tolist", "nelement"}
-_SCALAR_ATTRS = {"shape", "ndim", "dtype", "device"}
-
-
-def _is_tensor(node) -> bool:
-    """Structural guess that an fx value is a tensor (not an int from ``x.size(0)`` etc.)."""
-    if not isinstance(node, torch.fx.Node):
-        return False
-    if node.op == "call_method" and node.target in _SCALAR_METHODS:
-        return False
-    if node.op == "call_function":
-        if node.target is getattr and len(node.args) > 1 and node.args[1] in _SCALAR_ATTRS:
-            return False
-        if node.target is len:
-            return False
-        if getattr(node.target, "__module__", None) in ("_operator", "operator", "math"):
-            node_args = [a for a in node.args if isinstance(a, torch.fx.Node)]
-            return any(_is_tensor(a) for a in node_args)
-    return True
-
-
-_ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
-_CAT_FUNCTIONS = {torch.cat, torch.concat, torch.concatenate}
-
-
-def _join_inputs(node: torch.fx.Node) -> list[torch.fx.Node] | None:
-    """The tensor inputs of a residual add / concatenation node, or None if it is not one."""
-    if node.op == "call_function" and node.target in _ADD_FUNCTIONS:
-        ins = list(node.args[:2])
-    elif node.op == "call_method" and node.target in ("add", "add_"):
-        ins = list(node.args[:2])
-    elif node.op == "call_function" and node.target in _CAT_FUNCTIONS:
-        ins = list(node.args[0]) if node.args else list(node.kwargs.get("tensors", ()))
-    else:
-        return None
-    if len(ins) < 2 or not all(_is_tensor(a) for a in ins):
-        return None
-    return ins
-
-
 def _feeds_quantized_layer(node: torch.fx.Node, layer_bits: dict[str, tuple[int, int]]) -> bool:
     """Whether a layer with a quantized input reads (through any ops) the value of ``node``."""
     seen, todo = set(), deque(node.users)
@@ -327,11 +291,42 @@ def _feeds_quantized_layer(node: torch.fx.Node, layer_bits: dict[str, tuple[int,
     return False
 
 
+def _plain(x):
+    """The tensor of a quantizer's output (Brevitas proxies return a QuantTensor while quantizing)."""
+    return x.value if isinstance(x, QuantTensor) else x
+
+
+def _path_share(node: torch.fx.Node, shared_by: dict[str, str], modules: dict) -> str | None:
+    """The layer whose input quantizer feeds ``node``, directly or through the grid-keeping path `plan_joins` found."""
+    while node.name not in shared_by:
+        tensor_args = [a for a in node.all_input_nodes if is_tensor(a)]
+        if not (keeps_grid(node, modules) and len(tensor_args) == 1):
+            return None
+        node = tensor_args[0]
+    return shared_by[node.name]
+
+
 def _insert_join_quantizers(gm: torch.fx.GraphModule, allocation, spec: QuantSpec, join_bits: int) -> list[str]:
+    quantized = {name for name, (_, a_bits) in allocation.items() if a_bits < FLOAT_BITS}
+    plan = plan_joins(gm, quantized)
+    nodes = {n.name: n for n in gm.graph.nodes}
+    modules = dict(gm.named_modules())
+    shared_by: dict[str, str] = {}  # inserted shared-quantizer output node -> layer
+    # One quantizer per tensor: a join input that a quantized layer also reads goes through
+    # that layer's own input quantizer (a second call of the same module: same scale, same
+    # bits, one learned parameter); the QONNX export then merges the two identical Quant nodes.
+    for share in plan.shares:
+        consumer, source = nodes[share.consumer], nodes[share.source]
+        with gm.graph.inserting_before(consumer):
+            q = gm.graph.call_module(f"{share.layer}.input_quant", args=(source,))
+            value = gm.graph.call_function(_plain, args=(q,))
+        consumer.replace_input_with(source, value)
+        shared_by[value.name] = share.layer
     names = []
-    for node in list(gm.graph.nodes):
-        ins = _join_inputs(node)
-        if ins is None or not _feeds_quantized_layer(node, allocation):
+    join_quant = {}  # join node name -> its own quantizer module
+    for join_name, unshared in plan.own.items():
+        node = nodes[join_name]
+        if not _feeds_quantized_layer(node, allocation):
             continue
         name = f"{node.name}_quant"
         while hasattr(gm, name):
@@ -339,23 +334,31 @@ def _insert_join_quantizers(gm: torch.fx.GraphModule, allocation, spec: QuantSpe
         join = qnn.QuantIdentity(act_quant=act_quantizer(join_bits, spec), return_quant_tensor=False)
         gm.add_submodule(name, join.train(gm.training))
         names.append(name)
-        quantized = {}
+        join_quant[join_name] = name
         with gm.graph.inserting_before(node):
-            for inp in ins:
-                if inp not in quantized:
-                    quantized[inp] = gm.graph.call_module(name, args=(inp,))
-        if node.target in _CAT_FUNCTIONS:
-            tensors = [quantized[a] for a in ins]
-            if node.args:
-                node.args = (tensors, *node.args[1:])
+            for inp_name in unshared:
+                inp = nodes[inp_name]
+                node.replace_input_with(inp, gm.graph.call_module(name, args=(inp,)))
+        if node.target is operator.iadd:
+            node.target = operator.add  # the quantized operand is a fresh tensor: no aliasing
+        elif node.op == "call_method" and node.target == "add_":
+            node.target = "add"
+    # what quantizes each input of each join, in graph order (verify compares the graph with it)
+    record = []
+    for node in gm.graph.nodes:
+        ins = join_inputs_of(node)
+        if ins is None:
+            continue
+        entries = []
+        for inp in ins:
+            if node.name in join_quant and inp.op == "call_module" and inp.target == join_quant[node.name]:
+                entries.append(("join", join_quant[node.name]))
             else:
-                node.kwargs = {**node.kwargs, "tensors": tensors}
-        else:
-            node.args = (quantized[ins[0]], quantized[ins[1]], *node.args[2:])
-            if node.target is operator.iadd:
-                node.target = operator.add  # the quantized operand is a fresh tensor: no aliasing
-            elif node.op == "call_method" and node.target == "add_":
-                node.target = "add"
+                layer = _path_share(inp, shared_by, modules)
+                entries.append(("layer", layer) if layer else None)
+        if any(e is not None for e in entries):
+            record.append(entries)
+    gm.meta[JOIN_INPUTS_KEY] = record
     gm.graph.lint()
     gm.recompile()
     return names

@@ -17,6 +17,7 @@ from torch import nn
 
 from infoq_deploy.core.errors import UserError
 from infoq_deploy.core.quantizer import FLOAT_BITS, ActRange, QuantSpec, quantize_act, quantize_weight
+from infoq_deploy.importing.joins import plan_joins
 from infoq_deploy.importing.layers import Layer
 
 
@@ -43,4 +44,23 @@ def apply_allocation(
             module.register_forward_pre_hook(
                 lambda m, args, b=a_bits, r=r: (quantize_act(args[0], b, r, spec), *args[1:])
             )
+    # one quantizer per tensor: the consumers that share a layer's input quantizer (importing/joins.py)
+    quantized = {name for name, (_, a_bits) in bits.items() if a_bits < FLOAT_BITS}
+    nodes = {n.name: n for n in qm.graph.nodes}
+    for k, share in enumerate(plan_joins(qm, quantized).shares):
+        name = f"infoq_shared_act_{k}"
+        qm.add_submodule(name, _FakeAct(bits[share.layer][1], act_ranges[share.layer], spec))
+        consumer, source = nodes[share.consumer], nodes[share.source]
+        with qm.graph.inserting_before(consumer):
+            consumer.replace_input_with(source, qm.graph.call_module(name, args=(source,)))
+    qm.recompile()
     return qm
+
+
+class _FakeAct(nn.Module):
+    def __init__(self, bits: int, r: ActRange, spec: QuantSpec):
+        super().__init__()
+        self.bits, self.r, self.spec = bits, r, spec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return quantize_act(x, self.bits, self.r, self.spec)

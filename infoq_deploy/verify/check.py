@@ -49,7 +49,7 @@ from infoq_deploy.export import registry as formats
 from infoq_deploy.export.graph import OnnxGraph
 from infoq_deploy.export.writer import check_format
 from infoq_deploy.importing.layers import QUANTIZABLE
-from infoq_deploy.quantize.brevitas_model import act_quant_params, read_bits, read_join_quantizers
+from infoq_deploy.quantize.brevitas_model import JOIN_INPUTS_KEY, act_quant_params, read_bits
 
 MIN_AGREEMENT = 0.995
 QUANT_ERROR_FRACTION = 0.5
@@ -139,13 +139,22 @@ def _shapes(module: nn.Module) -> tuple[tuple[int, ...], ...]:
     return shape, shape[::-1]
 
 
+def _is_fixed_rewrite(g: OnnxGraph, node, fmt: str) -> bool:
+    """A Conv that `export/passes/` wrote for a pool or a shortcut: 0/1 weights at scale 1, no layer of the model."""
+    qnode = _quant_node(g, node.input[1], fmt)
+    if node.op_type != "Conv" or qnode is None:
+        return False
+    arr, scale = _weight_array(g, node, fmt), g.const(qnode.input[1])
+    return arr is not None and scale is not None and np.all(scale == 1) and np.isin(arr, (0, 1)).all()
+
+
 def match_layers(g: OnnxGraph, fmt: str, qmodel: nn.Module) -> tuple[list[tuple[object, str, nn.Module]], list[str]]:
     """Pair each Conv/Gemm/MatMul node of the graph with the layer it computes, by identity: the
     weight it holds equals the layer's (as trained or as quantized integers). Exporters order
     nodes their own way (torchvision's ResNet downsample convolutions, for one), so position
     proves nothing. A node whose weight is no layer's is paired with the next unpaired layer of
     its shape and reported, so a graph from another model fails with reasons."""
-    compute = [n for n in g.nodes if n.op_type in _COMPUTE_OPS]
+    compute = [n for n in g.nodes if n.op_type in _COMPUTE_OPS and not _is_fixed_rewrite(g, n, fmt)]
     calls = _layer_calls(qmodel)
     problems = []
     if len(compute) != len(calls):
@@ -191,6 +200,18 @@ def _layer_calls(qmodel: nn.Module) -> list[tuple[str, nn.Module]]:
     ]
 
 
+_GRID_OPS = ("Slice", "Pad", "MaxPool", "Reshape", "Flatten", "Transpose", "Identity")
+
+
+def _quant_behind(g: OnnxGraph, tensor: str, fmt: str):
+    """The quantizer behind a tensor, directly or through ops that keep the quantization grid
+    (a join's shared input after a slice and pad; a classifier's input after the Flatten)."""
+    node = g.source(tensor)
+    while node is not None and node.op_type in _GRID_OPS:
+        node = g.source(node.input[0])
+    return node if node is not None and node.op_type == formats.get(fmt).QUANT_OP else None
+
+
 def graph_bits(model: onnx.ModelProto, fmt: str, qmodel: nn.Module) -> tuple[dict[str, tuple[int, int]], list[str]]:
     """Bit-widths per layer as found in the exported graph, and problems found on the way.
 
@@ -200,7 +221,7 @@ def graph_bits(model: onnx.ModelProto, fmt: str, qmodel: nn.Module) -> tuple[dic
     pairs, problems = match_layers(g, fmt, qmodel)
     found: dict[str, tuple[int, int]] = {}
     for node, name, module in pairs:
-        qnodes = (_quant_node(g, node.input[1], fmt), _quant_node(g, node.input[0], fmt))
+        qnodes = (_quant_node(g, node.input[1], fmt), _quant_behind(g, node.input[0], fmt))
         pair = tuple(_bits(g, q, fmt) for q in qnodes)
         for what, bits in zip(("weight", "input"), pair):
             if isinstance(bits, str):
@@ -221,32 +242,48 @@ def graph_bits(model: onnx.ModelProto, fmt: str, qmodel: nn.Module) -> tuple[dic
 
 
 def join_problems(model: onnx.ModelProto, fmt: str, qmodel: nn.Module) -> list[str]:
-    """Each quantized Add/Concat takes all inputs from quantizers with the model's one shared scale."""
+    """Each Add/Concat's inputs come from the quantizers the model uses there (`brevitas_model` records them).
+
+    A join input reuses the input quantizer of a layer that reads the same tensor, or goes
+    through the join's own quantizer; compared as (bits, scale) per input, in graph order.
+    """
     g = OnnxGraph(model)
     modules = dict(qmodel.named_modules())
-    joins = [modules[name] for name in read_join_quantizers(qmodel)]
-    problems, quantized = [], []
+    expected = []
+    for entries in qmodel.meta.get(JOIN_INPUTS_KEY, []):
+        row = []
+        for entry in entries:
+            if entry is not None:
+                kind, name = entry
+                proxy = modules[name].input_quant if kind == "layer" else modules[name].act_quant
+                scale, bits = act_quant_params(proxy)
+                entry = (bits, scale)
+            row.append(entry)
+        expected.append(row)
+    found = []
     for node in g.nodes:
         if node.op_type not in _JOIN_OPS:
             continue
         ins = [i for i in node.input if not g.is_param(i)]  # e.g. MatMul + bias Add
-        qnodes = [_quant_node(g, i, fmt) for i in ins]
+        qnodes = [_quant_behind(g, i, fmt) for i in ins]
         if len(ins) < 2 or all(q is None for q in qnodes):
             continue
-        if any(q is None for q in qnodes):
-            problems.append(f"{node.op_type} node {node.name}: only some inputs are quantized")
-            continue
-        params = {tuple(g.const(i).tobytes() if g.const(i) is not None else i for i in q.input[1:]) for q in qnodes}
-        if len(params) != 1:
-            problems.append(f"{node.op_type} node {node.name}: inputs are quantized with different scales/bits")
-        quantized.append((node, qnodes[0]))
-    if len(quantized) != len(joins):
-        problems.append(
-            f"the graph has {len(quantized)} quantized Add/Concat nodes but the model has {len(joins)} join quantizers"
-        )
-    for (node, qnode), join in zip(quantized, joins):
-        if not _same_scale(g.const(qnode.input[1]), act_quant_params(join.act_quant)[0]):
-            problems.append(f"{node.op_type} node {node.name}: the shared scale differs from the model's")
+        found.append((node, [None if q is None else (_bits(g, q, fmt), g.const(q.input[1])) for q in qnodes]))
+    problems = []
+    if len(found) != len(expected):
+        return [f"the graph has {len(found)} quantized Add/Concat nodes but the model has {len(expected)}"]
+    for (node, got), want in zip(found, expected):
+        unmatched = list(got)
+        for entry in want:
+            hit = next(
+                (k for k, e in enumerate(unmatched)
+                 if (e is None) == (entry is None) and (e is None or (e[0] == entry[0] and _same_scale(e[1], entry[1])))),
+                None,
+            )
+            if hit is None:
+                problems.append(f"{node.op_type} node {node.name}: its input quantizers differ from the model's")
+                break
+            unmatched.pop(hit)
     return problems
 
 

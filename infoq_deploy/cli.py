@@ -16,6 +16,7 @@ import threading
 import warnings
 
 from infoq_deploy import __version__
+from infoq_deploy.backends import registry as backend_registry
 from infoq_deploy.core.errors import UserError
 from infoq_deploy.export import registry as export_formats
 from infoq_deploy.profile import registry as profile_methods
@@ -133,6 +134,8 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=COUNT, default=128, help="fine-tuning batch size")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in the same -o RUN_DIR")
     p.add_argument("--verify-size", type=COUNT, default=None, help="held-out samples the exported graph is run on (default: all)")
+    p.add_argument("--consumer-size", type=COUNT, default=200,
+                   help="of those, samples run through the consumer flow's own simulation (hls4ml's C simulation; default 200)")
     p.add_argument("-o", "--output", default=None, help="run directory (default runs/<model>-<target>)")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
 
@@ -203,6 +206,11 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     p.add_argument("--eval-size", type=COUNT, default=None, help="samples drawn from --eval-data (default: all)")
     p.add_argument("--verify-size", type=COUNT, default=None, help="class-balanced samples to run (default: all)")
     p.add_argument("--format", choices=export_formats.names(), help="the file's format (default: the target's)")
+    p.add_argument("--backend", choices=backend_registry.names(),
+                   help="the program that runs the file: the format's reference executor (qonnx, ort) only, or "
+                        "that and a consumer flow (hls4ml's C simulation); default: the reference and every "
+                        "installed consumer of the format")
+    p.add_argument("--consumer-size", type=COUNT, default=200, help="samples run through the consumer flow (default 200)")
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("-o", "--output", help="verification file to write (JSON), the input of `report`")
     p.add_argument("--json", action="store_true", help="print the verification as JSON")

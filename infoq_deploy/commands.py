@@ -176,6 +176,7 @@ def _run_config(args, *, budgets: list[str], method: str, allocation: str | None
         calib_size=args.calib_size,
         eval_size=args.eval_size,
         verify_size=args.verify_size,
+        consumer_size=args.consumer_size,
         method=method,
         alpha=getattr(args, "alpha", 1.0),
         pins=[(w, None if p is None else list(p)) for w, p in args.pin],
@@ -335,11 +336,14 @@ def cmd_export(args) -> int:
 
 def cmd_verify(args) -> int:
     from infoq_deploy.quantize.file import load_quantized
+    from infoq_deploy.verify.consumer import ConsumerResult
 
     qm = load_quantized(args.quantized)
     evaluation, eval_ref = _eval_set(args, qm)
+    fmt = args.format or qm.target.export
+    consumers = stages.consumers_for(fmt, args.backend)
     doc = stages.verify_quantized(args.onnx, qm, evaluation, verify_size=args.verify_size, seed=args.seed,
-                                  fmt=args.format, eval_ref=eval_ref)
+                                  fmt=fmt, eval_ref=eval_ref, consumers=consumers, consumer_size=args.consumer_size)
     if args.output:
         write_json(args.output, doc)
     r = doc["result"]
@@ -355,6 +359,8 @@ def cmd_verify(args) -> int:
         print(f"  bits: {carried}/{len(qm.bits)} layers carry their allocated (w_bits, a_bits) in the graph")
         for m in r["mismatches"]:
             print(f"  mismatch: {m}")
+        for c in doc["consumers"]:
+            print(f"  consumer {ConsumerResult(**{k: v for k, v in c.items() if k != 'ok'}).line()}")
         if args.output:
             print(f"wrote {args.output}")
     if not r["ok"]:

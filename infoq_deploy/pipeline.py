@@ -50,6 +50,7 @@ class RunConfig:
     calib_size: int | None = None
     eval_size: int | None = None
     verify_size: int | None = None  # held-out samples run through the exported file (None: all)
+    consumer_size: int = 200  # of those, run through the consumer flow's simulation (hls4ml)
     method: str = "infoq"
     alpha: float = 1.0
     pins: list = field(default_factory=list)  # [(first|last, [w, a] or None)]: --pin
@@ -218,7 +219,7 @@ def _stages(cfg: RunConfig, target, model, plan, given, run_dir: Path, status: d
     lap("export")
 
     verified = stages.verify_quantized(onnx_path, qm, plan.evaluation, verify_size=cfg.verify_size, seed=cfg.seed,
-                                       eval_ref=qm.data.get("evaluation"))
+                                       eval_ref=qm.data.get("evaluation"), consumer_size=cfg.consumer_size)
     write_json(run_dir / "verify.json", verified)
     lap("verify")
 

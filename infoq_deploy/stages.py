@@ -221,11 +221,41 @@ def _file_sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+DEFAULT_CONSUMER_SIZE = 200  # inputs run through a consumer's simulation (hls4ml: ~40 ms each on one core)
+
+
+def consumers_for(fmt: str, backend: str | None) -> tuple[str, ...]:
+    """The consumer flows `verify` runs for a file of ``fmt``: the format's own, or the one
+    ``--backend`` names; UserError when that back end does not run files of this format."""
+    from infoq_deploy.backends import registry as backends
+    from infoq_deploy.export import registry as formats
+
+    module = formats.get(fmt)
+    if backend is None:
+        return tuple(module.CONSUMERS)
+    backends.get(backend)  # unknown name: one sentence listing the known ones
+    if backend == module.BACKEND:
+        return ()
+    if backend not in module.CONSUMERS:
+        takes = ", ".join((module.BACKEND, *module.CONSUMERS))
+        raise UserError(f"back end {backend} does not run {fmt} files; for {fmt} use {takes}")
+    reason = getattr(backends.get(backend), "unavailable", lambda: None)()
+    if reason is not None:
+        raise UserError(f"--backend {backend} cannot run here: {reason}")
+    return (backend,)
+
+
 def verify_quantized(onnx_path: str | Path, qm: QuantizedModel, evaluation: Dataset, *, verify_size: int | None = None,
-                     seed: int = 0, fmt: str | None = None, eval_ref: DataRef | None = None) -> dict:
+                     seed: int = 0, fmt: str | None = None, eval_ref: DataRef | None = None,
+                     consumers: tuple[str, ...] | None = None, consumer_size: int = DEFAULT_CONSUMER_SIZE) -> dict:
     """Run the exported file on (a class-balanced part of) ``evaluation`` against ``qm``: the
-    verification document (verify.json), whose ``result`` is `infoq_deploy.verify.check.VerifyResult.to_json()`."""
+    verification document (verify.json), whose ``result`` is `infoq_deploy.verify.check.VerifyResult.to_json()`.
+
+    Then each consumer flow (``consumers``; default: the format's, those installed) runs the
+    same file on the first ``consumer_size`` of those samples against qonnx's execution; a
+    consumer that fails or refuses the file is a mismatch, so the verification fails."""
     from infoq_deploy.verify.check import verify_export
+    from infoq_deploy.verify.consumer import check_consumer
 
     if evaluation.y is None:
         raise UserError(f"{evaluation.source} has no labels, so the exported model's accuracy cannot be measured; "
@@ -233,7 +263,14 @@ def verify_quantized(onnx_path: str | Path, qm: QuantizedModel, evaluation: Data
     check_verify_size(verify_size, evaluation)
     n = len(evaluation) if verify_size is None else verify_size
     held_out = verification_subset(evaluation, n, seed)
-    result = verify_export(onnx_path, fmt or qm.target.export, qm.qmodel, held_out.x, held_out.y, allocation=qm.bits)
+    fmt = fmt or qm.target.export
+    result = verify_export(onnx_path, fmt, qm.qmodel, held_out.x, held_out.y, allocation=qm.bits)
+    checked = []
+    for backend in consumers_for(fmt, None) if consumers is None else consumers:
+        consumer = check_consumer(onnx_path, backend, held_out.x[:consumer_size].numpy())
+        checked.append(consumer.to_json())
+        if not consumer.ok:
+            result.mismatches.append(consumer.line())
     return {
         "format": VERIFY_FORMAT,
         "tool_version": __version__,
@@ -244,6 +281,7 @@ def verify_quantized(onnx_path: str | Path, qm: QuantizedModel, evaluation: Data
         "eval": {"source": evaluation.source, "n": len(evaluation), "verified_on": n, "seed": seed,
                  "ref": None if eval_ref is None else eval_ref.to_json()},
         "result": result.to_json(),
+        "consumers": checked,
     }
 
 
@@ -315,7 +353,7 @@ def report_run(run_dir: str | Path, qm: QuantizedModel, verified: dict, *, sensi
                         "this model's allocation came from")
     # The costs of the model as built, whatever the files say.
     allocation = recost(qm.allocation, deployable(qm.model).layers, qm.target, read_bits(qm.qmodel))
-    result = verified["result"]
+    result = dict(verified["result"], consumers=list(verified.get("consumers") or []))
     accuracies = dict(qm.accuracies)
     accuracies["exported"] = result.get("accuracy")
     model_info = dict(qm.model_info)

@@ -4,7 +4,8 @@ A back end is one module of this package with
 
     def session(model: onnx.ModelProto) -> Callable[[np.ndarray], np.ndarray]
 
-(one batch in, the graph's first output out). Adding one is that module plus one line in
+(one batch in, the graph's first output out), and optionally ``unavailable() -> str | None``
+(why it cannot run here: a consumer that is an optional extra). Adding one is that module plus one line in
 ``BACKENDS``; an export format names the back end that runs its files (export/registry.py).
 """
 
@@ -15,6 +16,7 @@ from infoq_deploy.core.registry import Entry, by_name, load
 BACKENDS = by_name(
     Entry("qonnx", "infoq_deploy.backends.qonnx_exec", "qonnx's reference executor, after qonnx cleanup"),
     Entry("ort", "infoq_deploy.backends.ort", "ONNX Runtime on the CPU, default graph optimizations"),
+    Entry("hls4ml", "infoq_deploy.backends.hls4ml_csim", "hls4ml 1.3's C simulation (g++) of its documented QONNX flow"),
 )
 
 

@@ -7,3 +7,8 @@ class UserError(Exception):
     Raised only at boundaries (argument parsing, file loading, validation); the
     CLI prints ``str(exc)`` on one line and exits non-zero without a traceback.
     """
+
+
+class ConsumerRefused(Exception):
+    """A flow that consumes an exported file (hls4ml, FINN) could not convert, compile or run it;
+    the message is that flow's own error, on one line."""

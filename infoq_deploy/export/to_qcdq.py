@@ -18,6 +18,7 @@ from infoq_deploy.export.passes.merge_duplicates import MergeDuplicateNodes
 from infoq_deploy.quantize.brevitas_model import read_bits, read_join_quantizers
 
 BACKEND = "ort"
+CONSUMERS = ()  # ONNX Runtime is BACKEND itself
 QUANT_OP = "DequantizeLinear"
 ONNX_OPSET = 13
 MAX_BITS = 8

@@ -15,11 +15,14 @@ from qonnx.util.cleanup import cleanup_model
 
 from infoq_deploy.export.graph import OnnxGraph
 from infoq_deploy.export.passes.bias_to_batchnorm import BiasToBatchNorm
+from infoq_deploy.export.passes.gemm_as_matmul import GemmAsMatMul
 from infoq_deploy.export.passes.gap_to_sum_conv import GlobalAveragePoolToSumConv
+from infoq_deploy.export.passes.linear_as_conv import LinearAsConv
 from infoq_deploy.export.passes.merge_duplicates import MergeDuplicateNodes
 from infoq_deploy.export.passes.quant_before_flatten import QuantBeforeFlatten
 
 BACKEND = "qonnx"
+CONSUMERS = ("hls4ml",)
 QUANT_OP = "Quant"
 ONNX_OPSET = 13
 
@@ -29,7 +32,7 @@ def check(qmodel) -> None:
 
 
 # in order: one quantizer per tensor first, so the later passes see the shared form
-PASSES = (MergeDuplicateNodes, BiasToBatchNorm, GlobalAveragePoolToSumConv, QuantBeforeFlatten)
+PASSES = (MergeDuplicateNodes, GlobalAveragePoolToSumConv, QuantBeforeFlatten, LinearAsConv, BiasToBatchNorm, GemmAsMatMul)
 
 
 def write(qmodel, example, path) -> None:

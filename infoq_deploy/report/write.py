@@ -29,6 +29,7 @@ from infoq_deploy.report.plots import (
     plot_cost_vs_budget,
     plot_sensitivity_heatmap,
 )
+from infoq_deploy.verify.consumer import ConsumerResult
 
 FORMAT = "infoq-deploy/report/1"
 PLOTS = ("bits_per_layer.png", "sensitivity_heatmap.png", "cost_vs_budget.png", "accuracy.png")
@@ -264,9 +265,16 @@ def summary_rows(doc: dict) -> list[list[str]]:
         if verify.get("mismatches"):
             detail.append(f"{len(verify['mismatches'])} mismatches (see Verification)")
         rows.append(["verification", verdict + (": " + ", ".join(detail) if detail else "")])
+        for consumer in verify.get("consumers") or []:
+            rows.append(["consumer", consumer_line(consumer)])
     else:
         rows.append(["verification", "not run"])
     return rows
+
+
+def consumer_line(consumer: dict) -> str:
+    """One consumer flow's check (verify/consumer.py), as a sentence."""
+    return ConsumerResult(**{k: v for k, v in consumer.items() if k in ConsumerResult.__dataclass_fields__}).line()
 
 
 def render_markdown(doc: dict) -> str:
@@ -386,7 +394,9 @@ def _verify_lines(verify: dict, alloc: dict) -> list[str]:
     """verify.VerifyResult.to_json(), or any flat dict; graph bits are checked against the allocation."""
     lines = []
     for k, v in verify.items():
-        if k == "bits_in_graph" and isinstance(v, dict):
+        if k == "consumers" and isinstance(v, list):
+            lines += [f"- **consumer**: {consumer_line(c)}" for c in v if isinstance(c, dict)]
+        elif k == "bits_in_graph" and isinstance(v, dict):
             wanted, wrong = _bits_not_carried(v, alloc)
             lines.append(f"- **bits check**: {len(wanted) - len(wrong)}/{len(wanted)} layers carry the allocated "
                          "(w_bits, a_bits) in the exported graph")

@@ -131,6 +131,10 @@ def _same_weight(arr: np.ndarray | None, forms: list[np.ndarray]) -> bool:
         for cand in (w, w.T) if w.ndim == 2 else (w,):
             if cand.shape == arr.shape and np.array_equal(cand.astype(arr.dtype, copy=False), arr):
                 return True
+        # a Linear layer written as a Conv over the whole feature map (export/passes/linear_as_conv.py)
+        if w.ndim == 2 and arr.ndim == 4 and arr.shape[0] == w.shape[0] and arr.size == w.size:
+            if np.array_equal(w.astype(arr.dtype, copy=False), arr.reshape(w.shape)):
+                return True
     return False
 
 

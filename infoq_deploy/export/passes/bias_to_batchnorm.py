@@ -7,7 +7,10 @@ point (docs/upstream/). A Conv without bias followed by BatchNormalization is th
 flows take from Brevitas's own FINN examples. The bias becomes its dequantized value, which
 is exact: an integer times a scale that is already a float32 product of the two scales.
 BatchNormalization(scale=1, mean=0, var=1, epsilon=0) computes x + bias exactly.
-A Gemm's bias Quant becomes its dequantized constant (hls4ml's GemmToMatMul route turns it
+When all of a Conv's weight scales are one power of two, hls4ml folds that scale into the
+weight type and would fuse the BatchNormalization back into the Conv, which fails on its
+broadcast scale (docs/upstream/); such a Conv keeps its bias, as a constant, which hls4ml
+takes there. A Gemm's bias Quant becomes its dequantized constant (hls4ml's GemmToMatMul route turns it
 into an Add of a constant, which both flows take).
 """
 
@@ -19,6 +22,15 @@ from qonnx.transformation.base import Transformation
 from qonnx.transformation.infer_shapes import InferShapes
 
 from infoq_deploy.export.passes.values import constant_value
+
+
+def _one_scale(model, weight: str) -> bool:
+    """Whether the weight's Quant node has a single scale value (hls4ml's FuseQuantWithConstant test)."""
+    producer = model.find_producer(weight)
+    if producer is None or producer.op_type != "Quant":
+        return True
+    scale = model.get_initializer(producer.input[1])
+    return scale is not None and bool(np.all(scale.reshape(-1)[0] == scale))
 
 
 class BiasToBatchNorm(Transformation):
@@ -34,9 +46,16 @@ class BiasToBatchNorm(Transformation):
                     return model, True
             if node.op_type != "Conv" or len(node.input) < 3 or not node.input[2]:
                 continue
+            if model.get_initializer(node.input[2]) is not None and _one_scale(model, node.input[1]):
+                continue  # already in the form hls4ml takes
             bias = constant_value(model, node.input[2])
             if bias is None:
                 continue
+            if _one_scale(model, node.input[1]):
+                name = model.make_new_valueinfo_name()
+                model.set_initializer(name, bias)
+                node.input[2] = name
+                return model, True
             channels = bias.shape[0]
             names = [model.make_new_valueinfo_name() for _ in range(4)]
             for name, value in zip(names, (np.ones(channels), bias, np.zeros(channels), np.ones(channels))):

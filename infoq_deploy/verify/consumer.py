@@ -1,0 +1,102 @@
+"""Run an exported file on the flow that consumes it (hls4ml's C simulation, ...) and compare
+with qonnx's execution of the same file.
+
+Our own check (`verify/check.py`) proves the file computes what the Brevitas model computes;
+this one proves the consumer reads the file as qonnx does. The comparison is the same as
+there: top-1 agreement on the decisive inputs (reference top-2 margin above twice the logit
+tolerance) of at least `MIN_AGREEMENT`, and a mean absolute logit difference within the
+tolerance, here `RUNTIME_RTOL` x mean |logit| (one quantization step at a rounding boundary,
+the only difference a fixed-point reading of a fixed-point graph may show). The fraction of
+logits that are bit-identical is reported beside it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from infoq_deploy.backends import registry as backends
+from infoq_deploy.backends.batched import run_batched
+from infoq_deploy.core.errors import ConsumerRefused
+from infoq_deploy.verify.check import MIN_AGREEMENT, RUNTIME_RTOL, top1_agreement
+
+PASSED, FAILED, REFUSED, NOT_RUN = "passed", "failed", "refused", "not run"
+
+
+@dataclass
+class ConsumerResult:
+    backend: str
+    status: str  # passed | failed | refused (the flow could not take the file) | not run (not installed)
+    reason: str = ""
+    n_inputs: int = 0
+    agreement: float | None = None
+    agreement_all: float | None = None
+    top1_judged_on: int | None = None
+    ties: int = 0
+    max_abs_diff: float | None = None
+    mean_abs_diff: float | None = None
+    tolerance: float | None = None
+    exact_fraction: float | None = None  # logits identical to qonnx's, bit for bit
+    precision: str | None = None
+    build_seconds: float | None = None
+    seconds_per_input: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in (PASSED, NOT_RUN)
+
+    def to_json(self) -> dict:
+        return {**{k: getattr(self, k) for k in self.__dataclass_fields__}, "ok": self.ok}
+
+    def line(self) -> str:
+        if self.status == NOT_RUN:
+            return f"{self.backend}: not run: {self.reason}"
+        if self.status == REFUSED:
+            return f"{self.backend}: refused the file: {self.reason}"
+        agreement = "n/a (every input a near-tie)" if self.agreement is None else f"{self.agreement:.2%}"
+        return (f"{self.backend}: {self.status}: top-1 agreement with qonnx {agreement} on {self.top1_judged_on} "
+                f"decisive of {self.n_inputs} inputs, max |logit diff| {self.max_abs_diff:.3g}, "
+                f"{self.exact_fraction:.1%} of logits bit-identical"
+                + (f" ({self.reason})" if self.reason else ""))
+
+
+def check_consumer(path, backend: str, x: np.ndarray) -> ConsumerResult:
+    """Run the file at ``path`` on ``backend`` and on qonnx's executor, over the inputs ``x``."""
+    module = backends.get(backend)
+    reason = module.unavailable() if hasattr(module, "unavailable") else None
+    if reason is not None:
+        return ConsumerResult(backend, NOT_RUN, reason)
+    model = onnx.load(str(path))
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    ref = run_batched(model, x, min(len(x), 256), "qonnx").reshape(len(x), -1).astype(np.float64)
+    start = time.perf_counter()
+    try:
+        run = module.session(model)
+        built = time.perf_counter()
+        out = np.asarray(run(x), dtype=np.float64).reshape(ref.shape)
+    except ConsumerRefused as exc:
+        return ConsumerResult(backend, REFUSED, str(exc), n_inputs=len(x))
+    done = time.perf_counter()
+    diff = np.abs(out - ref)
+    tolerance = RUNTIME_RTOL * float(np.abs(ref).mean())
+    judged, judged_on, ties = top1_agreement(ref, out, tolerance)
+    good = (judged is None or judged >= MIN_AGREEMENT) and float(diff.mean()) <= tolerance
+    return ConsumerResult(
+        backend,
+        PASSED if good else FAILED,
+        n_inputs=len(x),
+        agreement=judged,
+        agreement_all=float((out.argmax(1) == ref.argmax(1)).mean()),
+        top1_judged_on=judged_on,
+        ties=ties,
+        max_abs_diff=float(diff.max()),
+        mean_abs_diff=float(diff.mean()),
+        tolerance=tolerance,
+        exact_fraction=float((diff == 0).mean()),
+        precision=getattr(run, "precision", None),
+        build_seconds=built - start,
+        seconds_per_input=(done - built) / len(x),
+    )

@@ -20,6 +20,7 @@ from infoq_deploy.export.passes.gap_to_sum_conv import GlobalAveragePoolToSumCon
 from infoq_deploy.export.passes.linear_as_conv import LinearAsConv
 from infoq_deploy.export.passes.merge_duplicates import MergeDuplicateNodes
 from infoq_deploy.export.passes.quant_before_flatten import QuantBeforeFlatten
+from infoq_deploy.export.passes.shortcut_to_conv import ShortcutToConv
 
 BACKEND = "qonnx"
 CONSUMERS = ("hls4ml",)
@@ -32,7 +33,7 @@ def check(qmodel) -> None:
 
 
 # in order: one quantizer per tensor first, so the later passes see the shared form
-PASSES = (MergeDuplicateNodes, GlobalAveragePoolToSumConv, QuantBeforeFlatten, LinearAsConv, BiasToBatchNorm, GemmAsMatMul)
+PASSES = (MergeDuplicateNodes, ShortcutToConv, GlobalAveragePoolToSumConv, QuantBeforeFlatten, LinearAsConv, BiasToBatchNorm, GemmAsMatMul)
 
 
 def write(qmodel, example, path) -> None:

@@ -211,7 +211,7 @@ def _quant_behind(g: OnnxGraph, tensor: str, fmt: str):
     """The quantizer behind a tensor, directly or through ops that keep the quantization grid
     (a join's shared input after a slice and pad; a classifier's input after the Flatten)."""
     node = g.source(tensor)
-    while node is not None and node.op_type in _GRID_OPS:
+    while node is not None and (node.op_type in _GRID_OPS or _is_fixed_rewrite(g, node, fmt)):
         node = g.source(node.input[0])
     return node if node is not None and node.op_type == formats.get(fmt).QUANT_OP else None
 

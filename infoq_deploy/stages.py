@@ -222,6 +222,7 @@ def _file_sha256(path: Path) -> str:
 
 
 DEFAULT_CONSUMER_SIZE = 200  # inputs run through a consumer's simulation (hls4ml: ~40 ms each on one core)
+CONSUMER_BUDGET_SECONDS = 300  # estimated simulation time the pipeline spends per consumer, at most
 
 
 def consumers_for(fmt: str, backend: str | None) -> tuple[str, ...]:
@@ -247,13 +248,15 @@ def consumers_for(fmt: str, backend: str | None) -> tuple[str, ...]:
 
 def verify_quantized(onnx_path: str | Path, qm: QuantizedModel, evaluation: Dataset, *, verify_size: int | None = None,
                      seed: int = 0, fmt: str | None = None, eval_ref: DataRef | None = None,
-                     consumers: tuple[str, ...] | None = None, consumer_size: int = DEFAULT_CONSUMER_SIZE) -> dict:
+                     consumers: tuple[str, ...] | None = None, consumer_size: int = DEFAULT_CONSUMER_SIZE,
+                     consumer_budget: float | None = None) -> dict:
     """Run the exported file on (a class-balanced part of) ``evaluation`` against ``qm``: the
     verification document (verify.json), whose ``result`` is `infoq_deploy.verify.check.VerifyResult.to_json()`.
 
     Then each consumer flow (``consumers``; default: the format's, those installed) runs the
-    same file on the first ``consumer_size`` of those samples against qonnx's execution; a
-    consumer that fails or refuses the file is a mismatch, so the verification fails."""
+    same file on the first ``consumer_size`` of those samples against qonnx's execution (as
+    many as fit in ``consumer_budget`` seconds of its estimated time, when given); a consumer
+    that fails or refuses the file is a mismatch, so the verification fails."""
     from infoq_deploy.verify.check import verify_export
     from infoq_deploy.verify.consumer import check_consumer
 
@@ -267,7 +270,7 @@ def verify_quantized(onnx_path: str | Path, qm: QuantizedModel, evaluation: Data
     result = verify_export(onnx_path, fmt, qm.qmodel, held_out.x, held_out.y, allocation=qm.bits)
     checked = []
     for backend in consumers_for(fmt, None) if consumers is None else consumers:
-        consumer = check_consumer(onnx_path, backend, held_out.x[:consumer_size].numpy())
+        consumer = check_consumer(onnx_path, backend, held_out.x[:consumer_size].numpy(), consumer_budget)
         checked.append(consumer.to_json())
         if not consumer.ok:
             result.mismatches.append(consumer.line())

@@ -25,11 +25,16 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import json
 import math
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 import warnings
-import weakref
 
 import numpy as np
 import onnx
@@ -38,6 +43,10 @@ from infoq_deploy.core.errors import ConsumerRefused
 
 MAX_WIDTH = 64  # ap_fixed wider than this makes the C simulation much slower for no model we ship
 DIV_FRACTION_BITS = 24
+# measured on this project's machine (one core, ap_fixed of 40-46 bits, io_stream): 18 ns per
+# multiply-accumulate on the default model and on ResNet-20 (bench/results/fpga_consumers.json)
+SECONDS_PER_MAC = 20e-9
+REFUSED_MARK = "infoq-hls4ml-refused: "
 INPUT_PRECISION = "fixed<32,8,RND_CONV,SAT>"  # 24 fractional bits: a float32 input of magnitude >= 1/4 exactly
 
 
@@ -48,6 +57,22 @@ def unavailable() -> str | None:
     if shutil.which("g++") is None:
         return "g++ is not installed (apt-get install g++), and hls4ml's C simulation compiles with it"
     return None
+
+
+def seconds_per_input(model: onnx.ModelProto) -> float:
+    """Estimated C simulation time of one input: ``SECONDS_PER_MAC`` x the graph's multiply-accumulates."""
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.util.cleanup import cleanup_model
+
+    wrapped = cleanup_model(ModelWrapper(model))
+    macs = 0
+    for node in wrapped.graph.node:
+        if node.op_type in ("Conv", "MatMul", "Gemm") and len(node.input) > 1:
+            out, weight = wrapped.get_tensor_shape(node.output[0]), wrapped.get_tensor_shape(node.input[1])
+            if out and weight:
+                per_output = int(np.prod(weight[1:])) if node.op_type == "Conv" else int(weight[0] if node.op_type == "MatMul" else weight[-1])
+                macs += int(np.prod(out[1:])) * per_output
+    return macs * SECONDS_PER_MAC
 
 
 def prepare(model: onnx.ModelProto):
@@ -104,19 +129,17 @@ def exact_precision(wrapped) -> tuple[int, int]:
     return min(MAX_WIDTH, integer + frac), integer
 
 
-def session(model: onnx.ModelProto):
+def _simulate(model_path: str, x_path: str, out_path: str) -> dict:
+    """Convert, compile and run (in this process; `session` runs it in a child process)."""
     import hls4ml
 
-    reason = unavailable()
-    if reason is not None:
-        raise RuntimeError(reason)
-    wrapped = prepare(model)
+    wrapped = prepare(onnx.load(model_path))
     width, integer = exact_precision(wrapped)
     precision = f"fixed<{width},{integer}>"
     workdir = tempfile.mkdtemp(prefix="infoq-hls4ml-")
-    log = io.StringIO()  # hls4ml prints its topology and progress; kept for the error message
     try:
-        with contextlib.redirect_stdout(log), warnings.catch_warnings():
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # hls4ml's notes on passes it skips
             config = hls4ml.utils.config.config_from_onnx_model(
                 wrapped, granularity="name", backend="Vitis", default_precision=precision
@@ -131,15 +154,64 @@ def session(model: onnx.ModelProto):
                 wrapped, output_dir=workdir, io_type="io_stream", backend="Vitis", hls_config=config
             )
             hls_model.compile()
-    except Exception as exc:
+            built = time.perf_counter()
+            in_shape = tuple(wrapped.get_tensor_shape(wrapped.graph.input[0].name))
+            x = np.load(x_path)
+            x = np.ascontiguousarray(x, dtype=np.float32).reshape(len(x), *in_shape[1:])
+            out = np.asarray(hls_model.predict(x), dtype=np.float32).reshape(len(x), -1)
+        np.save(out_path, out)
+        return {"precision": precision, "build_seconds": built - start, "run_seconds": time.perf_counter() - built}
+    finally:
         shutil.rmtree(workdir, ignore_errors=True)
-        raise ConsumerRefused(f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:300]) from exc
-    in_shape = tuple(wrapped.get_tensor_shape(wrapped.graph.input[0].name))
+
+
+def session(model: onnx.ModelProto):
+    """Run the C simulation in a child process: a failed assertion or a bad memory access in the
+    generated C++ (hls4ml's own checks abort) must end in a sentence, not take the tool down."""
+    reason = unavailable()
+    if reason is not None:
+        raise RuntimeError(reason)
+    info: dict = {}
 
     def run(x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32).reshape(len(x), *in_shape[1:])
-        return np.asarray(hls_model.predict(x), dtype=np.float32).reshape(len(x), -1)
+        with tempfile.TemporaryDirectory(prefix="infoq-hls4ml-run-") as tmp:
+            paths = [os.path.join(tmp, n) for n in ("model.onnx", "x.npy", "out.npy", "info.json")]
+            onnx.save(model, paths[0])
+            np.save(paths[1], np.asarray(x, dtype=np.float32))
+            proc = subprocess.run([sys.executable, "-m", __name__, *paths], capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise ConsumerRefused(_failure(proc))
+            info.update(json.loads(open(paths[3]).read()))
+            run.precision = info["precision"]
+            run.build_seconds = info["build_seconds"]
+            return np.load(paths[2])
 
-    run.precision = precision
-    weakref.finalize(run, shutil.rmtree, workdir, True)
     return run
+
+
+def _failure(proc: subprocess.CompletedProcess) -> str:
+    lines = [ln.strip() for ln in (proc.stderr or "").splitlines() if ln.strip()]
+    refused = [ln[len(REFUSED_MARK):] for ln in lines if ln.startswith(REFUSED_MARK)]
+    if refused:
+        return refused[-1]
+    if proc.returncode < 0:
+        name = signal.Signals(-proc.returncode).name
+        detail = next((ln for ln in reversed(lines) if "Assertion" in ln or "error" in ln.lower()), "")
+        return f"its C simulation crashed ({name})" + (f": {detail[-240:]}" if detail else "")
+    return (lines[-1] if lines else f"exit status {proc.returncode}")[-300:]
+
+
+def main(argv: list[str]) -> int:
+    model_path, x_path, out_path, info_path = argv
+    try:
+        info = _simulate(model_path, x_path, out_path)
+    except Exception as exc:  # hls4ml's own message, one line, for the parent
+        print(REFUSED_MARK + f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:300], file=sys.stderr)
+        return 3
+    with open(info_path, "w") as f:
+        json.dump(info, f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

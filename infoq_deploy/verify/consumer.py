@@ -63,23 +63,36 @@ class ConsumerResult:
                 + (f" ({self.reason})" if self.reason else ""))
 
 
-def check_consumer(path, backend: str, x: np.ndarray) -> ConsumerResult:
-    """Run the file at ``path`` on ``backend`` and on qonnx's executor, over the inputs ``x``."""
+MIN_INPUTS = 20  # fewer than this says little: not run, with the command that runs it
+
+
+def check_consumer(path, backend: str, x: np.ndarray, budget_seconds: float | None = None) -> ConsumerResult:
+    """Run the file at ``path`` on ``backend`` and on qonnx's executor, over the inputs ``x``
+    (the first ones that fit in ``budget_seconds`` of the back end's estimated time, if given)."""
     module = backends.get(backend)
     reason = module.unavailable() if hasattr(module, "unavailable") else None
     if reason is not None:
         return ConsumerResult(backend, NOT_RUN, reason)
     model = onnx.load(str(path))
+    if budget_seconds is not None and hasattr(module, "seconds_per_input"):
+        each = module.seconds_per_input(model)
+        fits = int(budget_seconds // each) if each > 0 else len(x)
+        if fits < min(MIN_INPUTS, len(x)):
+            return ConsumerResult(backend, NOT_RUN, (
+                f"its simulation would take about {each:.1f} s per input, more than this run allows for "
+                f"{MIN_INPUTS} inputs; run `infoq-deploy verify {path} QUANTIZED.pt --backend {backend} "
+                "--consumer-size N` for it"))
+        x = x[:fits]
     x = np.ascontiguousarray(x, dtype=np.float32)
     ref = run_batched(model, x, min(len(x), 256), "qonnx").reshape(len(x), -1).astype(np.float64)
     start = time.perf_counter()
     try:
         run = module.session(model)
-        built = time.perf_counter()
         out = np.asarray(run(x), dtype=np.float64).reshape(ref.shape)
     except ConsumerRefused as exc:
         return ConsumerResult(backend, REFUSED, str(exc), n_inputs=len(x))
     done = time.perf_counter()
+    build = getattr(run, "build_seconds", 0.0)  # a back end that builds before it runs says how long
     diff = np.abs(out - ref)
     tolerance = RUNTIME_RTOL * float(np.abs(ref).mean())
     judged, judged_on, ties = top1_agreement(ref, out, tolerance)
@@ -97,6 +110,6 @@ def check_consumer(path, backend: str, x: np.ndarray) -> ConsumerResult:
         tolerance=tolerance,
         exact_fraction=float((diff == 0).mean()),
         precision=getattr(run, "precision", None),
-        build_seconds=built - start,
-        seconds_per_input=(done - built) / len(x),
+        build_seconds=build,
+        seconds_per_input=(done - start - build) / len(x),
     )

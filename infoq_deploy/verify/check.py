@@ -145,8 +145,10 @@ def _shapes(module: nn.Module) -> tuple[tuple[int, ...], ...]:
 
 def _is_fixed_rewrite(g: OnnxGraph, node, fmt: str) -> bool:
     """A Conv that `export/passes/` wrote for a pool or a shortcut: 0/1 weights at scale 1, no layer of the model."""
+    if node.op_type != "Conv" or len(node.input) < 2:
+        return False
     qnode = _quant_node(g, node.input[1], fmt)
-    if node.op_type != "Conv" or qnode is None:
+    if qnode is None:
         return False
     arr, scale = _weight_array(g, node, fmt), g.const(qnode.input[1])
     return arr is not None and scale is not None and np.all(scale == 1) and np.isin(arr, (0, 1)).all()

@@ -2,7 +2,7 @@
 works around (infoq_deploy/export/passes/). Each case builds a tiny Brevitas model, exports it
 to QONNX, runs hls4ml's documented QONNX flow on it and prints what happens.
 
-    python docs/upstream/repro.py [case ...]     # cases: gap, final_flatten, matmul_scale, conv_bias, fork
+    python docs/upstream/repro.py [case ...]     # gap final_flatten matmul_scale conv_bias dw_batchnorm maxpool_pad
 
 Needs brevitas, qonnx, hls4ml==1.3.0 and g++; nothing from infoq-deploy.
 """
@@ -20,7 +20,7 @@ import brevitas.nn as qnn
 import numpy as np
 import torch
 from brevitas.export import export_qonnx
-from brevitas.quant import Int8ActPerTensorFixedPoint, Int8WeightPerChannelFixedPoint, Int8WeightPerTensorFixedPoint
+from brevitas.quant import Int8ActPerTensorFixedPoint, Int8WeightPerTensorFixedPoint, Int32Bias
 from brevitas.quant import Uint8ActPerTensorFixedPoint
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.core.onnx_exec import execute_onnx
@@ -30,6 +30,8 @@ from qonnx.util.cleanup import cleanup_model
 from torch import nn
 
 torch.manual_seed(0)
+# per-output-channel power-of-two weight scales, as FPGA flows want them
+Int8WeightPerChannelFixedPoint = Int8WeightPerTensorFixedPoint.let(scaling_per_output_channel=True)
 
 
 def conv(c_in, c_out, per_channel=True, bias=False):
@@ -71,6 +73,8 @@ class MatMulScale(nn.Module):
         super().__init__()
         self.inp = qnn.QuantIdentity(act_quant=Int8ActPerTensorFixedPoint)
         self.fc = qnn.QuantLinear(16, 4, bias=False, weight_quant=Int8WeightPerChannelFixedPoint)
+        with torch.no_grad():  # output channels of different ranges: different power-of-two scales
+            self.fc.weight.mul_(torch.tensor([1.0, 0.5, 0.25, 0.125])[:, None])
 
     def forward(self, x):
         return self.fc(self.inp(x))
@@ -81,33 +85,47 @@ class ConvBias(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.inp = qnn.QuantIdentity(act_quant=Int8ActPerTensorFixedPoint)
+        self.inp = qnn.QuantIdentity(act_quant=Int8ActPerTensorFixedPoint, return_quant_tensor=True)
         self.conv = qnn.QuantConv2d(3, 8, 3, padding=1, bias=True, weight_quant=Int8WeightPerChannelFixedPoint,
-                                    bias_quant=None)
+                                    bias_quant=Int32Bias)
+        with torch.no_grad():
+            self.conv.weight.mul_(2.0 ** -torch.arange(8.0)[:, None, None, None])
 
     def forward(self, x):
         return self.conv(self.inp(x))
 
 
-class Fork(nn.Module):
-    """A ReLU output read by two quantizers (a conv's unsigned input, a residual add's signed one)."""
+class DepthwiseBatchNorm(nn.Module):
+    """A depthwise conv (per-channel scales, no bias) then BatchNorm: FuseBatchNormalization breaks."""
 
     def __init__(self):
         super().__init__()
         self.inp = qnn.QuantIdentity(act_quant=Int8ActPerTensorFixedPoint)
-        self.conv1 = conv(3, 8, per_channel=False)
-        self.q_conv = qnn.QuantIdentity(act_quant=Uint8ActPerTensorFixedPoint)
-        self.q_add = qnn.QuantIdentity(act_quant=Int8ActPerTensorFixedPoint, return_quant_tensor=False)
-        self.conv2 = conv(8, 8, per_channel=False)
-        self.q_branch = qnn.QuantIdentity(act_quant=Int8ActPerTensorFixedPoint)
+        self.conv = qnn.QuantConv2d(8, 8, 3, padding=1, groups=8, bias=False, weight_quant=Int8WeightPerChannelFixedPoint)
+        self.bn = nn.BatchNorm2d(8)
+        with torch.no_grad():
+            self.conv.weight.mul_(2.0 ** -torch.arange(8.0)[:, None, None, None])
 
     def forward(self, x):
-        r = torch.relu(self.conv1(self.inp(x)))
-        return self.q_add(r) + self.q_branch(self.conv2(self.q_conv(r)))
+        return self.bn(self.conv(self.inp(x)))
+
+
+class PaddedMaxPool(nn.Module):
+    """ReLU then a padded max pool (ResNet's stem): the io_stream C simulation aborts on an assertion."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = qnn.QuantIdentity(act_quant=Int8ActPerTensorFixedPoint)
+        self.conv = conv(3, 8, per_channel=False)
+        self.relu = qnn.QuantReLU(act_quant=Uint8ActPerTensorFixedPoint)
+
+    def forward(self, x):
+        return nn.functional.max_pool2d(self.relu(self.conv(self.inp(x))), 3, 2, 1)
 
 
 CASES = {"gap": (Gap, (1, 3, 8, 8)), "final_flatten": (FinalFlatten, (1, 3, 4, 4)),
-         "matmul_scale": (MatMulScale, (1, 16)), "conv_bias": (ConvBias, (1, 3, 8, 8)), "fork": (Fork, (1, 3, 8, 8))}
+         "matmul_scale": (MatMulScale, (1, 16)), "conv_bias": (ConvBias, (1, 3, 8, 8)),
+         "dw_batchnorm": (DepthwiseBatchNorm, (1, 8, 8, 8)), "maxpool_pad": (PaddedMaxPool, (1, 3, 8, 8))}
 
 
 def run(case: str) -> None:
@@ -151,4 +169,5 @@ def run(case: str) -> None:
 
 if __name__ == "__main__":
     for case in sys.argv[1:] or CASES:
-        run(case)
+        sys.stdout.flush()
+        run(case)  # maxpool_pad aborts the interpreter from inside the C simulation: it runs last

@@ -226,14 +226,14 @@ CONSUMER_BUDGET_SECONDS = 300  # estimated simulation time the pipeline spends p
 
 
 def consumers_for(fmt: str, backend: str | None) -> tuple[str, ...]:
-    """The consumer flows `verify` runs for a file of ``fmt``: the format's own, or the one
-    ``--backend`` names; UserError when that back end does not run files of this format."""
+    """The consumer flows `verify` runs for a file of ``fmt``: the format's pipeline ones, or the
+    one ``--backend`` names; UserError when that back end does not run files of this format."""
     from infoq_deploy.backends import registry as backends
     from infoq_deploy.export import registry as formats
 
     module = formats.get(fmt)
     if backend is None:
-        return tuple(module.CONSUMERS)
+        return tuple(module.PIPELINE_CONSUMERS)
     backends.get(backend)  # unknown name: one sentence listing the known ones
     if backend == module.BACKEND:
         return ()

@@ -59,8 +59,8 @@ def unavailable() -> str | None:
     return None
 
 
-def seconds_per_input(model: onnx.ModelProto) -> float:
-    """Estimated C simulation time of one input: ``SECONDS_PER_MAC`` x the graph's multiply-accumulates."""
+def multiply_accumulates(model: onnx.ModelProto) -> int:
+    """Multiply-accumulates of one input through the graph's Conv, MatMul and Gemm nodes."""
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.util.cleanup import cleanup_model
 
@@ -72,7 +72,12 @@ def seconds_per_input(model: onnx.ModelProto) -> float:
             if out and weight:
                 per_output = int(np.prod(weight[1:])) if node.op_type == "Conv" else int(weight[0] if node.op_type == "MatMul" else weight[-1])
                 macs += int(np.prod(out[1:])) * per_output
-    return macs * SECONDS_PER_MAC
+    return macs
+
+
+def seconds_per_input(model: onnx.ModelProto) -> float:
+    """Estimated C simulation time of one input: ``SECONDS_PER_MAC`` x the graph's multiply-accumulates."""
+    return multiply_accumulates(model) * SECONDS_PER_MAC
 
 
 def prepare(model: onnx.ModelProto):

@@ -17,6 +17,7 @@ BACKENDS = by_name(
     Entry("qonnx", "infoq_deploy.backends.qonnx_exec", "qonnx's reference executor, after qonnx cleanup"),
     Entry("ort", "infoq_deploy.backends.ort", "ONNX Runtime on the CPU, default graph optimizations"),
     Entry("hls4ml", "infoq_deploy.backends.hls4ml_csim", "hls4ml 1.3's C simulation (g++) of its documented QONNX flow"),
+    Entry("finn", "infoq_deploy.backends.finn_exec", "FINN (finn-plus 1.6): QONNX front end, streamlining, hardware layers, FINN's execution"),
 )
 
 

@@ -3,7 +3,8 @@
 A format is one module of this package with
 
     BACKEND: str                      # the back end (backends/registry.py) that runs its files in `verify`
-    CONSUMERS: tuple[str, ...]        # back ends of the flows that take its files, checked against BACKEND
+    CONSUMERS: tuple[str, ...]        # back ends of the flows that take its files (`verify --backend`)
+    PIPELINE_CONSUMERS: tuple[str, ...]  # those of them `verify` runs unasked (the pipeline's verify)
     QUANT_OP: str                     # the ONNX node that ends a quantizer in its graphs
     def check(qmodel) -> None         # UserError when the model cannot be written in this format
     def write(qmodel, example, path)  # the file at path (the writer makes the write atomic)

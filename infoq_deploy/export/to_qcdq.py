@@ -19,6 +19,7 @@ from infoq_deploy.quantize.brevitas_model import read_bits, read_join_quantizers
 
 BACKEND = "ort"
 CONSUMERS = ()  # ONNX Runtime is BACKEND itself
+PIPELINE_CONSUMERS = ()
 QUANT_OP = "DequantizeLinear"
 ONNX_OPSET = 13
 MAX_BITS = 8

@@ -1,0 +1,216 @@
+"""FINN (finn-plus 1.6): its QONNX front end, streamlining and hardware layers, run by FINN itself.
+
+The steps are FINN's own build steps, in the order its ResNet recipe uses them
+(``finn/builder/custom_step_library/resnet.py``), written out here because importing
+``finn.builder`` pulls in the synthesis tool chain's Python dependencies (mip, scikit-learn)
+that nothing below needs:
+
+1. ``step_qonnx_to_finn``: qonnx cleanup, ``ConvertQONNXtoFINN`` with the build config's
+   ``max_multithreshold_bit_width`` raised from 8 to ``MULTITHRESHOLD_BITS``, so the lossless
+   accumulator quantizer in front of the average pool (export/passes/quant_on_grid.py) becomes
+   a threshold layer too; FINN then maps it to its Requant layer.
+2. ``step_resnet_tidy`` and ``step_resnet_streamline`` (``StreamlinePlus``, conv lowering).
+3. ``step_convert_to_hw`` with the default build config (thresholds kept inside the MVAUs,
+   Requant from 9 bits up, the first Transpose left as is).
+
+The result must consist of FINN hardware layers only (domain ``finn.custom_op.fpgadataflow``);
+anything else is a refusal that names the node. FINN's execution of that graph (each hardware
+layer's Python model, the reference its C++ and RTL simulations are tested against) is
+compared with qonnx's execution of the exported file.
+
+FINN's thresholds round a value exactly half-way between two levels up; the QONNX Quant node
+(and qonnx, hls4ml, Brevitas) rounds it to even. Such ties are common on power-of-two scales,
+so FINN's result differs from the file's by one quantization step on those values: the check
+in `verify/consumer.py` states the logit tolerance instead of claiming bit-exactness
+(docs/upstream/README.md, "FINN rounds ties up").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import logging
+import warnings
+
+import numpy as np
+import onnx
+
+from infoq_deploy.core.errors import ConsumerRefused
+
+MULTITHRESHOLD_BITS = 16
+HW_DOMAIN = "finn.custom_op.fpgadataflow"
+# measured on this project's machine: FINN's Python execution of its hardware layers
+# (bench/results/fpga_consumers.json)
+SECONDS_PER_MAC = 10e-9
+
+
+def unavailable() -> str | None:
+    """Why this back end cannot run here (None: it can)."""
+    if importlib.util.find_spec("finn") is None:
+        return "FINN is not installed (pip install --no-deps finn-plus==1.6.1; README, 'FPGA flows')"
+    return None
+
+
+def seconds_per_input(model: onnx.ModelProto) -> float:
+    from infoq_deploy.backends.hls4ml_csim import multiply_accumulates
+
+    return multiply_accumulates(model) * SECONDS_PER_MAC
+
+
+@contextlib.contextmanager
+def _quiet():
+    # FINN logs every pattern it skips while streamlining; its own sentence, if it fails, is
+    # what reaches the user
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def _qonnx_to_finn(model):
+    from qonnx.util.cleanup import cleanup_model
+    from finn.transformation.qonnx.convert_qonnx_to_finn import ConvertQONNXtoFINN
+    from finn.transformation.qonnx.quant_act_to_multithreshold import default_filter_function_generator
+
+    model = cleanup_model(model)
+    return model.transform(ConvertQONNXtoFINN(
+        filter_function=default_filter_function_generator(max_multithreshold_bit_width=MULTITHRESHOLD_BITS)))
+
+
+def _resnet_tidy(model):
+    from qonnx.transformation.composed import ComposedTransformation
+    from qonnx.transformation.fold_constants import FoldConstants
+    from qonnx.transformation.general import (
+        GiveReadableTensorNames, GiveUniqueNodeNames, GiveUniqueParameterTensors, RemoveUnusedTensors)
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+    from qonnx.transformation.infer_shapes import InferShapes
+    from finn.transformation.streamline.remove import RemoveIdentityReshape, RemoveIdentityTranspose
+
+    return model.transform(ComposedTransformation([
+        InferDataTypes(), InferShapes(), GiveUniqueNodeNames(), GiveReadableTensorNames(), RemoveUnusedTensors(),
+        GiveUniqueParameterTensors(), FoldConstants(), RemoveIdentityReshape(), RemoveIdentityTranspose(),
+        InferShapes(), InferDataTypes(),
+    ]))
+
+
+def _resnet_streamline(model):
+    from qonnx.transformation.composed import ComposedTransformation
+    from qonnx.transformation.lower_convs_to_matmul import LowerConvsToMatMul
+    import finn.transformation.streamline.absorb as absorb
+    from finn.transformation.streamline.reorder import MoveMulPastAdd
+    from finn.transformation.streamline.streamline_plus import StreamlinePlus
+
+    model = model.transform(ComposedTransformation([MoveMulPastAdd(), absorb.AbsorbScalarBiasIntoMultiThreshold()]))
+    model = model.transform(StreamlinePlus())
+    model = model.transform(ComposedTransformation([
+        LowerConvsToMatMul(), absorb.AbsorbAddIntoMultiThreshold(), absorb.AbsorbTransposeIntoMultiThreshold()]))
+    return model.transform(StreamlinePlus())
+
+
+def _convert_to_hw(model):
+    """``step_convert_to_hw`` with the default DataflowBuildConfig, for the operators our exports hold."""
+    from qonnx.transformation.infer_data_layouts import InferDataLayouts
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+    from qonnx.transformation.infer_shapes import InferShapes
+    import finn.transformation.streamline.absorb as absorb
+    from finn.transformation.fpgadataflow.absorb_into_requant import AbsorbElementwiseOpsIntoRequant
+    from finn.transformation.fpgadataflow.convert_to_hw import (
+        concat, conv_inp_gen, duplicate_streams, elementwise_binary_operation, fm_padding, global_acc_pool,
+        pool, pool_from_reduce, quantized_matrix_vector_activation as mvau, relu_as_elementwise_max, requant,
+        reshape, shuffle, thresholding, vector_vector_activation as vvau)
+    from finn.transformation.move_reshape import RemoveCNVtoFCFlatten
+    from finn.transformation.qonnx.give_unique_node_names_recursive import GiveUniqueNodeNamesRecursive
+
+    def when(ops, transformation):
+        nonlocal model
+        if any(model.get_nodes_by_op_type(op) for op in ops):
+            model = model.transform(transformation)
+
+    when(["MatMul"], mvau.InferQuantizedMatrixVectorActivation())
+    when(["MatMul"], vvau.InferVectorVectorActivation())
+    when(["MultiThreshold", "Quant"], requant.InferRequantLayer(bitwidth_threshold=9))
+    when(["MultiThreshold"], thresholding.InferThresholdingLayer())
+    when(["Pad"], fm_padding.InferFMPadding())
+    when(["MaxPool", "AveragePool", "MaxPoolNHWC", "QuantAvgPool2d"], pool.InferPool())
+    when(["ReduceMax", "ReduceSum", "ReduceMean"], pool_from_reduce.InferPoolFromReduce())
+    when(["Im2Col"], conv_inp_gen.InferConvInpGen())
+    when(["ConvolutionInputGenerator"], RemoveCNVtoFCFlatten())
+    when(["Concat"], concat.InferConcatLayer())
+    when(["Mul", "Div", "Sub", "Add"], elementwise_binary_operation.InferElementwiseBinaryOperation())
+    when(["Relu"], relu_as_elementwise_max.InferReLUAsElementwiseMax())
+    when(["GlobalAveragePool"], global_acc_pool.InferGlobalAccPoolLayer())
+    model = model.transform(duplicate_streams.InferDuplicateStreamsLayer())
+    when(["Requant"], AbsorbElementwiseOpsIntoRequant())
+    for transformation in (absorb.AbsorbConsecutiveTransposes(), RemoveCNVtoFCFlatten(), GiveUniqueNodeNamesRecursive(),
+                           InferDataLayouts(), InferDataTypes(), InferShapes(), reshape.InferReshape()):
+        model = model.transform(transformation)
+    when(["Transpose"], shuffle.InferShuffle())
+    return model
+
+
+def prepare(model: onnx.ModelProto):
+    """FINN's front end on ``model``, up to its hardware layers (a qonnx ModelWrapper)."""
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    wrapped = ModelWrapper(model)
+    for step in (_qonnx_to_finn, _resnet_tidy, _resnet_streamline, _convert_to_hw):
+        try:
+            with _quiet():
+                wrapped = step(wrapped)
+        except Exception as exc:  # FINN's own message, one line
+            raise ConsumerRefused(f"{step.__name__.strip('_')}: {type(exc).__name__}: "
+                                  f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}") from exc
+    return wrapped
+
+
+def not_hardware(wrapped) -> list[str]:
+    """The nodes FINN left outside its hardware layers, each with what it reads. A layout
+    Transpose of the graph's input or output is not one: FINN's build leaves the first one to
+    the host on purpose (``infer_shuffle_skip_first``), outside the dataflow partition."""
+    from qonnx.core.datatype import DataType
+
+    ends = {i.name for i in wrapped.graph.input} | {o.name for o in wrapped.graph.output}
+    left = []
+    for node in wrapped.graph.node:
+        if node.domain.startswith(HW_DOMAIN) or node.op_type == "Transpose" and (
+                node.input[0] in ends or node.output[0] in ends):
+            continue
+        reads = wrapped.get_tensor_datatype(node.input[0]) if node.input else None
+        note = " reading a float tensor" if reads == DataType["FLOAT32"] else ""
+        left.append(f"{node.name} ({node.op_type}{note})")
+    return left
+
+
+def session(model: onnx.ModelProto):
+    reason = unavailable()
+    if reason is not None:
+        raise RuntimeError(reason)
+    import time
+
+    start = time.perf_counter()
+    wrapped = prepare(model)
+    left = not_hardware(wrapped)
+    if left:
+        raise ConsumerRefused(f"FINN left {len(left)} node(s) outside its hardware layers: " + ", ".join(left[:6])
+                              + (", ..." if len(left) > 6 else ""))
+    from finn.core.onnx_exec import execute_onnx
+
+    iname, oname = wrapped.graph.input[0].name, wrapped.graph.output[0].name
+    in_shape = tuple(wrapped.get_tensor_shape(iname))
+
+    def run(x: np.ndarray) -> np.ndarray:
+        outs = []
+        with _quiet():
+            for one in np.asarray(x, dtype=np.float32).reshape(len(x), *in_shape[1:]):
+                outs.append(np.asarray(execute_onnx(wrapped, {iname: one[None]})[oname]).reshape(-1))
+        return np.stack(outs)
+
+    run.build_seconds = time.perf_counter() - start
+    run.precision = None
+    return run

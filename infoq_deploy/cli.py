@@ -208,8 +208,8 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     p.add_argument("--format", choices=export_formats.names(), help="the file's format (default: the target's)")
     p.add_argument("--backend", choices=backend_registry.names(),
                    help="the program that runs the file: the format's reference executor (qonnx, ort) only, or "
-                        "that and a consumer flow (hls4ml's C simulation); default: the reference and every "
-                        "installed consumer of the format")
+                        "that and a consumer flow (hls4ml's C simulation, FINN's hardware layers); default: the "
+                        "reference and the format's pipeline consumers (qonnx: hls4ml)")
     p.add_argument("--consumer-size", type=COUNT, default=200, help="samples run through the consumer flow (default 200)")
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("-o", "--output", help="verification file to write (JSON), the input of `report`")

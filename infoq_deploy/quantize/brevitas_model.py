@@ -26,11 +26,14 @@ of at most half an accumulator step per output.
 Scales are learned parameters (weights: initialised from the weight's max, activations:
 from the calibrated max), so LSQ-style fine-tuning is a plain optimizer loop.
 
-Residual adds and concatenations: all tensor inputs of one join go through ONE shared
-`QuantIdentity`, so they reach the add with the same scale (what FINN/hls4ml need for an
-integer add). The join quantizer is not part of the allocation (which covers layers
-only); it uses ``join_bits`` (8 by default, so its error stays well under any <= 8-bit
-consumer's) and exists only when a quantized layer reads the join's result.
+Residual adds and concatenations, one quantizer per tensor (`importing/joins.py`): a join
+input that a quantized layer also reads (a ResNet block's input, read by its first conv and
+by the shortcut) goes through that layer's input quantizer, so the file stores the tensor
+once, as hls4ml and FINN need. The join's other inputs share ONE `QuantIdentity`. That
+join quantizer is not part of the allocation (which covers layers only); it uses
+``join_bits`` (8 by default, so its error stays well under any <= 8-bit consumer's) and
+exists only when a quantized layer reads the join's result. ``meta[JOIN_INPUTS_KEY]``
+records, per join, the (bits, scale) of every input, which `verify` checks in the file.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ to hardware layers (infoq_deploy/backends/finn_exec.py), and FINN executes the r
 Reproduce: .venv/bin/python bench/bench_fpga_consumers.py [--models fashion,resnet20,resnet56]
            (writes bench/results/fpga_consumers.json; about 40 minutes on 2 cores, most of it
            the ResNet C simulations)
-           .venv/bin/python bench/bench_fpga_consumers.py --backends finn --models fashion,resnet20 \
+           .venv/bin/python bench/bench_fpga_consumers.py --backends finn --models fashion,resnet20 --inputs 300 \
                --out bench/results/fpga_consumers_finn.json
 """
 

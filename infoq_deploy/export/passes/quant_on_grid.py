@@ -7,9 +7,11 @@ refuses a float input). That value lies on a known grid: a convolution of quanti
 and weights is an integer times (input scale x weight scale) per output channel, a bias
 added at that scale keeps it there, a residual add of two such tensors lies on the finer
 grid when one step divides the other, and a ReLU or max pool keeps it. The bound follows
-from the integer weights and the quantizers' ranges. A Quant with the finest channel's step (every other channel's is a multiple of it on
-power-of-two scales; hls4ml takes only a per-tensor activation scale) and enough bits for that bound (unsigned after a ReLU) is therefore the identity on every value
-the tensor can take: the model is unchanged, and the file now states the integer type.
+from the integer weights and the quantizers' ranges. A Quant with the finest channel's step
+(every other channel's is a multiple of it on power-of-two scales; hls4ml takes only a
+per-tensor activation scale) and enough bits for that bound (unsigned after a ReLU) is
+therefore the identity on every value the tensor can take: the model is unchanged, and the
+file now states the integer type.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from qonnx.transformation.base import Transformation
 from qonnx.transformation.infer_shapes import InferShapes
 
 QONNX_DOMAIN = "qonnx.custom_op.general"
-ON_GRID = "_on_grid"  # names the Quant this pass inserts
 MAX_BITS = 24  # float32 holds integers up to 2**24 exactly, so qonnx's executor stays exact
 
 
@@ -136,6 +137,6 @@ class QuantOnGrid(Transformation):
                         user.input[k] = quantized
             graph.node.insert(index + 1, helper.make_node(
                 "Quant", [node.output[0], scale, zero, width], [quantized], domain=QONNX_DOMAIN,
-                name=f"{node.name}{ON_GRID}", signed=0, narrow=0, rounding_mode="ROUND"))
+                name=f"{node.name}_on_grid", signed=0, narrow=0, rounding_mode="ROUND"))
             return model.transform(InferShapes()), True
         return model, False

@@ -9,7 +9,8 @@ the Quant first, the Transpose moves through it and is absorbed into the MatMul 
 from __future__ import annotations
 
 from qonnx.transformation.base import Transformation
-from qonnx.transformation.infer_shapes import InferShapes
+
+from infoq_deploy.export.passes.swap import quant_before
 
 
 def _per_tensor(model, quant) -> bool:
@@ -28,13 +29,5 @@ class QuantBeforeFlatten(Transformation):
             if len(users) != 1 or users[0].op_type != "Quant" or not _per_tensor(model, users[0]):
                 continue
             quant = users[0]
-            x, flat, quantized = node.input[0], node.output[0], quant.output[0]
-            quant.input[0], quant.output[0] = x, flat  # x -> Quant -> flat -> Flatten -> quantized
-            node.input[0], node.output[0] = flat, quantized
-            graph.node.remove(node)
-            graph.node.insert(list(graph.node).index(quant) + 1, node)
-            for info in list(graph.value_info):
-                if info.name in (flat, quantized):
-                    graph.value_info.remove(info)  # shapes changed; inferred anew
-            return model.transform(InferShapes()), True
+            return quant_before(model, node, quant), True
         return model, False

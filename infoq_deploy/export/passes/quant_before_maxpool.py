@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 from qonnx.transformation.base import Transformation
-from qonnx.transformation.infer_shapes import InferShapes
+
+from infoq_deploy.export.passes.swap import quant_before
 
 
 def _channelwise(model, quant, channels: int) -> bool:
@@ -36,13 +37,5 @@ class QuantBeforeMaxPool(Transformation):
             quant = users[0]
             if not _channelwise(model, quant, shape[1]):
                 continue
-            x, pooled, quantized = node.input[0], node.output[0], quant.output[0]
-            quant.input[0], quant.output[0] = x, pooled  # x -> Quant -> pooled -> MaxPool -> quantized
-            node.input[0], node.output[0] = pooled, quantized
-            graph.node.remove(node)
-            graph.node.insert(list(graph.node).index(quant) + 1, node)
-            for info in list(graph.value_info):
-                if info.name in (pooled, quantized):
-                    graph.value_info.remove(info)  # shapes changed; inferred anew
-            return model.transform(InferShapes()), True
+            return quant_before(model, node, quant), True
         return model, False

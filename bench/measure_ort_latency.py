@@ -1,8 +1,9 @@
 """Measure the edge-cpu-ort latency table: ns per MAC and per-layer overhead, per layer kind and precision.
 
 Builds ONNX graphs of float Conv / depthwise Conv / Gemm layers and their QDQ int8
-versions (uint8 activations, per-channel int8 weights, int32 bias: what a QCDQ export
-writes and ONNX Runtime fuses into QLinearConv / QGemm), each as a chain of 1 and of
+versions (uint8 activations, per-channel 7-bit weights in int8, int32 bias: what a QCDQ
+export for the target writes and ONNX Runtime fuses into QLinearConv / QGemm; the target
+file says why 7 bits), each as a chain of 1 and of
 DEPTH identical-shaped layers. The per-layer time is (t_DEPTH - t_1) / (DEPTH - 1): it
 excludes the session-call overhead and the layout transposes ORT puts at the edges of
 a chain, as inside a real model. Each graph runs on one intra-op thread, batch 1;
@@ -39,6 +40,7 @@ from infoq_deploy.core.atomic import write_json  # noqa: E402
 from infoq_deploy.core.targets import LATENCY_FORMAT  # noqa: E402
 
 DEPTH = 4
+INT_W_BITS, INT_A_BITS = 7, 8  # the target's integer layer (targets/edge-cpu-ort.toml)
 ACT_SCALE = 0.05  # one activation scale everywhere, so each Q and the next DQ agree as in an export
 # conv: (C, H=W, k), C_in = C_out so layers chain; ResNet / MobileNet-like shapes, ~1e4..1e8 MACs
 CONV = [(16, 8, 1), (16, 32, 3), (32, 32, 3), (64, 16, 3), (64, 32, 3), (64, 56, 1), (128, 8, 3),
@@ -63,8 +65,9 @@ def layer(kind, dims, int8, src, dst, tag, rng):
     if not int8:
         inits = [numpy_helper.from_array(w, f"{tag}w"), numpy_helper.from_array(b, f"{tag}b")]
         return [helper.make_node(op, [src, f"{tag}w", f"{tag}b"], [dst], **attrs)], inits
-    w_scale = (np.abs(w).reshape(w.shape[0], -1).max(axis=1) / 127).astype(np.float32)
-    wq = np.clip(np.round(w / w_scale.reshape(-1, *[1] * (w.ndim - 1))), -127, 127).astype(np.int8)
+    levels = 2 ** (INT_W_BITS - 1) - 1
+    w_scale = (np.abs(w).reshape(w.shape[0], -1).max(axis=1) / levels).astype(np.float32)
+    wq = np.clip(np.round(w / w_scale.reshape(-1, *[1] * (w.ndim - 1))), -levels, levels).astype(np.int8)
     b_scale = (np.float32(ACT_SCALE) * w_scale).astype(np.float32)
     arrays = {
         "wq": wq, "ws": w_scale, "wz": np.zeros(w_scale.shape, np.int8),
@@ -164,29 +167,29 @@ def main() -> None:
     measurements = []
     for kind, shapes in (("conv", CONV), ("dwconv", DWCONV), ("linear", GEMM)):
         for dims in shapes:
-            for bits, int8 in ((8, True), (32, False)):
+            for (w_bits, a_bits), int8 in (((INT_W_BITS, INT_A_BITS), True), ((32, 32), False)):
                 shape = act_shape(kind, dims)
                 one = time_model(chain(kind, dims, int8, 1, rng), shape, int8, args.min_seconds, rng)
                 deep = time_model(chain(kind, dims, int8, DEPTH, rng), shape, int8, args.min_seconds, rng)
                 per_layer = (deep[0] - one[0]) / (DEPTH - 1)
-                m = {"kind": kind, "w_bits": bits, "a_bits": bits, "dims": list(dims), "macs": macs_of(kind, dims),
+                m = {"kind": kind, "w_bits": w_bits, "a_bits": a_bits, "dims": list(dims), "macs": macs_of(kind, dims),
                      "per_layer_ns": per_layer, "chain1_cpu_ns": one[0], f"chain{DEPTH}_cpu_ns": deep[0],
                      "chain1_wall_ns": one[1], f"chain{DEPTH}_wall_ns": deep[1], "repeats": [one[2], deep[2]],
                      "ort_ops": deep[3]}
                 measurements.append(m)
-                print(f"{kind:7s} w{bits:<2d} {str(dims):14s} macs={m['macs']:>11d} per layer {per_layer / 1e3:9.1f} us"
+                print(f"{kind:7s} w{w_bits:<2d} {str(dims):14s} macs={m['macs']:>11d} per layer {per_layer / 1e3:9.1f} us"
                       f"  (chain1 {one[0] / 1e3:.1f} us, wall/cpu {deep[1] / deep[0]:.2f})  {deep[3]}", flush=True)
 
     entries, fits = [], []
     for kind in ("conv", "dwconv", "linear"):
-        for bits in (8, 32):
-            pts = [m for m in measurements if m["kind"] == kind and m["w_bits"] == bits]
+        for w_bits, a_bits in ((INT_W_BITS, INT_A_BITS), (32, 32)):
+            pts = [m for m in measurements if m["kind"] == kind and m["w_bits"] == w_bits]
             f = fit(pts)
-            entries.append({"kind": kind, "w_bits": bits, "a_bits": bits,
+            entries.append({"kind": kind, "w_bits": w_bits, "a_bits": a_bits,
                             "ns_per_mac": f["ns_per_mac"], "overhead_ns": f["overhead_ns"]})
-            fits.append({"kind": kind, "w_bits": bits, "a_bits": bits, "points": len(pts),
+            fits.append({"kind": kind, "w_bits": w_bits, "a_bits": a_bits, "points": len(pts),
                          "max_rel_error": f["max_rel_error"], "median_rel_error": f["median_rel_error"]})
-            print(f"fit {kind:7s} w{bits}: {f}")
+            print(f"fit {kind:7s} w{w_bits}/a{a_bits}: {f}")
 
     cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                 if l.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
@@ -203,7 +206,7 @@ def main() -> None:
             "machine": {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
             "method": f"per-layer time = (t(chain of {DEPTH}) - t(chain of 1)) / {DEPTH - 1}, t = median thread-CPU ns of "
                       ">=30 runs after 10 warm-up runs; int8 layers are DQ->op->Q with uint8 activations and per-channel "
-                      "int8 weights, fused by ORT (see ort_ops); NNLS fit on relative error",
+                      f"{INT_W_BITS}-bit weights stored as int8, fused by ORT (see ort_ops); NNLS fit on relative error",
             "fit_quality": fits,
         },
         "entries": entries,

@@ -292,25 +292,27 @@ def test_ties_go_to_more_bits():
     assert all((d["w_bits"], d["a_bits"]) == (8, 8) for d in a.layers)
     # float scores 0 when absent, int8 scored 0 too: a tie, so float, budget permitting
     ort = load_target("edge-cpu-ort")
-    zero = {l.name: {8: 0.0} for l in layers}
-    assert all(d["w_bits"] == 32 for d in allocate(layers, zero, zero, ort, []).layers)
-    int8 = [(8, 8)] * len(layers)
-    limit = model_cost("latency", layers, int8, ort) * 1.0001
-    a = allocate(layers, zero, zero, ort, [parse_budget(f"{limit!r}ms")])
+    (w_int, a_int), _ = ort.choices()
+    zero_w, zero_a = ({l.name: {b: 0.0} for l in layers} for b in (w_int, a_int))
+    assert all(d["w_bits"] == 32 for d in allocate(layers, zero_w, zero_a, ort, []).layers)
+    integer = [(w_int, a_int)] * len(layers)
+    limit = model_cost("latency", layers, integer, ort) * 1.0001
+    a = allocate(layers, zero_w, zero_a, ort, [parse_budget(f"{limit!r}ms")])
     assert a.cost["latency_ms"] <= limit
 
 
 def test_latency_budget_on_edge_cpu_ort():
     t = load_target("edge-cpu-ort")
+    (w_int, a_int), _ = t.choices()
     layers = chain()
-    s = {l.name: {8: 0.1 * (i + 1)} for i, l in enumerate(layers)}
-    fast = model_cost("latency", layers, [(8, 8)] * len(layers), t)
+    sw, sa = ({l.name: {b: 0.1 * (i + 1)} for i, l in enumerate(layers)} for b in (w_int, a_int))
+    fast = model_cost("latency", layers, [(w_int, a_int)] * len(layers), t)
     slow = model_cost("latency", layers, [(32, 32)] * len(layers), t)
     limit = (fast + slow) / 2
-    a = allocate(layers, s, s, t, [parse_budget(f"{limit * 1000!r}us")])
+    a = allocate(layers, sw, sa, t, [parse_budget(f"{limit * 1000!r}us")])
     assert a.cost["latency_ms"] <= limit * (1 + TOL)
     assert a.budgets[0]["metric"] == "latency" and a.budgets[0]["limit"] == pytest.approx(limit)
-    assert {d["w_bits"] for d in a.layers} == {8, 32}
+    assert {d["w_bits"] for d in a.layers} == {w_int, 32}
     assert set(a.cost) == {"size_bytes", "size_mb", "compression", "avg_weight_bits", "latency_ms"}
 
 

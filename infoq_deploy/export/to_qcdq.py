@@ -14,7 +14,9 @@ from infoq_deploy.core.quantizer import FLOAT_BITS
 from qonnx.core.modelwrapper import ModelWrapper
 
 from infoq_deploy.export.graph import OnnxGraph, bits_from_range
+from infoq_deploy.export.passes.activations_as_uint8 import ActivationsAsUint8
 from infoq_deploy.export.passes.merge_duplicates import MergeDuplicateNodes
+from infoq_deploy.export.passes.pad_into_conv import PadIntoConv
 from infoq_deploy.quantize.brevitas_model import read_bits, read_join_quantizers
 
 BACKEND = "ort"
@@ -42,23 +44,31 @@ def check(qmodel) -> None:
             )
 
 
+# in order: one quantizer per tensor (Brevitas exports a tensor shared by a layer and a
+# residual add twice), then the two rewrites ORT needs to fuse every int8 layer (each says why)
+PASSES = (MergeDuplicateNodes, PadIntoConv, ActivationsAsUint8)
+
+
 def write(qmodel, example, path) -> None:
     export_onnx_qcdq(qmodel, example, export_path=str(path), dynamo=False, opset_version=ONNX_OPSET)
-    # one quantizer per tensor: a tensor shared by a layer and a residual add is exported
-    # twice by Brevitas; ORT fuses a DequantizeLinear into one integer kernel only
-    model = ModelWrapper(str(path)).transform(MergeDuplicateNodes())
+    model = ModelWrapper(str(path))
+    for rewrite in PASSES:
+        model = model.transform(rewrite())
     model.save(str(path))
 
 
 def quant_bits(g: OnnxGraph, qnode) -> int | str:
     inner = g.producer.get(qnode.input[0])
+    zp = g.const(qnode.input[2]) if len(qnode.input) > 2 else None
     if inner is not None and inner.op_type == "Clip":
         lo, hi = g.const(inner.input[1]), g.const(inner.input[2])
         if lo is None or hi is None:
             return "Clip with non-constant bounds"
-        bits = bits_from_range(int(lo), int(hi))
-        return bits if bits is not None else f"Clip range [{int(lo)}, {int(hi)}] is not a b-bit range"
-    zp = g.const(qnode.input[2]) if len(qnode.input) > 2 else None
+        # the levels around the zero point (a signed activation is stored as uint8 around 128)
+        offset = int(zp.reshape(-1)[0]) if zp is not None and zp.size and np.all(zp == zp.reshape(-1)[0]) else 0
+        lo, hi = int(lo) - offset, int(hi) - offset
+        bits = bits_from_range(lo, hi)
+        return bits if bits is not None else f"Clip range [{lo}, {hi}] around the zero point is not a b-bit range"
     if zp is not None and zp.dtype in (np.int8, np.uint8):
         return 8  # plain int8/uint8 QuantizeLinear, no Clip
     return f"DequantizeLinear with zero point type {None if zp is None else zp.dtype}"

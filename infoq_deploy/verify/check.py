@@ -43,6 +43,7 @@ from brevitas.nn.quant_layer import QuantWeightBiasInputOutputLayer
 from torch import nn
 
 from infoq_deploy.backends.batched import run_batched
+from infoq_deploy.backends.ort_fusion import fusion, quantized_adds
 from infoq_deploy.core.errors import UserError
 from infoq_deploy.core.quantizer import FLOAT_BITS
 from infoq_deploy.export import registry as formats
@@ -76,6 +77,10 @@ class VerifyResult:
     agreement_all: float | None = None  # top-1 agreement on every input, near-ties included
     top1_judged_on: int | None = None  # decisive inputs: the reference's top-2 margin exceeds 2 x tolerance
     ties: int = 0  # inputs whose top-1 differs within that margin: set aside, not counted
+    # QCDQ: layers (and quantized adds) ONNX Runtime leaves float in the graph it runs, with the
+    # float op; a speed finding, not a correctness one, so it does not fail the check
+    ort_float: dict[str, str] | None = None
+    ort_integer_ops: dict[str, int] | None = None
 
     @property
     def ok(self) -> bool:
@@ -352,6 +357,9 @@ def verify_export(
         raise UserError(f"{path} is not a readable ONNX file ({type(exc).__name__}); export it again") from None
     expected = dict(allocation) if allocation is not None else read_bits(qmodel)
     found, mismatches = graph_bits(model, fmt, qmodel)
+    ort_float = ort_ops = None
+    if fmt == "qcdq":
+        ort_float, ort_ops = _ort_fusion(model, fmt, qmodel, expected)
     for name, pair in expected.items():
         if name not in found:
             mismatches.append(f"layer {name} was not found in the graph")
@@ -385,4 +393,17 @@ def verify_export(
         bits_in_graph=found,
         mismatches=mismatches,
         seconds=time.perf_counter() - start,
+        ort_float=ort_float,
+        ort_integer_ops=ort_ops,
     )
+
+
+def _ort_fusion(model, fmt, qmodel, expected) -> tuple[dict[str, str], dict[str, int]]:
+    """{layer or add: float op} for the integer-allocated layers and quantized adds ORT runs in float."""
+    g = OnnxGraph(model)
+    pairs, _ = match_layers(g, fmt, qmodel)
+    integer = {node.name: name for node, name, _ in pairs
+               if name in expected and all(b < FLOAT_BITS for b in expected[name])}
+    integer.update({add: f"add {add}" for add in quantized_adds(model)})
+    result = fusion(model, list(integer))
+    return {integer[n]: op for n, op in result.float_nodes.items()}, result.integer_ops

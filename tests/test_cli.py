@@ -46,6 +46,23 @@ def test_inspect_json_counts(capsys):
     assert doc["layers"][1]["kind"] == "dwconv"
 
 
+def test_inspect_counts_what_the_allocator_costs(capsys, tmp_path, data):
+    """One accounting: inspect lists the BatchNorm-folded layers (folded biases count), and its
+    float size is the reference that an "Nx" budget divides, as the allocation reports it."""
+    code, out, _ = run(capsys, "inspect", TINY, "--input-shape", "1,8,8", "--json")
+    doc = json.loads(out)
+    assert doc["layers"][0]["bias_params"] == 8  # conv1 has no bias of its own; its BatchNorm gives 8
+    table, alloc = tmp_path / "s.json", tmp_path / "a.json"
+    code, _, err = run(capsys, "profile", TINY, "--input-shape", "1,8,8", "--target", "fpga-int", "--method", "mse",
+                       "--data", data, "-o", str(table))
+    assert code == 0, err
+    code, _, err = run(capsys, "allocate", str(table), "--target", "fpga-int", "--budget", "3x", "-o", str(alloc))
+    assert code == 0, err
+    a = json.loads(alloc.read_text())
+    assert a["cost"]["compression"] == pytest.approx(doc["float_size_bytes"] / a["cost"]["size_bytes"])
+    assert a["budgets"][0]["limit"] == pytest.approx(doc["float_size_bytes"] / 3)
+
+
 def test_profile_allocate_roundtrip(capsys, tmp_path, data):
     table = tmp_path / "s.json"
     code, _, err = run(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from infoq_deploy.allocate.costs import BYTES_PER_MB, fp32_size_bytes
 from infoq_deploy.importing.model import ImportedModel
 
 
@@ -41,6 +42,7 @@ def format_layer_table(model: ImportedModel) -> str:
         f"layers      {len(model.layers)} quantizable",
         f"params      {total_params(model):,} (whole model)",
         f"MACs        {total_macs(model):,} per sample",
+        f"float size  {fp32_size_bytes(model.layers) / BYTES_PER_MB:.6g} MB (the layers below in float32: what an Nx budget divides)",
         f"fingerprint {model.fingerprint[:16]}",
         "",
     ]
@@ -57,6 +59,7 @@ def inspect_json(model: ImportedModel) -> dict:
         "params": total_params(model),
         "quantizable_params": sum(l.params for l in model.layers),
         "macs": total_macs(model),
+        "float_size_bytes": fp32_size_bytes(model.layers),
         "num_layers": len(model.layers),
         "preprocess": {
             "mean": list(pre.mean),

@@ -142,7 +142,7 @@ def run_model(key: str, rounds: int, tmp: Path) -> dict:
     files["float (torch.onnx)"] = float_path
 
     def ours(label, bits, tgt):
-        qmodel = build_quant_model(model.graph, model.layers, bits, tgt.quant_spec())
+        qmodel = build_quant_model(model.graph, model.layers, bits, tgt.quant_spec(), pool_inputs=True)
         calibrate(qmodel, calib.x)
         path = tmp / f"{key}_{label.replace(' ', '_')}.onnx"
         export_model(qmodel, example, "qcdq", path)

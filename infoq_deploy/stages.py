@@ -144,7 +144,8 @@ def quantize(model: ImportedModel, target: Target, allocation: dict, plan: DataP
     deployed = deployable(model)
     allocation = recost(allocation, deployed.layers, target)  # the costs of what is built, not the file's
     bits = allocation_bits(allocation)
-    qmodel = build_quant_model(deployed.graph, deployed.layers, bits, target.quant_spec())
+    qmodel = build_quant_model(deployed.graph, deployed.layers, bits, target.quant_spec(),
+                               pool_inputs=export_formats.get(target.export).QUANTIZE_POOL_INPUTS)
     calibrate(qmodel, plan.calibration.x)
     check_exportable(qmodel, target.export)  # a format that cannot express the bits fails before training
     if read_bits(qmodel) != bits:

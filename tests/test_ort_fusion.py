@@ -35,7 +35,8 @@ INTEGER = TARGET.choices()[0]  # (7, 8): the target's integer layer
 class _MBConv(nn.Module):
     """EfficientNet-Lite's pattern: stride-2 'same' padding by F.pad before a depthwise conv,
     ReLU6, a 1x1 projection without activation, and two residual blocks (the first add is
-    read by the second block: an integer add; the last one feeds the float average pool)."""
+    read by the second block, the second by the head: both integer adds), then a head conv whose output only the average
+    pool reads."""
 
     def __init__(self, c: int = 8):
         super().__init__()
@@ -49,7 +50,8 @@ class _MBConv(nn.Module):
         self.expand3 = nn.Conv2d(c, 2 * c, 1)
         self.dw3 = nn.Conv2d(2 * c, 2 * c, 3, padding=1, groups=2 * c)
         self.project3 = nn.Conv2d(2 * c, c, 1)
-        self.fc = nn.Linear(c, 10)
+        self.head = nn.Conv2d(c, 4 * c, 1)
+        self.fc = nn.Linear(4 * c, 10)
 
     def forward(self, x):
         x = F.relu6(self.stem(x))
@@ -57,6 +59,7 @@ class _MBConv(nn.Module):
         x = self.project(F.relu6(self.down(F.pad(x, (0, 1, 0, 1)))))
         x = x + self.project2(F.relu6(self.dw(F.relu6(self.expand2(x)))))
         x = x + self.project3(F.relu6(self.dw3(F.relu6(self.expand3(x)))))
+        x = F.relu6(self.head(x))  # read by the classifier only through the average pool
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
@@ -67,12 +70,12 @@ def _integer_nodes(path, qmodel) -> list[str]:
     return [node.name for node, _, _ in pairs] + quantized_adds(model)
 
 
-def _quantized_mbconv(tmp_path):
+def _quantized_mbconv(tmp_path, pool_inputs=to_qcdq.QUANTIZE_POOL_INPUTS):
     torch.manual_seed(0)
     gm = FoldBatchNorm().apply(torch.fx.symbolic_trace(_MBConv().eval()))
     layers = build_layer_table(gm, (3, 16, 16))
     allocation = {layer.name: INTEGER for layer in layers}
-    qmodel = build_quant_model(gm, layers, allocation, TARGET.quant_spec())
+    qmodel = build_quant_model(gm, layers, allocation, TARGET.quant_spec(), pool_inputs=pool_inputs)
     x = torch.randn(64, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     calibrate(qmodel, x)
     path = tmp_path / "mbconv.onnx"
@@ -86,7 +89,7 @@ def test_mbconv_block_runs_as_integer_kernels_and_the_rewrites_are_exact(tmp_pat
     assert "Pad" not in {n.op_type for n in model.graph.node}  # folded into the depthwise conv's pads
     result = fusion(model, _integer_nodes(path, qmodel))
     assert result.float_nodes == {}, result.float_nodes
-    assert result.integer_ops.get("QLinearConv") == 10 and result.integer_ops.get("QLinearAdd") == 1, result.integer_ops
+    assert result.integer_ops.get("QLinearConv") == 11 and result.integer_ops.get("QLinearAdd") == 2, result.integer_ops
     ours = verify_export(path, "qcdq", qmodel, x, allocation=allocation)
     assert ours.ok and ours.mean_abs_diff < ours.tolerance, (ours.mismatches, ours.mean_abs_diff, ours.tolerance)
     assert ours.ort_float == {}
@@ -96,9 +99,10 @@ def test_the_check_names_the_layers_ort_leaves_in_float(tmp_path, monkeypatch):
     """Without the two rewrites (Brevitas's export as it comes), ORT leaves the padded block's
     expand conv and the residual block in float: the check must see it."""
     monkeypatch.setattr(to_qcdq, "PASSES", (MergeDuplicateNodes,))
-    qmodel, allocation, x, path = _quantized_mbconv(tmp_path)
+    qmodel, allocation, x, path = _quantized_mbconv(tmp_path, pool_inputs=False)
     result = fusion(onnx.load(str(path)), _integer_nodes(path, qmodel))
     assert "/expand/Conv" in result.float_nodes and any("Add" in n for n in result.float_nodes), result.float_nodes
+    assert "/head/Conv" in result.float_nodes  # no quantizer reads its output
     assert verify_export(path, "qcdq", qmodel, x[:8], allocation=allocation).ort_float
 
 
@@ -108,7 +112,7 @@ def test_resnet20_every_integer_layer_is_an_integer_kernel(tmp_path):
         pytest.fail(f"real data missing: {DATA / 'cifar10-resnet'}; these tests need the shared data folder")
     model = deployable(load_model("zoo:cifar10-resnet20", data_root=DATA))
     allocation = {layer.name: INTEGER for layer in model.layers}
-    qmodel = build_quant_model(model.graph, model.layers, allocation, TARGET.quant_spec())
+    qmodel = build_quant_model(model.graph, model.layers, allocation, TARGET.quant_spec(), pool_inputs=True)
     data = load_data(str(DATA / "cifar10" / "test"), model.preprocess, limit=64, seed=0)
     calibrate(qmodel, data.x)
     path = tmp_path / "resnet20.onnx"

@@ -66,6 +66,7 @@ from infoq_deploy.core.quantizer import FLOAT_BITS, QuantSpec
 from infoq_deploy.importing.joins import is_tensor, keeps_grid, plan_joins
 from infoq_deploy.importing.joins import join_inputs as join_inputs_of
 from infoq_deploy.importing.layers import QUANTIZABLE, Layer
+from infoq_deploy.importing.pool_inputs import plan_pool_inputs
 
 MIN_BITS = 2  # 1 bit has no symmetric level besides 0 under the reference rule
 MAX_INT_BITS = 16
@@ -73,6 +74,7 @@ DEFAULT_JOIN_BITS = 8
 SCALE_MIN = 1e-12  # the reference clamps the range at 1e-12 before dividing
 SPEC_KEY, JOINS_KEY, CALIBRATED_KEY = "infoq_spec", "infoq_joins", "infoq_calibrated"
 JOIN_INPUTS_KEY = "infoq_join_inputs"
+POOL_INPUTS_KEY = "infoq_pool_inputs"
 
 _QUANT_CLASS = {
     nn.Conv1d: qnn.QuantConv1d,
@@ -367,6 +369,27 @@ def _insert_join_quantizers(gm: torch.fx.GraphModule, allocation, spec: QuantSpe
     return names
 
 
+def _insert_pool_quantizers(gm: torch.fx.GraphModule, allocation, spec: QuantSpec, bits: int) -> list[str]:
+    """A QuantIdentity on the input of each average pool between two integer layers (importing/pool_inputs.py)."""
+    integer = {n for n, (w, a) in allocation.items() if w < FLOAT_BITS and a < FLOAT_BITS}
+    quantized = {n for n, (_, a) in allocation.items() if a < FLOAT_BITS}
+    nodes = {n.name: n for n in gm.graph.nodes}
+    names = []
+    for pool_name in plan_pool_inputs(gm, integer, quantized):
+        pool = nodes[pool_name]
+        name = f"{pool.name}_input_quant"
+        while hasattr(gm, name):
+            name += "_"
+        gm.add_submodule(name, qnn.QuantIdentity(act_quant=act_quantizer(bits, spec), return_quant_tensor=False).train(gm.training))
+        source = pool.args[0]
+        with gm.graph.inserting_before(pool):
+            pool.replace_input_with(source, gm.graph.call_module(name, args=(source,)))
+        names.append(name)
+    gm.graph.lint()
+    gm.recompile()
+    return names
+
+
 def build_quant_model(
     gm: torch.fx.GraphModule,
     layers: list[Layer],
@@ -374,13 +397,17 @@ def build_quant_model(
     spec: QuantSpec,
     *,
     join_bits: int = DEFAULT_JOIN_BITS,
+    pool_inputs: bool = False,
 ) -> torch.fx.GraphModule:
     """A copy of ``gm`` with each layer quantized to its (w_bits, a_bits); call `calibrate` next.
 
     Layers at 32/32 bits stay plain torch modules; the others become Brevitas
     ``QuantConvNd``/``QuantLinear`` with ``weight_quant`` and ``input_quant`` (a_bits is the
     layer's input activation). Residual adds and concatenations feeding a quantized layer get
-    one shared ``QuantIdentity`` on all their inputs (module ``<node>_quant``).
+    one shared ``QuantIdentity`` on all their inputs (module ``<node>_quant``). With
+    ``pool_inputs`` (formats whose runtime fuses a layer only when its output is quantized),
+    an average pool between two integer layers gets one on its input (``<pool>_input_quant``),
+    at ``join_bits`` too.
     """
     allocation = _check_allocation(gm, layers, allocation)
     if not (_is_bits(join_bits) and join_bits < FLOAT_BITS):
@@ -392,6 +419,8 @@ def build_quant_model(
         if w_bits < FLOAT_BITS or a_bits < FLOAT_BITS:
             _set_submodule(qmodel, layer.name, _quant_layer(modules[layer.name], w_bits, a_bits, spec))
     joins = _insert_join_quantizers(qmodel, allocation, spec, join_bits)
+    if pool_inputs:
+        qmodel.meta[POOL_INPUTS_KEY] = _insert_pool_quantizers(qmodel, allocation, spec, join_bits)
     # GraphModule.meta survives deepcopy (plain attributes do not)
     qmodel.meta[SPEC_KEY] = spec
     qmodel.meta[JOINS_KEY] = joins

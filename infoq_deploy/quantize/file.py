@@ -26,6 +26,7 @@ from infoq_deploy.core.atomic import atomic_path
 from infoq_deploy.core.errors import UserError
 from infoq_deploy.core.targets import Target, load_target, target_ref
 from infoq_deploy.data.plan import DataRef, absolute_spec
+from infoq_deploy.export import registry as export_formats
 from infoq_deploy.importing.deployable import deployable
 from infoq_deploy.importing.model import ImportedModel
 from infoq_deploy.importing.sources import load_model
@@ -175,7 +176,8 @@ def _rebuild(obj: dict, path) -> QuantizedModel:
     check_rules(allocation, deployed.layers, target, f"the allocation inside {path}")
     allocation = recost(allocation, deployed.layers, target)
     bits = allocation_bits(allocation)
-    qmodel = build_quant_model(deployed.graph, deployed.layers, bits, target.quant_spec())
+    qmodel = build_quant_model(deployed.graph, deployed.layers, bits, target.quant_spec(),
+                               pool_inputs=export_formats.get(target.export).QUANTIZE_POOL_INPUTS)
     restore_calibration(qmodel, obj["act_signed"])
     qmodel.load_state_dict(obj["state_dict"])
     qmodel.eval()

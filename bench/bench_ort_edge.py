@@ -15,9 +15,11 @@ Each file runs in onnxruntime (CPU, default optimizations): top-1 accuracy on th
 images, top-1 agreement and mean |logit diff| against the Brevitas model it was exported from
 (ours), which nodes ORT leaves in float (backends/ort_fusion.py), and latency: batch 1, one
 intra-op thread, median calling-thread CPU time over interleaved rounds (every file once per
-round, so a slow spell of the shared machine hits all alike), after warm-up. The prediction is
-the allocator's latency metric (the target's table, `allocate/costs.py`), which counts the
-layers only.
+round, so a slow spell of the shared machine hits all alike), after warm-up. Two predictions,
+each the allocator's latency metric (`allocate/costs.py`): from the target's generic per-kind
+table (layers only), and from the table measured on this model in the same run
+(`infoq-deploy targets measure`: each layer's kernel time in ORT, all-integer and all-float
+builds, plus the rest of the graph).
 
 Reproduce: .venv/bin/python bench/bench_ort_edge.py [--models lite0,resnet20]
            (writes bench/results/ort_edge.json; about 25 minutes on 2 cores)
@@ -39,6 +41,7 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 
 from infoq_deploy import __version__
 from infoq_deploy.allocate.costs import model_cost
+from infoq_deploy.allocate.measured_table import measure, write_target
 from infoq_deploy.backends.ort_fusion import fusion, quantized_adds
 from infoq_deploy.core.atomic import write_json
 from infoq_deploy.core.targets import load_target
@@ -161,8 +164,15 @@ def run_model(key: str, rounds: int, tmp: Path) -> dict:
             "_ref": ref,
         }
 
+    # the per-model table (`infoq-deploy targets measure`), measured before the files are timed
+    t0 = time.perf_counter()
+    toml, _ = write_target(target, measure(target, imported, calib.x[:64]), tmp / f"{key}-edge.toml")
+    measured_target = load_target(str(toml))
+    measure_seconds = round(time.perf_counter() - t0, 1)
+
     for label, bits in allocations(model.layers).items():
         ours(label, bits, target)
+        rows[f"ours: {label}"]["predicted_ms_model_table"] = model_cost("latency", model.layers, bits, measured_target)
     ours("all w8/a8 (not allowed: saturates)", {l.name: (8, 8) for l in model.layers}, w8_target(tmp))
 
     float_input = onnx.load(str(float_path)).graph.input[0].name
@@ -193,8 +203,10 @@ def run_model(key: str, rounds: int, tmp: Path) -> dict:
         row["speedup_vs_float"] = base / row["median_cpu_ms"]
         if row.get("predicted_ms"):
             row["measured_over_predicted"] = row["median_cpu_ms"] / row["predicted_ms"]
+        if row.get("predicted_ms_model_table"):
+            row["measured_over_predicted_model_table"] = row["median_cpu_ms"] / row["predicted_ms_model_table"]
     return {"spec": spec, "calibration": f"{calib.source}, {len(calib.x)} images", "evaluation": f"{evaluation.source}, {len(x_eval)} images",
-            "seconds": round(time.perf_counter() - started, 1), "files": rows}
+            "measure_seconds": measure_seconds, "seconds": round(time.perf_counter() - started, 1), "files": rows}
 
 
 def main() -> int:

@@ -222,8 +222,19 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     p.add_argument("-o", "--output", required=True, help="directory to write the report into")
     p.add_argument("--json", action="store_true", help="print report.json")
 
-    p = sub.add_parser("targets", help="list the hardware targets")
+    p = sub.add_parser("targets", help="list the hardware targets, or measure one's latency table on a model")
     p.add_argument("--json", action="store_true")
+    actions = p.add_subparsers(dest="targets_action", metavar="{measure}")
+    m = actions.add_parser("measure", help="measure each layer of MODEL in every precision TARGET allows, in ONNX "
+                           "Runtime, and write TARGET with that latency table as a new target file")
+    m.add_argument("target", metavar="TARGET", help="a target with a latency metric (edge-cpu-ort) or its .toml file")
+    _model_args(m)
+    m.add_argument("--data", help="calibration data for the scales (default: random inputs; kernel times do not "
+                   "depend on the values)")
+    m.add_argument("--calib-size", type=COUNT, default=64, help="calibration samples (default 64)")
+    m.add_argument("--runs", type=COUNT, default=30, help="profiled runs per precision (default 30)")
+    m.add_argument("--seed", type=SEED, default=0)
+    m.add_argument("-o", "--output", required=True, help="the new target file, NAME.toml (its table: NAME.latency.json)")
 
     run_parser = _Parser(
         prog="infoq-deploy",

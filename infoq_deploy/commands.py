@@ -137,6 +137,8 @@ def _target_json(t) -> dict:
 
 
 def cmd_targets(args) -> int:
+    if getattr(args, "targets_action", None) == "measure":
+        return _measure_target(args)
     targets = stages.list_targets()
     if args.json:
         print(dumps([_target_json(t) for t in targets]), end="")
@@ -149,6 +151,26 @@ def cmd_targets(args) -> int:
         print(f"{t.name:<13} {t.export:<6} {bits}; {t.weights.granularity} {t.weights.scale} weights; "
               f"metrics {', '.join(t.metrics)}; {pins}")
         print(f"{'':<13} {t.description}")
+    return 0
+
+
+def _measure_target(args) -> int:
+    from infoq_deploy.allocate.measured_table import measure, write_target
+
+    target = stages.load_target(args.target)
+    if not args.output.endswith(".toml"):
+        raise UserError(f"the measured target is written as a target file; name it NAME.toml, not {Path(args.output).name}")
+    claim_file(args.output)
+    model = _load(args)
+    calibration = None
+    if args.data is not None:
+        calibration = load_data(args.data, model.preprocess, limit=args.calib_size, seed=args.seed).x
+    doc = measure(target, model, calibration, runs=args.runs, seed=args.seed)
+    toml, table = write_target(target, doc, args.output)
+    prov = doc["provenance"]
+    for key, total in prov["whole_graph_ms"].items():
+        print(f"{key}: whole graph {total:.3f} ms, rest of the graph {prov['rest_of_graph_ms'][key]:.3f} ms")
+    print(f"wrote {toml} and {table}; use it with --target {toml}")
     return 0
 
 

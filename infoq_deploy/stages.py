@@ -102,7 +102,16 @@ def allocate_table(table: SensitivityTable, target: Target, budget_texts: list[s
     if not budget_texts:
         raise UserError("no budget given; pass at least one --budget, e.g. --budget 4.5MB or --budget 3.5bit")
     budgets = [parse_budget(text) for text in budget_texts]
+    check_latency_table(target, table.meta.get("model_fingerprint"))
     return allocate(table.layers, table.weights, table.activations, target, budgets, alpha=alpha)
+
+
+def check_latency_table(target: Target, fingerprint: str | None) -> None:
+    """A latency table measured on one model costs that model only (its layers' own times)."""
+    measured = target.latency.model_fingerprint if target.latency is not None else None
+    if measured is not None and fingerprint is not None and measured != fingerprint:
+        raise UserError(f"target {target.name}'s latency table ({target.latency.source}) was measured on another model; "
+                        f"measure this one with `infoq-deploy targets measure {target.name} MODEL -o FILE.toml`")
 
 
 def allocation_document(table: SensitivityTable, target: Target, budget_texts: list[str], alpha: float = 1.0) -> dict:

@@ -3,7 +3,9 @@
 - "size": bytes; weights at w_bits, biases always 32-bit (they are added into the
   32-bit accumulator). Users see MB = 2^20 bytes, the MPQ literature convention.
 - "bitops": sum of MACs x w_bits x a_bits (per sample).
-- "latency": milliseconds, macs * ns_per_mac + overhead_ns from the target's table.
+- "latency": milliseconds, macs * ns_per_mac + overhead_ns from the target's table, or the
+  layer's own measured time when the table was measured on this model (plus, once per model,
+  that measurement's rest of the graph).
 - "wbits": the weight bits of a layer (weight_params x w_bits); the model value is
   their average over all weights (biases excluded), i.e. the "3.5bit" budget.
 
@@ -34,6 +36,9 @@ def layer_cost(metric: str, layer: Layer, w_bits: int, a_bits: int, target=None)
     if metric == "latency":
         if target is None or target.latency is None:
             raise ValueError("latency needs a target with a latency table")
+        measured = target.latency.measured(layer.name, w_bits, a_bits)
+        if measured is not None:
+            return measured
         e = target.latency.lookup(layer.kind, w_bits, a_bits)
         return (layer.macs * e.ns_per_mac + e.overhead_ns) / 1e6
     if metric == "wbits":
@@ -49,7 +54,14 @@ def model_cost(metric: str, layers: Sequence[Layer], bits: Bits, target=None) ->
     total = sum(layer_cost(metric, l, w, a, target) for l, (w, a) in zip(layers, pairs))
     if metric == "wbits":
         return total / total_weight_params(layers)
-    return total
+    return total + model_constant(metric, target)
+
+
+def model_constant(metric: str, target=None) -> float:
+    """The part of ``metric`` no layer's choice changes: a measured table's rest of the graph."""
+    if metric == "latency" and target is not None and target.latency is not None:
+        return target.latency.model_overhead_ms
+    return 0.0
 
 
 def total_weight_params(layers: Sequence[Layer]) -> int:

@@ -24,7 +24,7 @@ import numpy as np
 import pulp
 
 from infoq_deploy.allocate.budgets import Budget, describe_best, parse_budget, resolve_budget, size_mb
-from infoq_deploy.allocate.costs import fp32_size_bytes, layer_cost, model_cost, total_weight_params
+from infoq_deploy.allocate.costs import fp32_size_bytes, layer_cost, model_constant, model_cost, total_weight_params
 from infoq_deploy.core.errors import UserError
 from infoq_deploy.importing.layers import Layer
 
@@ -168,6 +168,8 @@ class _Row:
 
 def _budget_row(b: Budget, layers, choices, target) -> _Row:
     coef = [[layer_cost(b.metric, l, w, a, target) for w, a in cs] for l, cs in zip(layers, choices)]
+    if coef:  # the model's constant part (a measured rest of the graph) rides on the first layer
+        coef[0] = [c + model_constant(b.metric, target) for c in coef[0]]
     # the average weight bit-width is linear once multiplied out by the total weight count
     rhs = b.limit * total_weight_params(layers) if b.metric == "wbits" else b.limit
     return _Row(coef, rhs)

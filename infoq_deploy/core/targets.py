@@ -54,17 +54,31 @@ class LatencyEntry:
 
 @dataclass(frozen=True)
 class LatencyTable:
-    """latency_ns(layer) = layer.macs * ns_per_mac + overhead_ns, keyed by (kind, w_bits, a_bits)."""
+    """latency_ns(layer) = layer.macs * ns_per_mac + overhead_ns, keyed by (kind, w_bits, a_bits).
+
+    A table measured on one model (`infoq-deploy targets measure`) also holds each of its
+    layers' own time per (w_bits, a_bits), measured in the exported graph as ORT runs it, and
+    the time of the rest of that graph (pools, adds, layout changes), added once per model.
+    """
 
     entries: tuple[LatencyEntry, ...]
     source: str  # where the numbers came from (file path or "inline")
+    layer_ms: tuple[tuple[str, int, int, float], ...] = ()  # (layer, w_bits, a_bits, ms), one model's
+    model_overhead_ms: float = 0.0
+    model_fingerprint: str | None = None  # the model the layer times were measured on
     _index: dict = field(init=False, repr=False, compare=False)
+    _layers: dict = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_index", {(e.kind, e.w_bits, e.a_bits): e for e in self.entries})
+        object.__setattr__(self, "_layers", {(n, w, a): ms for n, w, a, ms in self.layer_ms})
 
     def lookup(self, kind: str, w_bits: int, a_bits: int) -> LatencyEntry:
         return self._index[(kind, w_bits, a_bits)]
+
+    def measured(self, layer: str, w_bits: int, a_bits: int) -> float | None:
+        """The layer's measured time in ms, when this table was measured on its model."""
+        return self._layers.get((layer, w_bits, a_bits))
 
 
 @dataclass(frozen=True)
@@ -356,12 +370,15 @@ def _load_latency(c: _Checker, lat: dict, directory: Path, choices: tuple[tuple[
             raise UserError(f"{file}: not valid JSON ({exc}); regenerate it with bench/measure_ort_latency.py") from None
         if not isinstance(doc, dict):
             raise jc.fail("(top level)", "must be a JSON object")
-        jc.keys(doc, "", {"format", "entries"}, {"model", "provenance", "measurements"})
+        jc.keys(doc, "", {"format", "entries"}, {"model", "provenance", "measurements", "layers", "model_overhead_ms",
+                                                 "model_fingerprint", "model_spec"})
         if doc["format"] != LATENCY_FORMAT:
             raise jc.fail("format", f"is {doc['format']!r}; expected {LATENCY_FORMAT!r}")
         raw_entries, prefix = doc["entries"], "entries"
+        measured = _measured_layers(jc, doc, choices)
     else:
         jc, source, raw_entries, prefix = c, "inline", lat["entries"], "latency.entries"
+        measured = {}
 
     if not isinstance(raw_entries, list) or not raw_entries:
         raise jc.fail(prefix, "must be a non-empty list of {kind, w_bits, a_bits, ns_per_mac, overhead_ns}")
@@ -380,7 +397,7 @@ def _load_latency(c: _Checker, lat: dict, directory: Path, choices: tuple[tuple[
                 overhead_ns=jc.number(e["overhead_ns"], f"{where}.overhead_ns"),
             )
         )
-    table = LatencyTable(entries=tuple(entries), source=source)
+    table = LatencyTable(entries=tuple(entries), source=source, **measured)
     if len(table._index) != len(entries):
         raise jc.fail(prefix, "has two entries for the same (kind, w_bits, a_bits); keep one")
     for kind in KINDS:
@@ -392,3 +409,30 @@ def _load_latency(c: _Checker, lat: dict, directory: Path, choices: tuple[tuple[
                     "x allowed (w, a) pair needs one",
                 )
     return table
+
+
+def _measured_layers(jc: _Checker, doc: dict, choices: tuple[tuple[int, int], ...]) -> dict:
+    """The per-layer part of a table measured on one model, checked: every layer at every allowed pair."""
+    if "layers" not in doc:
+        return {}
+    rows = doc["layers"]
+    if not isinstance(rows, list) or not rows:
+        raise jc.fail("layers", "must be a non-empty list of {layer, w_bits, a_bits, ms}")
+    out = []
+    for i, r in enumerate(rows):
+        where = f"layers[{i}]"
+        if not isinstance(r, dict):
+            raise jc.fail(where, "must be a table {layer, w_bits, a_bits, ms}")
+        jc.keys(r, f"{where}.", {"layer", "w_bits", "a_bits", "ms"}, set())
+        out.append((jc.string(r["layer"], f"{where}.layer"), jc.bits(r["w_bits"], f"{where}.w_bits"),
+                    jc.bits(r["a_bits"], f"{where}.a_bits"), jc.number(r["ms"], f"{where}.ms")))
+    names = {n for n, _, _, _ in out}
+    have = {(n, w, a) for n, w, a, _ in out}
+    missing = [f"{n} at w{w}/a{a}" for n in sorted(names) for w, a in choices if (n, w, a) not in have]
+    if missing:
+        raise jc.fail("layers", f"lacks {', '.join(missing[:3])}; measure the model again with `infoq-deploy targets measure`")
+    fingerprint = doc.get("model_fingerprint")
+    if not isinstance(fingerprint, str):
+        raise jc.fail("model_fingerprint", "must name the model the layers were measured on (its fingerprint)")
+    overhead = jc.number(doc.get("model_overhead_ms", 0.0), "model_overhead_ms") if "model_overhead_ms" in doc else 0.0
+    return {"layer_ms": tuple(out), "model_overhead_ms": overhead, "model_fingerprint": fingerprint}

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from infoq_deploy import stages
+from infoq_deploy.backends import ort_fusion
 from infoq_deploy.core.atomic import dumps, write_json
 from infoq_deploy.core.errors import UserError
 from infoq_deploy.core.outputs import claim_dir, claim_file
@@ -265,15 +266,6 @@ def _agreement(r: dict) -> str:
     return f"{_pct(r['agreement'])} on {judged_on} decisive inputs of {r['n_inputs']}{ties}"
 
 
-def _fusion_line(r: dict) -> str:
-    """What ORT runs as integer kernels (backends/ort_fusion.py), for the verify summary and the report."""
-    kernels = ", ".join(f"{n} {op}" for op, n in sorted(r.get("ort_integer_ops", {}).items())) or "no integer kernels"
-    if not r["ort_float"]:
-        return f"every integer layer and quantized add runs as an integer kernel ({kernels})"
-    left = ", ".join(f"{name} ({op})" for name, op in r["ort_float"].items())
-    return f"{kernels}; left in float: {left}"
-
-
 def _print_accuracies(acc: dict) -> None:
     if acc:
         print("top-1: " + ", ".join(f"{k} {_pct(v)}" for k, v in acc.items()))
@@ -393,7 +385,7 @@ def cmd_verify(args) -> int:
         carried = sum(in_graph.get(name) == pair for name, pair in qm.bits.items())
         print(f"  bits: {carried}/{len(qm.bits)} layers carry their allocated (w_bits, a_bits) in the graph")
         if r.get("ort_float") is not None:
-            print(f"  ONNX Runtime: {_fusion_line(r)}")
+            print(f"  ONNX Runtime: {ort_fusion.summary(r['ort_float'], r.get('ort_integer_ops') or {})}")
         for m in r["mismatches"]:
             print(f"  mismatch: {m}")
         for c in doc["consumers"]:

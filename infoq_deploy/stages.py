@@ -317,6 +317,12 @@ def verification_subset(evaluation: Dataset, n: int, seed: int) -> Dataset:
     return evaluation if n >= len(evaluation) else split(evaluation, n, seed=seed)[0]
 
 
+def _str_map(value, kind) -> bool:
+    """None, or a {str: kind} object (what ORT left float / the integer kernels it runs)."""
+    return value is None or (isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, kind) and not isinstance(v, bool) for k, v in value.items()))
+
+
 def load_verification(path: str | Path) -> dict:
     path = Path(path)
     try:
@@ -338,7 +344,8 @@ def load_verification(path: str | Path) -> dict:
     if not ((agreement is None or (isinstance(agreement, (int, float)) and not isinstance(agreement, bool)))
             and all(isinstance(result.get(k), (int, float)) and not isinstance(result.get(k), bool) for k in numbers)
             and isinstance(result.get("mismatches"), list) and isinstance(result.get("bits_in_graph"), dict)
-            and isinstance(result.get("n_inputs"), int) and isinstance(result.get("fmt"), str)):
+            and isinstance(result.get("n_inputs"), int) and isinstance(result.get("fmt"), str)
+            and _str_map(result.get("ort_float"), str) and _str_map(result.get("ort_integer_ops"), int)):
         raise UserError(f"{path} is damaged (its result lacks the agreement, logit differences, bits or mismatches); "
                         "run `infoq-deploy verify` again")
     # the verdict follows from the numbers; a file saying otherwise is not believed

@@ -137,14 +137,16 @@ def test_stages_reproduce_the_pipeline(tmp_path, quadrant_data, capsys):
     assert _run("verify", tmp_path / "again.onnx", run_dir / "finetuned.pt", "-o", tmp_path / "v.json") == 0
     assert _run("verify", run_dir / "model.onnx", run_dir / "finetuned.pt", "-o", tmp_path / "v2.json") == 0
     ours = json.loads((tmp_path / "v2.json").read_text())["result"]
-    for key in ("agreement", "accuracy", "mean_abs_diff", "bits_in_graph", "ok"):
+    for key in ("agreement", "accuracy", "mean_abs_diff", "bits_in_graph", "ok", "ort_float"):
         assert ours[key] == pipeline["verify"][key], key
+    assert isinstance(ours["ort_float"], dict) and ours["ort_integer_ops"]  # what ORT runs, from its own graph
     assert _run("report", run_dir / "finetuned.pt", tmp_path / "v2.json", "--sensitivity",
                 run_dir / "sensitivity.json", "-o", tmp_path / "rep") == 0
     again = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert again["accuracies"] == pipeline["accuracies"]
     assert again["layers"] == pipeline["layers"]
     assert again["cost_panels"] == pipeline["cost_panels"]
+    assert "- **ONNX Runtime**: " in (tmp_path / "rep" / "report.md").read_text()
 
     # the whole pipeline from an allocation file, skipping profile and allocate
     capsys.readouterr()

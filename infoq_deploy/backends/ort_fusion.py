@@ -69,3 +69,11 @@ def fusion(model: onnx.ModelProto, integer_nodes: list[str]) -> Fusion:
         if n.op_type in INTEGER_OPS:
             counts[n.op_type] = counts.get(n.op_type, 0) + 1
     return Fusion(float_nodes=float_nodes, integer_ops=counts)
+
+
+def summary(float_nodes: dict[str, str], integer_ops: dict[str, int]) -> str:
+    """One line for `verify` and the report: the integer kernels, and what stayed float (with its op)."""
+    kernels = ", ".join(f"{n} {op}" for op, n in sorted(integer_ops.items())) or "no integer kernels"
+    if not float_nodes:
+        return f"every integer layer and quantized add runs as an integer kernel ({kernels})"
+    return f"{kernels}; left in float: " + ", ".join(f"{name} ({op})" for name, op in float_nodes.items())

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from infoq_deploy import __version__
 from infoq_deploy.allocate.costs import BYTES_PER_MB, fp32_size_bytes
+from infoq_deploy.backends import ort_fusion
 from infoq_deploy.core.atomic import write_json, write_text
 from infoq_deploy.importing.layers import Layer
 from infoq_deploy.profile.table import SensitivityTable
@@ -265,6 +266,8 @@ def summary_rows(doc: dict) -> list[list[str]]:
         if verify.get("mismatches"):
             detail.append(f"{len(verify['mismatches'])} mismatches (see Verification)")
         rows.append(["verification", verdict + (": " + ", ".join(detail) if detail else "")])
+        if verify.get("ort_float") is not None:
+            rows.append(["ONNX Runtime", ort_fusion.summary(verify["ort_float"], verify.get("ort_integer_ops") or {})])
         for consumer in verify.get("consumers") or []:
             rows.append(["consumer", consumer_line(consumer)])
     else:

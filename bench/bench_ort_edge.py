@@ -42,7 +42,7 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 
 from infoq_deploy import __version__
 from infoq_deploy.allocate.costs import model_cost
-from infoq_deploy.allocate.measured_table import measure, write_target
+from infoq_deploy.measure_target import measure, write_target
 from infoq_deploy.backends.ort_fusion import fusion, quantized_adds
 from infoq_deploy.core.atomic import write_json
 from infoq_deploy.core.targets import load_target

@@ -156,7 +156,7 @@ def cmd_targets(args) -> int:
 
 
 def _measure_target(args) -> int:
-    from infoq_deploy.allocate.measured_table import measure, write_target
+    from infoq_deploy.measure_target import measure, write_target
 
     target = stages.load_target(args.target)
     if not args.output.endswith(".toml"):

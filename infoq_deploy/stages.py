@@ -154,7 +154,7 @@ def quantize(model: ImportedModel, target: Target, allocation: dict, plan: DataP
     allocation = recost(allocation, deployed.layers, target)  # the costs of what is built, not the file's
     bits = allocation_bits(allocation)
     qmodel = build_quant_model(deployed.graph, deployed.layers, bits, target.quant_spec(),
-                               pool_inputs=export_formats.get(target.export).QUANTIZE_POOL_INPUTS)
+                               pool_inputs=target.activations.pool_inputs)
     calibrate(qmodel, plan.calibration.x)
     check_exportable(qmodel, target.export)  # a format that cannot express the bits fails before training
     if read_bits(qmodel) != bits:

@@ -26,7 +26,7 @@ RANKS = {
     "backends": 7,
     "verify": 8,
     "report": 9,
-    "stages": 10, "pipeline": 10,  # the Python API and the whole run
+    "stages": 10, "pipeline": 10, "measure_target": 10,  # the Python API, the whole run, a target measured on a model
     "commands": 11, "cli": 11, "__main__": 11,  # the command line
 }
 # The default model's training recipe: a script that uses the data stage, imported by nothing.

@@ -70,7 +70,7 @@ def _integer_nodes(path, qmodel) -> list[str]:
     return [node.name for node, _, _ in pairs] + quantized_adds(model)
 
 
-def _quantized_mbconv(tmp_path, pool_inputs=to_qcdq.QUANTIZE_POOL_INPUTS):
+def _quantized_mbconv(tmp_path, pool_inputs=TARGET.activations.pool_inputs):
     torch.manual_seed(0)
     gm = FoldBatchNorm().apply(torch.fx.symbolic_trace(_MBConv().eval()))
     layers = build_layer_table(gm, (3, 16, 16))

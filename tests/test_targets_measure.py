@@ -40,6 +40,8 @@ def test_the_measured_target_costs_the_model_with_its_own_layer_times(measured):
         # the rest of the graph is the whole graph as ORT ran it less its layers' kernels
         whole, rest = (doc["provenance"][k][f"w{w}/a{a}"] for k in ("whole_graph_ms", "rest_of_graph_ms"))
         assert rest == pytest.approx(max(0.0, whole - own))
+        # the profiled kernel times are scaled to the unprofiled run: the layers never exceed it
+        assert own <= whole * (1 + 1e-9) and own + rest == pytest.approx(whole)
     assert doc["model_overhead_ms"] == max(doc["provenance"]["rest_of_graph_ms"].values())
 
 

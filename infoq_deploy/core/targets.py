@@ -41,6 +41,9 @@ class ActQuant:
     scale: str
     signed: str  # "auto" | "signed" | "unsigned" (QuantSpec.act_signed)
     granularity: str = "per-tensor"  # the quantizer only does per-tensor activations
+    # quantize the input of an average pool between two integer layers (importing/pool_inputs.py):
+    # for runtimes that run a layer as an integer kernel only when its output is quantized (ORT)
+    pool_inputs: bool = False
 
 
 @dataclass(frozen=True)
@@ -289,12 +292,16 @@ def _load_file(path: Path, formats: tuple[str, ...] | None = None) -> Target:
         scale=c.string(w["scale"], "weights.scale", ("po2", "float")),
     )
     a = c.table(raw, "activations", "activations")
-    c.keys(a, "activations.", {"bits", "scale"}, {"signed", "granularity"})
+    c.keys(a, "activations.", {"bits", "scale"}, {"signed", "granularity", "pool_inputs"})
+    pool_inputs = a.get("pool_inputs", "float")
+    if pool_inputs not in ("float", "quantized"):
+        raise c.fail("activations.pool_inputs", f"must be \"float\" or \"quantized\", not {pool_inputs!r}")
     activations = ActQuant(
         bits=c.bit_list(a["bits"], "activations.bits"),
         scale=c.string(a["scale"], "activations.scale", ("po2", "float")),
         signed=c.string(a.get("signed", "auto"), "activations.signed", ("auto", "signed", "unsigned")),
         granularity=c.string(a.get("granularity", "per-tensor"), "activations.granularity", ("per-tensor",)),
+        pool_inputs=pool_inputs == "quantized",
     )
 
     def allowed(p: tuple[int, int], key: str) -> tuple[int, int]:

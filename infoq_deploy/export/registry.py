@@ -6,7 +6,6 @@ A format is one module of this package with
     CONSUMERS: tuple[str, ...]        # back ends of the flows that take its files (`verify --backend`)
     PIPELINE_CONSUMERS: tuple[str, ...]  # those of them `verify` runs unasked (the pipeline's verify)
     QUANT_OP: str                     # the ONNX node that ends a quantizer in its graphs
-    QUANTIZE_POOL_INPUTS: bool        # whether the model quantizes an average pool's input (importing/pool_inputs.py)
     def check(qmodel) -> None         # UserError when the model cannot be written in this format
     def write(qmodel, example, path)  # the file at path (the writer makes the write atomic)
     def quant_bits(graph, qnode) -> int | str  # bits of one quantizer, or what is wrong

@@ -23,9 +23,6 @@ BACKEND = "ort"
 CONSUMERS = ()  # ONNX Runtime is BACKEND itself
 PIPELINE_CONSUMERS = ()
 QUANT_OP = "DequantizeLinear"
-# ORT fuses a layer into an integer kernel only when its output is quantized (a classifier head
-# before its average pool): the model quantizes that pool's input (importing/pool_inputs.py)
-QUANTIZE_POOL_INPUTS = True
 ONNX_OPSET = 13
 MAX_BITS = 8
 

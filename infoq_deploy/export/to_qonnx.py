@@ -30,7 +30,6 @@ CONSUMERS = ("hls4ml", "finn")
 # deep network at 4 bits the flips add up past the check's tolerance: FINN runs on request
 PIPELINE_CONSUMERS = ("hls4ml",)
 QUANT_OP = "Quant"
-QUANTIZE_POOL_INPUTS = False  # QuantOnGrid quantizes that tensor losslessly instead
 ONNX_OPSET = 13
 
 

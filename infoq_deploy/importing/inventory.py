@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from infoq_deploy.allocate.costs import BYTES_PER_MB, fp32_size_bytes
 from infoq_deploy.importing.model import ImportedModel
+
+# the reference of an "Nx" budget: the layers in float32, biases at 32 bits too (allocate/costs.py
+# computes the same; this stage comes first, so it states it rather than importing it)
+_FLOAT_BYTES = 4
+
+
+def float_size_bytes(model: ImportedModel) -> int:
+    return sum(layer.params for layer in model.layers) * _FLOAT_BYTES
 
 
 def total_params(model: ImportedModel) -> int:
@@ -42,7 +49,7 @@ def format_layer_table(model: ImportedModel) -> str:
         f"layers      {len(model.layers)} quantizable",
         f"params      {total_params(model):,} (whole model)",
         f"MACs        {total_macs(model):,} per sample",
-        f"float size  {fp32_size_bytes(model.layers) / BYTES_PER_MB:.6g} MB (the layers below in float32: what an Nx budget divides)",
+        f"float size  {float_size_bytes(model) / 2**20:.6g} MB (the layers below in float32: what an Nx budget divides)",
         f"fingerprint {model.fingerprint[:16]}",
         "",
     ]
@@ -59,7 +66,7 @@ def inspect_json(model: ImportedModel) -> dict:
         "params": total_params(model),
         "quantizable_params": sum(l.params for l in model.layers),
         "macs": total_macs(model),
-        "float_size_bytes": fp32_size_bytes(model.layers),
+        "float_size_bytes": float_size_bytes(model),
         "num_layers": len(model.layers),
         "preprocess": {
             "mean": list(pre.mean),

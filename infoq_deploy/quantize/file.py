@@ -26,7 +26,6 @@ from infoq_deploy.core.atomic import atomic_path
 from infoq_deploy.core.errors import UserError
 from infoq_deploy.core.targets import Target, load_target, target_ref
 from infoq_deploy.data.plan import DataRef, absolute_spec
-from infoq_deploy.export import registry as export_formats
 from infoq_deploy.importing.deployable import deployable
 from infoq_deploy.importing.model import ImportedModel
 from infoq_deploy.importing.sources import load_model
@@ -177,7 +176,7 @@ def _rebuild(obj: dict, path) -> QuantizedModel:
     allocation = recost(allocation, deployed.layers, target)
     bits = allocation_bits(allocation)
     qmodel = build_quant_model(deployed.graph, deployed.layers, bits, target.quant_spec(),
-                               pool_inputs=export_formats.get(target.export).QUANTIZE_POOL_INPUTS)
+                               pool_inputs=target.activations.pool_inputs)
     restore_calibration(qmodel, obj["act_signed"])
     qmodel.load_state_dict(obj["state_dict"])
     qmodel.eval()

@@ -2,9 +2,9 @@
 
 For every (w_bits, a_bits) the target allows, the model is built with every layer at that
 choice, calibrated, exported in the target's format, and run in ONNX Runtime: each layer's
-kernel time is read from ORT's profiler in that graph (backends/ort_latency.py), and the rest
-of the graph (pools, adds, layout changes, the input quantizer) is the whole-graph time minus
-the layers'. The new target is the old one with its [latency] table pointing at this file, so
+share of the run is read from ORT's profiler in that graph (backends/ort_latency.py) and
+scaled to the unprofiled run's time, and the rest of the graph (pools, adds, layout changes,
+the input quantizer) is the whole-graph time minus the layers'. The new target is the old one with its [latency] table pointing at this file, so
 every stage after it (allocate, quantize, the report) costs this model with its own numbers.
 What a uniform build cannot see: a mixed allocation's boundaries (an integer layer whose
 output a float layer reads has no output quantizer, and ORT runs it in float).
@@ -29,7 +29,6 @@ from infoq_deploy.backends.ort_latency import graph_ms, node_ms
 from infoq_deploy.core.atomic import atomic_path, write_json
 from infoq_deploy.core.errors import UserError
 from infoq_deploy.core.targets import LATENCY_FORMAT, Target
-from infoq_deploy.export import registry as export_formats
 from infoq_deploy.export.graph import OnnxGraph
 from infoq_deploy.export.writer import export_model
 from infoq_deploy.importing.deployable import deployable
@@ -50,8 +49,8 @@ def measure(target: Target, model: ImportedModel, calibration: torch.Tensor | No
     if calibration is None:  # kernel times do not depend on the values; the scales only need a range
         calibration = torch.randn(16, *model.preprocess.input_shape, generator=torch.Generator().manual_seed(seed))
     example = calibration[:1]
-    pool_inputs = export_formats.get(target.export).QUANTIZE_POOL_INPUTS
-    rows, rests, totals = [], {}, {}
+    pool_inputs = target.activations.pool_inputs
+    rows, rests, totals, profiled_totals = [], {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for w_bits, a_bits in target.choices():
             bits = {layer.name: (w_bits, a_bits) for layer in deployed.layers}
@@ -64,14 +63,18 @@ def measure(target: Target, model: ImportedModel, calibration: torch.Tensor | No
             if problems:
                 raise RuntimeError(f"the exported graph does not match the model: {problems[0]}")
             node_of = {name: node.name for node, name, _ in pairs}
-            times = node_ms(onnx_model, set(node_of.values()), example.numpy(), runs, warmup)
-            missing = [name for name, node in node_of.items() if node not in times]
+            profiled, profiled_total = node_ms(onnx_model, set(node_of.values()), example.numpy(), runs, warmup)
+            missing = [name for name, node in node_of.items() if node not in profiled]
             if missing:
                 raise RuntimeError(f"ONNX Runtime's profile has no kernel for layer(s) {', '.join(missing[:3])}")
             total = graph_ms(onnx_model, example.numpy(), runs, warmup)
+            # the profiler's own cost per kernel, spread in proportion: the shares are the profile's,
+            # the sum is the unprofiled run's
+            times = {node: ms * total / profiled_total for node, ms in profiled.items()}
             layer_sum = sum(times[node_of[layer.name]] for layer in deployed.layers)
             key = f"w{w_bits}/a{a_bits}"
             totals[key], rests[key] = total, max(0.0, total - layer_sum)
+            profiled_totals[key] = profiled_total
             rows += [{"layer": layer.name, "w_bits": w_bits, "a_bits": a_bits, "ms": times[node_of[layer.name]]}
                      for layer in deployed.layers]
     generic = json.loads(Path(target.latency.source).read_text()) if Path(target.latency.source).is_file() else {}
@@ -89,8 +92,9 @@ def measure(target: Target, model: ImportedModel, calibration: torch.Tensor | No
             "tool_version": __version__, "onnxruntime": onnxruntime.__version__,
             "machine": {"cores": os.cpu_count(), "platform": platform.platform()},
             "method": f"every layer at one allowed (w, a) per build; ORT profiler kernel time per layer, median of {runs} "
-                      f"runs after {warmup} warm-up, one intra-op thread, batch 1; whole graph: median thread-CPU time",
-            "whole_graph_ms": totals, "rest_of_graph_ms": rests,
+                      f"runs after {warmup} warm-up, one intra-op thread, batch 1, scaled by whole graph / sum of all "
+                      "profiled kernels (the profiler's own cost); whole graph: median thread-CPU time unprofiled",
+            "whole_graph_ms": totals, "rest_of_graph_ms": rests, "profiled_kernels_ms": profiled_totals,
         },
         "entries": generic.get("entries") or [
             {"kind": e.kind, "w_bits": e.w_bits, "a_bits": e.a_bits, "ns_per_mac": e.ns_per_mac, "overhead_ns": e.overhead_ns}

@@ -4,8 +4,9 @@ For every (w_bits, a_bits) the target allows, the model is built with every laye
 choice, calibrated, exported in the target's format, and run in ONNX Runtime: each layer's
 share of the run is read from ORT's profiler in that graph (backends/ort_latency.py) and
 scaled to the unprofiled run's time, and the rest of the graph (pools, adds, layout changes,
-the input quantizer) is the whole-graph time minus the layers'. The new target is the old one with its [latency] table pointing at this file, so
-every stage after it (allocate, quantize, the report) costs this model with its own numbers.
+the input quantizer) is the whole-graph time minus the layers'. The new target is the old one
+with its [latency] table pointing at this file, so every stage after it (allocate, quantize,
+the report) costs this model with its own numbers.
 What a uniform build cannot see: a mixed allocation's boundaries (an integer layer whose
 output a float layer reads has no output quantizer, and ORT runs it in float).
 """

@@ -9,9 +9,9 @@ the pool's input, reached from the layer through activations that the quantizer 
 redundant (ReLU, ReLU6, clamp: ORT folds them into it), lets the layer fuse; the pool then
 averages quantized values and the linear layer's own input quantizer follows as before.
 
-`plan_pool_inputs` states the rule; the Brevitas builder applies it for formats that ask for
-it (QCDQ; QONNX puts a lossless quantizer on the accumulator grid there instead,
-`export/passes/quant_on_grid.py`).
+`plan_pool_inputs` states the rule; the Brevitas builder applies it on targets that ask for it
+(``[activations] pool_inputs = "quantized"``: edge-cpu-ort). fpga-int does not: its QONNX export
+puts a lossless quantizer on the accumulator grid there (`export/passes/quant_on_grid.py`).
 """
 
 from __future__ import annotations

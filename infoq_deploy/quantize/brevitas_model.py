@@ -405,7 +405,7 @@ def build_quant_model(
     ``QuantConvNd``/``QuantLinear`` with ``weight_quant`` and ``input_quant`` (a_bits is the
     layer's input activation). Residual adds and concatenations feeding a quantized layer get
     one shared ``QuantIdentity`` on all their inputs (module ``<node>_quant``). With
-    ``pool_inputs`` (formats whose runtime fuses a layer only when its output is quantized),
+    ``pool_inputs`` (targets whose runtime fuses a layer only when its output is quantized),
     an average pool between two integer layers gets one on its input (``<pool>_input_quant``),
     at ``join_bits`` too.
     """

@@ -43,16 +43,15 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from infoq_deploy import __version__
 from infoq_deploy.allocate.costs import model_cost
 from infoq_deploy.measure_target import measure, write_target
-from infoq_deploy.backends.ort_fusion import fusion, quantized_adds
+from infoq_deploy.backends.ort_fusion import fusion
 from infoq_deploy.core.atomic import write_json
 from infoq_deploy.core.targets import load_target
 from infoq_deploy.data.load import load_data
-from infoq_deploy.export.graph import OnnxGraph
 from infoq_deploy.export.writer import export_model
 from infoq_deploy.importing.deployable import deployable
 from infoq_deploy.importing.sources import load_model
 from infoq_deploy.quantize.brevitas_model import build_quant_model, calibrate
-from infoq_deploy.verify.check import match_layers
+from infoq_deploy.verify.check import ort_fusion
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data"
@@ -156,14 +155,11 @@ def run_model(key: str, rounds: int, tmp: Path) -> dict:
         files[f"ours: {label}"] = path
         ref = brevitas_logits(qmodel, evaluation.x)
         onnx_model = onnx.load(str(path))
-        pairs, _ = match_layers(OnnxGraph(onnx_model), "qcdq", qmodel)
-        integer = {n.name: name for n, name, _ in pairs if all(b < 32 for b in bits[name])}
-        integer.update({a: f"add {a}" for a in quantized_adds(onnx_model)})
-        fused = fusion(onnx_model, list(integer))
+        ort_float, ort_ops = ort_fusion(onnx_model, "qcdq", qmodel, bits)
         rows[f"ours: {label}"] = {
             "integer_layers": sum(all(b < 32 for b in v) for v in bits.values()), "layers": len(bits),
-            "ort_integer_ops": fused.integer_ops,
-            "ort_float": {integer[n]: op for n, op in fused.float_nodes.items()},
+            "ort_integer_ops": ort_ops,
+            "ort_float": ort_float,
             "predicted_ms": model_cost("latency", model.layers, bits, target) if tgt is target else None,
             "_ref": ref,
         }

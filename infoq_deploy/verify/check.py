@@ -359,7 +359,7 @@ def verify_export(
     found, mismatches = graph_bits(model, fmt, qmodel)
     ort_float = ort_ops = None
     if fmt == "qcdq":
-        ort_float, ort_ops = _ort_fusion(model, fmt, qmodel, expected)
+        ort_float, ort_ops = ort_fusion(model, fmt, qmodel, expected)
     for name, pair in expected.items():
         if name not in found:
             mismatches.append(f"layer {name} was not found in the graph")
@@ -398,7 +398,7 @@ def verify_export(
     )
 
 
-def _ort_fusion(model, fmt, qmodel, expected) -> tuple[dict[str, str], dict[str, int]]:
+def ort_fusion(model, fmt, qmodel, expected) -> tuple[dict[str, str], dict[str, int]]:
     """{layer or add: float op} for the integer-allocated layers and quantized adds ORT runs in float."""
     g = OnnxGraph(model)
     pairs, _ = match_layers(g, fmt, qmodel)

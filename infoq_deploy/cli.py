@@ -158,7 +158,7 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     p = sub.add_parser("allocate", help="choose bit-widths under budgets with an ILP")
     p.add_argument("sensitivity", metavar="SENSITIVITY.json")
     p.add_argument("--target", required=True)
-    p.add_argument("--budget", action="append", required=True, help="e.g. 4.5MB, 300KB, 23GBOPs, 2.5ms, 12x, 3.5bit; repeat for several")
+    p.add_argument("--budget", action="append", required=True, help="e.g. 4.5MB, 300KB, 23GBOPs, 2.5ms, 20kLUT, 50kcycles, 12x, 3.5bit; repeat for several")
     p.add_argument("--alpha", type=_positive_float, default=1.0, help="weight of activation sensitivity in the objective")
     _pin_args(p)
     p.add_argument("-o", "--output", required=True, help="allocation to write (JSON)")
@@ -245,7 +245,7 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     run_parser.add_argument("--version", action="version", version=f"infoq-deploy {__version__}")
     _model_args(run_parser, positional_required=False)
     _profile_args(run_parser)
-    run_parser.add_argument("--budget", action="append", help="e.g. 4.5MB, 23GBOPs, 3.5bit; repeat for several")
+    run_parser.add_argument("--budget", action="append", help="e.g. 4.5MB, 23GBOPs, 20kLUT, 3.5bit; repeat for several")
     run_parser.add_argument("--allocation", metavar="ALLOCATION.json",
                             help="take the bit-widths from this file instead of profiling and allocating")
     run_parser.add_argument("--alpha", type=_positive_float, default=1.0)

@@ -33,9 +33,10 @@ import torch
 
 from infoq_deploy import __version__
 from infoq_deploy.allocate.budgets import parse_budget
+from infoq_deploy.allocate.fpga_resources import why_not as fpga_why_not
 from infoq_deploy.allocate.ilp import Allocation, allocate, allocation_bits, allocation_to_json, check_rules, recost
 from infoq_deploy.core.errors import UserError
-from infoq_deploy.core.targets import Target, target_ref
+from infoq_deploy.core.targets import FPGA_METRICS, Target, target_ref
 from infoq_deploy.core.targets import list_targets as _list_targets
 from infoq_deploy.core.targets import load_target as _load_target
 from infoq_deploy.data.load import Dataset, load_data
@@ -394,6 +395,9 @@ def report_run(run_dir: str | Path, qm: QuantizedModel, verified: dict, *, sensi
             f"the exported graph was run on {verified['eval']['verified_on']} of the {n_eval} evaluation samples "
             "(--verify-size, class-balanced): its accuracy is on that subset, the other accuracies on all of them"
         )
+    if any(m in FPGA_METRICS for m in qm.target.metrics) and (
+            why := fpga_why_not(deployable(qm.model).layers)) is not None:
+        all_notes.append(f"no LUT, BRAM or cycle estimates: {why}")
     if not result.get("ok"):
         all_notes.append("VERIFICATION FAILED: the exported graph does not match the quantized model (see verify)")
     if inputs is None:

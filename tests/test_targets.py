@@ -60,7 +60,8 @@ def test_fpga_int_is_po2_qonnx_with_pins():
     assert t.layer_choices(0, 10) == ((8, 8),)
     assert t.layer_choices(9, 10) == ((8, 8),)
     assert t.layer_choices(5, 10) == t.choices()
-    assert set(t.metrics) == {"size", "bitops"}
+    assert set(t.metrics) == {"size", "bitops", "luts", "brams", "cycles"}
+    assert t.fpga.part and t.fpga.cycles_per_frame > 0
 
 
 def test_edge_cpu_ort_is_integer_or_float_with_a_complete_latency_table():

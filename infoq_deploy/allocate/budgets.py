@@ -6,6 +6,9 @@ Units (the grammar is documented in targets/README.md):
 - BitOps: BOPs or BitOps (any case) with an optional K/k, M, G, T prefix (powers of
   1000) and an optional hyphen: "23GBOPs", "23 G-BitOps".
 - latency: ms, us (or µs), s; stored in ms.
+- FPGA resources (FINN's estimators): LUT/LUTs, BRAM/BRAMs (BRAM_18K), cycles (per frame,
+  the dataflow's throughput), with an optional k or M prefix (powers of 1000): "20kLUT",
+  "150BRAM", "50kcycles".
 - compression: x; average weight bits: bit/bits. Both are relative to the model and
   are turned into "size" / "wbits" limits by `resolve_budget` given the layer table.
 """
@@ -26,16 +29,21 @@ _TIME_MS = {"ms": 1.0, "us": 1e-3, "µs": 1e-3, "s": 1e3}
 _BOP_PREFIX = {"": 1.0, "K": 1e3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
 _BOPS = re.compile(r"(?P<prefix>[KkMGT]?)-?(?i:bops|bitops)")
 _NUMBER = re.compile(r"\s*(?P<num>[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(?P<unit>.*?)\s*")
+_FPGA = re.compile(r"(?P<prefix>[kKM]?)-?(?P<what>(?i:luts?|brams?|cycles?))")
+_FPGA_METRIC = {"lut": "luts", "bram": "brams", "cycle": "cycles"}
+_FPGA_UNIT = {"luts": "LUT", "brams": "BRAM", "cycles": "cycles"}
 _BITS_NOT_BYTES = re.compile(r"[KkMmGg]?i?b")
 
 ACCEPTED = (
     "size 4.5MB, 300KB, 1.2GB, 512B (powers of 1024; KiB/MiB/GiB and kB too), "
     "BitOps 23GBOPs, 500MBOPs, 23G-BitOps (powers of 1000; K, M, G, T prefixes), "
-    "latency 2.5ms, 800us, 0.01s, compression vs float 12x, average weight bits 3.5bit"
+    "latency 2.5ms, 800us, 0.01s, FPGA 20kLUT, 150BRAM, 50kcycles (per frame; k, M prefixes), "
+    "compression vs float 12x, average weight bits 3.5bit"
 )
 
 # which target metric each budget kind needs
-REQUIRED_METRIC = {"size": "size", "compression": "size", "wbits": "size", "bitops": "bitops", "latency": "latency"}
+REQUIRED_METRIC = {"size": "size", "compression": "size", "wbits": "size", "bitops": "bitops", "latency": "latency",
+                   "luts": "luts", "brams": "brams", "cycles": "cycles"}
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,9 @@ def parse_budget(text: str) -> Budget:
         return _finite(Budget(text, "compression", value, "x"))
     if unit in ("bit", "bits"):
         return _finite(Budget(text, "wbits", value, "bit"))
+    if f := _FPGA.fullmatch(unit):
+        metric = _FPGA_METRIC[f["what"].lower().rstrip("s")]
+        return _finite(Budget(text, metric, value * _BOP_PREFIX[f["prefix"]], f"{f['prefix']}{_FPGA_UNIT[metric]}"))
     if b := _BOPS.fullmatch(unit):
         return _finite(Budget(text, "bitops", value * _BOP_PREFIX[b["prefix"]], f"{b['prefix']}BOPs"))
     if _BITS_NOT_BYTES.fullmatch(unit):
@@ -91,6 +102,13 @@ def resolve_budget(budget: Budget, layers: Sequence[Layer], target) -> Budget:
     return budget
 
 
+def folded_for(budgets: Sequence[Budget], target):
+    """``target`` folded for the tightest cycles budget: FINN's folding is chosen to meet a
+    throughput, so a cycles budget sets it, and the LUT and BRAM costs are those of that folding."""
+    cycles = [b.limit for b in budgets if b.metric == "cycles"]
+    return target.with_cycles(min(cycles)) if cycles else target
+
+
 def in_unit(budget: Budget, value: float, layers: Sequence[Layer]) -> float:
     """A resolved budget's base-unit ``value`` expressed in the unit the user wrote."""
     if budget.unit == "x":
@@ -101,6 +119,8 @@ def in_unit(budget: Budget, value: float, layers: Sequence[Layer]) -> float:
         return value / _TIME_MS[budget.unit]
     if budget.metric == "bitops":
         return value / _BOP_PREFIX[budget.unit[: -len("BOPs")]]
+    if budget.metric in _FPGA_UNIT:
+        return value / _BOP_PREFIX[budget.unit[: -len(_FPGA_UNIT[budget.metric])]]
     return value  # wbits
 
 
@@ -117,6 +137,9 @@ def describe_best(budget: Budget, best: float, layers: Sequence[Layer]) -> str:
         "bitops": "the fewest BitOps reachable are {} " + budget.unit,
         "latency": "the lowest latency reachable is {} " + budget.unit,
         "wbits": "the lowest average weight bit-width reachable is {} bit",
+        "luts": "the fewest LUTs reachable are {} " + budget.unit,
+        "brams": "the fewest BRAMs reachable are {} " + budget.unit,
+        "cycles": "the fewest cycles per frame reachable are {} " + budget.unit,
     }["x" if budget.unit == "x" else budget.metric]
     return what.format(a)
 

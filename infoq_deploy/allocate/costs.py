@@ -6,29 +6,38 @@
 - "latency": milliseconds, macs * ns_per_mac + overhead_ns from the target's table, or the
   layer's own measured time when the table was measured on this model (plus, once per model,
   that measurement's rest of the graph).
+- "luts", "brams": FINN's LUT and BRAM_18K estimates of the layer's hardware (its sliding
+  window and its MVAU/VVAU) at the folding FINN's SetFolding picks for the target's cycles
+  per frame (fpga_resources.py).
+- "cycles": the cycles per frame of the dataflow pipeline, which runs as fast as its slowest
+  layer: the model value is the maximum over layers, not the sum. The allocator states a
+  cycles budget as a limit on every layer (allocate/ilp.py).
 - "wbits": the weight bits of a layer (weight_params x w_bits); the model value is
   their average over all weights (biases excluded), i.e. the "3.5bit" budget.
 
 Every layer term is linear in the layer's choice, which is what lets the allocator
-state budgets as linear constraints.
+state budgets as linear constraints (a maximum, as for cycles, is one constraint per layer).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from infoq_deploy.allocate.fpga_resources import layer_resources
 from infoq_deploy.importing.layers import Layer
 
 BYTES_PER_MB = 2**20
 BIAS_BITS = 32
 FP32_BITS = 32
-COST_METRICS = ("size", "bitops", "latency", "wbits")
+COST_METRICS = ("size", "bitops", "latency", "wbits", "luts", "brams", "cycles")
+MAX_METRICS = ("cycles",)  # the model's value is the largest layer value
 
 Bits = Sequence[tuple[int, int]] | Mapping[str, tuple[int, int]]
 
 
-def layer_cost(metric: str, layer: Layer, w_bits: int, a_bits: int, target=None) -> float:
-    """One layer's term of ``metric`` (for "wbits": its weight bits, the numerator of the average)."""
+def layer_cost(metric: str, layer: Layer, w_bits: int, a_bits: int, target=None, last: bool = False) -> float:
+    """One layer's term of ``metric`` (for "wbits": its weight bits, the numerator of the average);
+    ``last``: the model's last quantizable layer (it writes the logits: no thresholds on FPGA)."""
     if metric == "size":
         return layer.weight_params * w_bits / 8 + layer.bias_params * BIAS_BITS / 8
     if metric == "bitops":
@@ -43,6 +52,11 @@ def layer_cost(metric: str, layer: Layer, w_bits: int, a_bits: int, target=None)
         return (layer.macs * e.ns_per_mac + e.overhead_ns) / 1e6
     if metric == "wbits":
         return float(layer.weight_params * w_bits)
+    if metric in ("luts", "brams", "cycles"):
+        if target is None or target.fpga is None:
+            raise ValueError(f"{metric} needs a target with an [fpga] table")
+        r = layer_resources(layer, w_bits, a_bits, last=last, fpga=target.fpga)
+        return float({"luts": r.luts, "brams": r.brams, "cycles": r.cycles}[metric])
     raise ValueError(f"unknown cost metric {metric!r}; expected one of {COST_METRICS}")
 
 
@@ -51,7 +65,11 @@ def model_cost(metric: str, layers: Sequence[Layer], bits: Bits, target=None) ->
     pairs = [bits[l.name] for l in layers] if isinstance(bits, Mapping) else list(bits)
     if len(pairs) != len(layers):
         raise ValueError(f"{len(pairs)} bit pairs for {len(layers)} layers")
-    total = sum(layer_cost(metric, l, w, a, target) for l, (w, a) in zip(layers, pairs))
+    last = max(l.order for l in layers)
+    terms = [layer_cost(metric, l, w, a, target, last=l.order == last) for l, (w, a) in zip(layers, pairs)]
+    if metric in MAX_METRICS:
+        return max(terms)
+    total = sum(terms)
     if metric == "wbits":
         return total / total_weight_params(layers)
     return total + model_constant(metric, target)

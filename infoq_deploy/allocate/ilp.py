@@ -23,8 +23,11 @@ from pathlib import Path
 import numpy as np
 import pulp
 
-from infoq_deploy.allocate.budgets import Budget, describe_best, parse_budget, resolve_budget, size_mb
-from infoq_deploy.allocate.costs import fp32_size_bytes, layer_cost, model_constant, model_cost, total_weight_params
+from infoq_deploy.allocate.budgets import Budget, describe_best, folded_for, parse_budget, resolve_budget, size_mb
+from infoq_deploy.allocate.costs import (
+    MAX_METRICS, fp32_size_bytes, layer_cost, model_constant, model_cost, total_weight_params)
+from infoq_deploy.allocate.fpga_resources import why_not as fpga_why_not
+from infoq_deploy.core.targets import FPGA_METRICS
 from infoq_deploy.core.errors import UserError
 from infoq_deploy.importing.layers import Layer
 
@@ -64,6 +67,7 @@ def allocate(
     sa = _scores(s_a, layers, choices, 1, "activation", target) if alpha else [{} for _ in layers]
     score = [[sw[i].get(w, 0.0) + alpha * sa[i].get(a, 0.0) for w, a in choices[i]] for i in range(n)]
     resolved = [resolve_budget(b, layers, target) for b in budgets]
+    target = folded_for(resolved, target)
     rows = [_budget_row(b, layers, choices, target) for b in resolved]
     _check_each_budget(resolved, rows, layers, target)
 
@@ -103,6 +107,9 @@ def model_costs(layers: Sequence[Layer], bits: Sequence[tuple[int, int]], target
             out["bitops"] = model_cost("bitops", layers, bits)
         elif metric == "latency":
             out["latency_ms"] = model_cost("latency", layers, bits, target)
+        elif metric in FPGA_METRICS and fpga_why_not(layers) is None:  # else the report says why
+            out[metric] = model_cost(metric, layers, bits, target)
+            out["fold_cycles_per_frame"] = float(target.fpga.cycles_per_frame)
     return out
 
 
@@ -160,14 +167,23 @@ def _scores(table, layers, choices, side: int, what: str, target) -> list[dict[i
 
 @dataclass
 class _Row:
-    """One budget as coefficients per (layer, choice) <= rhs, in base units."""
+    """One budget as coefficients per (layer, choice) <= rhs, in base units. A budget on a
+    maximum over layers (cycles) is a limit on every layer: a choice over it costs infinity
+    (the ILP never sees it: `_undominated` drops it), one within it costs nothing; ``best``
+    is then the lowest maximum any allocation reaches."""
 
     coef: list[list[float]]
     rhs: float
+    best: float | None = None  # for a maximum: max over layers of the layer's cheapest choice
 
 
 def _budget_row(b: Budget, layers, choices, target) -> _Row:
-    coef = [[layer_cost(b.metric, l, w, a, target) for w, a in cs] for l, cs in zip(layers, choices)]
+    last = len(layers) - 1
+    coef = [[layer_cost(b.metric, l, w, a, target, last=i == last) for w, a in cs]
+            for i, (l, cs) in enumerate(zip(layers, choices))]
+    if b.metric in MAX_METRICS:
+        best = max(min(c) for c in coef)
+        return _Row([[0.0 if _met(c, b.limit) else math.inf for c in cs] for cs in coef], b.limit, best)
     if coef:  # the model's constant part (a measured rest of the graph) rides on the first layer
         coef[0] = [c + model_constant(b.metric, target) for c in coef[0]]
     # the average weight bit-width is linear once multiplied out by the total weight count
@@ -190,7 +206,7 @@ def _check_each_budget(budgets, rows, layers, target) -> None:
     """A single budget is feasible exactly when every layer at its cheapest choice meets it."""
     failed = []
     for b, row in zip(budgets, rows):
-        best = sum(min(c) for c in row.coef)
+        best = _best(row)
         if not _met(best, row.rhs):
             failed.append(f"{describe_best(b, _base(b, best, layers), layers)} ({_cheapest_note(target)})")
             failed[-1] = f"the budget {b.text} cannot be met on {target.name}: {failed[-1]}"
@@ -201,13 +217,18 @@ def _check_each_budget(budgets, rows, layers, target) -> None:
 
 def _joint_message(budgets, rows, layers, target) -> str:
     each = "; ".join(
-        describe_best(b, _base(b, sum(min(c) for c in row.coef), layers), layers) for b, row in zip(budgets, rows)
+        describe_best(b, _base(b, _best(row), layers), layers) for b, row in zip(budgets, rows)
     )
     texts = " and ".join(b.text for b in budgets)
     return (
         f"the budgets {texts} cannot be met together on {target.name}: each alone can ({each}), "
         "but no allocation meets all of them at once; raise one of them"
     )
+
+
+def _best(row: _Row) -> float:
+    """The lowest value of the row's metric any allocation reaches, budgets apart."""
+    return row.best if row.best is not None else sum(min(c) for c in row.coef)
 
 
 def _base(b: Budget, row_total: float, layers) -> float:
@@ -367,11 +388,10 @@ def recost(doc: dict, layers: Sequence[Layer], target, bits: Mapping[str, tuple[
     layers = sorted(layers, key=lambda l: l.order)
     bits = allocation_bits(doc) if bits is None else bits
     chosen = [tuple(bits[l.name]) for l in layers]
-    budgets = []
-    for b in doc["budgets"]:
-        resolved = resolve_budget(parse_budget(b["text"]), layers, target)
-        budgets.append(dict(b, metric=resolved.metric, limit=resolved.limit,
-                            used=model_cost(resolved.metric, layers, chosen, target)))
+    resolved = [resolve_budget(parse_budget(b["text"]), layers, target) for b in doc["budgets"]]
+    target = folded_for(resolved, target)
+    budgets = [dict(b, metric=r.metric, limit=r.limit, used=model_cost(r.metric, layers, chosen, target))
+               for b, r in zip(doc["budgets"], resolved)]
     return dict(doc, layers=[{"name": l.name, "w_bits": w, "a_bits": a} for l, (w, a) in zip(layers, chosen)],
                 cost=model_costs(layers, chosen, target), budgets=budgets)
 

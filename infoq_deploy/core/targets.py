@@ -23,7 +23,8 @@ from infoq_deploy.core.errors import UserError
 from infoq_deploy.core.quantizer import FLOAT_BITS, QuantSpec
 
 KINDS = ("conv", "dwconv", "linear")
-METRICS = ("size", "bitops", "latency")
+METRICS = ("size", "bitops", "latency", "luts", "brams", "cycles")
+FPGA_METRICS = ("luts", "brams", "cycles")  # FINN's estimators, under the target's [fpga] settings
 LATENCY_FORMAT = "infoq-deploy/latency/1"
 _PACKAGE = "infoq_deploy.target_defs"  # the top-level targets/ folder, shipped as package data
 
@@ -44,6 +45,15 @@ class ActQuant:
     # quantize the input of an average pool between two integer layers (importing/pool_inputs.py):
     # for runtimes that run a layer as an integer kernel only when its output is quantized (ORT)
     pool_inputs: bool = False
+
+
+@dataclass(frozen=True)
+class FpgaSpec:
+    """What FINN's resource estimators need (allocate/fpga_resources.py)."""
+
+    part: str  # the FPGA part FINN specializes layers for (HLS or RTL, DSP or LUT multipliers)
+    cycles_per_frame: int  # SetFolding's throughput target; a cycles budget replaces it
+    mvau_wwidth_max: int = 36  # SetFolding's widest weight stream per PE (FINN's default)
 
 
 @dataclass(frozen=True)
@@ -99,6 +109,13 @@ class Target:
     path: str  # the file it was read from, for messages
     pin_why: str = ""  # why the target pins layers (its [pin] why), for the report
     pins_from: str = "target"  # "target", or the command-line options that set the pins
+    fpga: FpgaSpec | None = None  # FINN resource estimation settings ([fpga]), for luts/brams/cycles
+
+    def with_cycles(self, cycles_per_frame: float | None) -> "Target":
+        """This target folded for ``cycles_per_frame`` (a cycles budget) instead of its [fpga] default."""
+        if cycles_per_frame is None or self.fpga is None:
+            return self
+        return dataclasses.replace(self, fpga=dataclasses.replace(self.fpga, cycles_per_frame=int(cycles_per_frame)))
 
     def quant_spec(self) -> QuantSpec:
         return QuantSpec(
@@ -253,6 +270,11 @@ class _Checker:
             raise self.fail(key, f"must be a [w_bits, a_bits] pair, e.g. [8, 8], not {v!r}")
         return (self.bits(v[0], key), self.bits(v[1], key))
 
+    def count(self, v: Any, key: str) -> int:
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise self.fail(key, f"must be a positive integer, not {v!r}")
+        return v
+
     def number(self, v: Any, key: str) -> float:
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
             raise self.fail(key, f"must be a finite number >= 0, not {v!r}")
@@ -272,7 +294,7 @@ def _load_file(path: Path, formats: tuple[str, ...] | None = None) -> Target:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not valid TOML ({exc}); fix the syntax") from None
 
-    c.keys(raw, "", {"name", "description", "export", "metrics", "weights", "activations"}, {"pin", "pairs", "latency"})
+    c.keys(raw, "", {"name", "description", "export", "metrics", "weights", "activations"}, {"pin", "pairs", "latency", "fpga"})
     name = c.string(raw["name"], "name")
     description = c.string(raw["description"], "description")
     export = c.string(raw["export"], "export", None if formats is None else tuple(formats))
@@ -345,6 +367,20 @@ def _load_file(path: Path, formats: tuple[str, ...] | None = None) -> Target:
             "latency", "is missing, but 'metrics' lists \"latency\"; add a [latency] table (see targets/README.md)"
         )
 
+    fpga = None
+    wanted = [m for m in metrics if m in FPGA_METRICS]
+    if "fpga" in raw:
+        f = c.table(raw, "fpga", "fpga")
+        c.keys(f, "fpga.", {"part", "cycles_per_frame"}, {"mvau_wwidth_max"})
+        fpga = FpgaSpec(part=c.string(f["part"], "fpga.part"),
+                        cycles_per_frame=c.count(f["cycles_per_frame"], "fpga.cycles_per_frame"),
+                        mvau_wwidth_max=c.count(f.get("mvau_wwidth_max", 36), "fpga.mvau_wwidth_max"))
+        if not wanted:
+            raise c.fail("fpga", f"is given but 'metrics' lists none of {', '.join(FPGA_METRICS)}; add one or remove [fpga]")
+    elif wanted:
+        raise c.fail("fpga", f"is missing, but 'metrics' lists {', '.join(wanted)}; add an [fpga] table with part "
+                     "and cycles_per_frame (see targets/README.md)")
+
     return Target(
         name=name,
         description=description,
@@ -358,6 +394,7 @@ def _load_file(path: Path, formats: tuple[str, ...] | None = None) -> Target:
         latency=latency,
         path=str(path),
         pin_why=pin_why,
+        fpga=fpga,
     )
 
 

@@ -41,6 +41,9 @@ _METRICS = {
     "bitops": ("bitops", "BitOps"),
     "latency": ("latency_ms", "latency"),
     "wbits": ("avg_weight_bits", "average weight bits"),
+    "luts": ("luts", "LUTs (FINN estimate)"),
+    "brams": ("brams", "BRAM_18K (FINN estimate)"),
+    "cycles": ("cycles", "cycles per frame (FINN estimate)"),
 }
 
 
@@ -62,6 +65,8 @@ def fmt_metric(metric: str, value: float | None) -> str:
         return f"{value:.4g} ms"
     if metric == "wbits":
         return f"{value:.3g} bit"
+    if metric in ("luts", "brams", "cycles"):
+        return f"{value:,.0f} " + {"luts": "LUT", "brams": "BRAM", "cycles": "cycles"}[metric]
     return f"{value:.4g}"
 
 
@@ -245,6 +250,10 @@ def summary_rows(doc: dict) -> list[list[str]]:
         if cost.get("avg_weight_bits") is not None:
             line += f"; {cost['avg_weight_bits']:.3g} bits per weight on average"
         rows.append(["size", line])
+    if cost.get("luts") is not None:
+        rows.append(["FPGA (FINN estimators)", f"{cost['luts']:,.0f} LUTs, {cost.get('brams', 0):,.0f} BRAM_18K, "
+                     f"{cost.get('cycles', 0):,.0f} cycles per frame at the folding for "
+                     f"{cost.get('fold_cycles_per_frame', 0):,.0f}; the layers' hardware only, not the rest of the graph"])
     acc = [f"{label} {fmt_acc(doc['accuracies'][k])}" for k, label in ACCURACY_LABELS.items()
            if doc["accuracies"].get(k) is not None]
     if acc:

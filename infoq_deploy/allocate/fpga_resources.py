@@ -11,7 +11,7 @@ folding never depends on another's), and FINN's ``res_estimation`` and ``get_exp
 These are FINN's analytical estimators (FINN-R, Blott et al. 2018), not a synthesis run.
 
 What the one-layer graph assumes, since the layer table holds no more: a square kernel, a
-stride of ``in_H // out_H`` and the padding that gives the output size; unsigned activations
+stride of ``in_H // out_H`` and the least symmetric padding that gives the output size; unsigned activations
 after the first layer (ReLU outputs), signed ones into it; an 8-bit threshold output (with
 FINN's default threshold memory style its estimators do not count thresholds anyway); no
 grouped convolutions other than depthwise. ``tests/test_fpga_resources.py`` checks the
@@ -80,6 +80,16 @@ def layer_resources(layer: Layer, w_bits: int, a_bits: int, *, last: bool, fpga)
                      int(fpga.cycles_per_frame), int(fpga.mvau_wwidth_max))
 
 
+def hardware_signature(layer: Layer) -> tuple:
+    """What identifies ``layer``'s compute node in a FINN graph: ("MVAU", MW, MH, vectors) or
+    ("VVAU", channels, kernel area, vectors), vectors being the output pixels it computes."""
+    s = _shape(layer)
+    vectors = math.prod(s.out_hw) if s.out_hw else 1
+    if s.kind == "dwconv":
+        return ("VVAU", s.c_in, s.k * s.k, vectors)
+    return ("MVAU", s.k * s.k * s.c_in, s.c_out, vectors)
+
+
 @dataclass(frozen=True)
 class _Shape:
     kind: str  # "conv" | "dwconv" | "linear"
@@ -88,6 +98,7 @@ class _Shape:
     k: int
     stride: int
     out_hw: tuple[int, ...]  # (OH, OW) for convs, the leading dims for a linear layer
+    in_hw: tuple[int, ...] = ()  # (IH, IW) after padding, for convs
 
 
 def _shape(layer: Layer) -> _Shape:
@@ -107,7 +118,17 @@ def _shape(layer: Layer) -> _Shape:
                         f"{c_in} -> {c_out} channels), which FINN's hardware layers do not take; "
                         "give a size or BitOps budget instead")
     stride = max(1, layer.in_shape[1] // layer.out_shape[1])
-    return _Shape(layer.kind, c_in, c_out, k, stride, tuple(layer.out_shape[1:]))
+    padded = tuple(_padded(i, o, k, stride) for i, o in zip(layer.in_shape[1:], layer.out_shape[1:]))
+    return _Shape(layer.kind, c_in, c_out, k, stride, tuple(layer.out_shape[1:]), padded)
+
+
+def _padded(size: int, out: int, k: int, stride: int) -> int:
+    """The padded input size FINN's padding layer writes: the least symmetric padding that
+    gives ``out`` (PyTorch's formula), else the size the output needs."""
+    for pad in range(k):
+        if (size + 2 * pad - k) // stride + 1 == out:
+            return size + 2 * pad
+    return (out - 1) * stride + k
 
 
 @contextlib.contextmanager
@@ -165,8 +186,7 @@ def _one_layer_graph(s: _Shape, w_bits: int, a_bits: int, last: bool, first: boo
         out_hw = s.out_hw or ()
         x_shape = [1, *out_hw, s.c_in]
     else:
-        oh, ow = s.out_hw
-        ih, iw = (oh - 1) * s.stride + s.k, (ow - 1) * s.stride + s.k
+        (oh, ow), (ih, iw) = s.out_hw, s.in_hw
         x_shape = [1, ih, iw, s.c_in]
     current = "x"
     if s.kind != "linear" and (s.k > 1 or s.stride > 1):

@@ -215,3 +215,79 @@ def session(model: onnx.ModelProto):
     run.build_seconds = time.perf_counter() - start
     run.precision = None
     return run
+
+
+def resource_estimates(model: onnx.ModelProto, fpga) -> list[dict]:
+    """FINN's own estimate of the hardware it builds from ``model``: its front end and hardware
+    layers as in `prepare`, then ``SpecializeLayers`` for ``fpga.part``, ``SetFolding`` at
+    ``fpga.cycles_per_frame`` (as allocate/fpga_resources.py folds each layer) and
+    ``res_estimation``. One row per node: name, op_type, luts, brams, dsps, cycles, the
+    producer of its input, and the layer-shape attributes of MVAU / VVAU nodes."""
+    from finn.analysis.fpgadataflow.res_estimation import res_estimation
+    from finn.transformation.fpgadataflow.set_folding import SetFolding
+    from finn.transformation.fpgadataflow.specialize_layers import SpecializeLayers
+    from qonnx.custom_op.registry import getCustomOp
+
+    wrapped = prepare(model)
+    with _quiet():
+        wrapped = wrapped.transform(SpecializeLayers(fpga.part))
+        wrapped = wrapped.transform(SetFolding(int(fpga.cycles_per_frame), mvau_wwidth_max=int(fpga.mvau_wwidth_max),
+                                               two_pass_relaxation=False))
+        res = res_estimation(wrapped, fpga.part)
+    rows = []
+    for node in wrapped.graph.node:
+        if not node.domain.startswith(HW_DOMAIN):
+            continue
+        op = getCustomOp(node)
+        attrs = op.get_nodeattr_types()
+        r = res.get(node.name, {})
+        producer = wrapped.find_producer(node.input[0])
+        with _quiet():  # some layers warn that their cycle model depends on the Vivado version
+            cycles = int(op.get_exp_cycles())
+        row = {"name": node.name, "op_type": node.op_type, "luts": int(r.get("LUT", 0)),
+               "brams": int(r.get("BRAM_18K", 0)), "dsps": int(r.get("DSP", 0)), "cycles": cycles,
+               "producer": producer.name if producer is not None else None}
+        for key in ("MW", "MH", "numInputVectors", "Channels", "Kernel", "Dim", "weightDataType"):
+            if key in attrs:
+                value = op.get_nodeattr(key)
+                row[key] = list(value) if isinstance(value, (list, tuple)) else value
+        rows.append(row)
+    return rows
+
+
+def per_layer(rows: list[dict], layers) -> tuple[dict[str, dict], dict]:
+    """FINN's estimate rows (`resource_estimates`) grouped by our layers: each layer's compute
+    node (MVAU / VVAU with the layer's shape, in graph order) and the sliding window that feeds
+    it; and the sum over every other node (padding, pools and their windows, thresholds, stream
+    duplication, residual adds), which belongs to no layer."""
+    import math
+
+    from infoq_deploy.allocate.fpga_resources import hardware_signature
+
+    def signature(row):
+        vectors = math.prod(row.get("numInputVectors") or row.get("Dim") or [1])
+        if row["op_type"].startswith("VVAU"):
+            return ("VVAU", row["Channels"], math.prod(row["Kernel"]), vectors)
+        return ("MVAU", row["MW"], row["MH"], vectors)
+
+    by_name = {r["name"]: r for r in rows}
+    compute = [r for r in rows if r["op_type"].startswith(("MVAU", "VVAU"))]
+    used, out = set(), {}
+    for layer in sorted(layers, key=lambda l: l.order):
+        want = hardware_signature(layer)
+        match = next((r for r in compute if r["name"] not in used and signature(r) == want), None)
+        if match is None:
+            raise ConsumerRefused(f"FINN's graph has no hardware layer for {layer.name} ({want[0]} of shape {want[1:]})")
+        nodes = [match]
+        window = by_name.get(match["producer"])
+        if window is not None and window["op_type"].startswith("ConvolutionInputGenerator"):
+            nodes.insert(0, window)
+        used.update(n["name"] for n in nodes)
+        out[layer.name] = {"luts": sum(n["luts"] for n in nodes), "brams": sum(n["brams"] for n in nodes),
+                           "dsps": sum(n["dsps"] for n in nodes), "cycles": max(n["cycles"] for n in nodes),
+                           "nodes": [n["name"] for n in nodes],
+                           "weight_type": match.get("weightDataType")}
+    rest = [r for r in rows if r["name"] not in used]
+    return out, {"luts": sum(r["luts"] for r in rest), "brams": sum(r["brams"] for r in rest),
+                 "dsps": sum(r["dsps"] for r in rest), "cycles": max((r["cycles"] for r in rest), default=0),
+                 "nodes": len(rest)}

@@ -150,3 +150,16 @@ def test_a_layer_finn_has_no_hardware_for_is_named():
     layer = dataclasses.replace(_layers()[1], in_shape=(16, 32), out_shape=(16, 32))  # a 1-d convolution
     assert "is not a 2-d convolution" in fpga_resources.why_not([layer])
     assert np.isfinite(layer_cost("size", layer, 4, 4))
+
+
+def test_layers_whose_output_no_quantizer_reads_are_marked():
+    """FINN thresholds a layer's accumulator inside the layer unless the output goes, through
+    its activation, into the average pool or out of the model (then the layer is an MVAU
+    without thresholds, which FINN may build from DSPs): the layer table says which."""
+    from infoq_deploy import stages
+    from infoq_deploy.importing.deployable import deployable
+
+    fashion = {l.name: l.requantized for l in deployable(stages.load_model(stages.DEFAULT_MODEL)).layers}
+    assert [n for n, r in fashion.items() if not r] == ["pw.0", "fc"]  # pw -> ReLU -> avgpool; fc -> logits
+    # a residual branch's last conv feeds the add through the join quantizer (importing/joins.py)
+    assert fashion["res_conv2"] and [l.name for l in _layers() if not l.requantized] == ["linear"]

@@ -4,7 +4,8 @@ No formula of ours: for each (layer, w_bits, a_bits) this builds the one-layer g
 itself makes of a quantized convolution or linear layer after streamlining and
 ``step_convert_to_hw`` (a ``ConvolutionInputGenerator`` sliding window, unless the kernel is
 1x1 with stride 1, feeding an ``MVAU``, or a ``VVAU`` for a depthwise convolution; thresholds
-inside it, except on the last layer, which writes the accumulator), then runs FINN's
+inside it, except where no quantizer reads the layer's output directly, as on the last layer
+and a residual branch's last convolution, which write the accumulator), then runs FINN's
 ``SpecializeLayers`` (HLS or RTL, FINN's choice for the part), ``SetFolding`` at the target's
 cycles per frame (FINN's folding heuristic, ``two_pass_relaxation`` off so that one layer's
 folding never depends on another's), and FINN's ``res_estimation`` and ``get_exp_cycles``.
@@ -12,9 +13,14 @@ These are FINN's analytical estimators (FINN-R, Blott et al. 2018), not a synthe
 
 What the one-layer graph assumes, since the layer table holds no more: a square kernel, a
 stride of ``in_H // out_H`` and the least symmetric padding that gives the output size; unsigned activations
-after the first layer (ReLU outputs), signed ones into it; an 8-bit threshold output (with
-FINN's default threshold memory style its estimators do not count thresholds anyway); no
-grouped convolutions other than depthwise. ``tests/test_fpga_resources.py`` checks the
+after the first layer (ReLU outputs), signed ones into it; no grouped convolutions other than
+depthwise; an 8-bit threshold output. That last one matters for depthwise layers only: FINN's
+VVAU estimate counts its thresholds, sized by the next quantizer's bits (a choice of the next
+layer, so not part of this layer's linear cost), and with 8 bits, the most fpga-int allows, the
+estimate is an upper bound (exact when the next layer reads 8-bit activations). FINN's MVAU
+estimate does not count thresholds with its default threshold memory. The accumulator width
+is FINN's data-type bound (arXiv 2301.13376), which FINN's own graph narrows further from the
+actual weights (MinimizeAccumulatorWidth), so the estimate may be a few LUTs high there. ``tests/test_fpga_resources.py`` checks the
 numbers against FINN's own estimates on the graph FINN builds from an exported file.
 
 The parts of a FINN build that belong to no layer (padding, pools, stream duplication, the
@@ -76,7 +82,7 @@ def layer_resources(layer: Layer, w_bits: int, a_bits: int, *, last: bool, fpga)
     if reason is not None:
         raise UserError(reason)
     shape = _shape(layer)
-    return _estimate(shape, int(w_bits), int(a_bits), bool(last), layer.order == 0, fpga.part,
+    return _estimate(shape, int(w_bits), int(a_bits), bool(last or not layer.requantized), layer.order == 0, fpga.part,
                      int(fpga.cycles_per_frame), int(fpga.mvau_wwidth_max))
 
 

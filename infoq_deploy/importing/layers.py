@@ -30,6 +30,10 @@ class Layer:
     in_shape: tuple[int, ...]  # one sample, no batch dimension
     out_shape: tuple[int, ...]
     order: int  # topological position among quantizable layers
+    # an activation quantizer of its own allocation reads its output (through an activation
+    # function); False when the output goes into an average pool or is the model's output: a
+    # FINN hardware layer then writes the accumulator instead of thresholding it
+    requantized: bool = True
 
     @property
     def params(self) -> int:
@@ -53,6 +57,7 @@ class Layer:
             in_shape=tuple(d["in_shape"]),
             out_shape=tuple(d["out_shape"]),
             order=int(d["order"]),
+            requantized=bool(d.get("requantized", True)),  # absent in tables written before it existed
         )
 
 
@@ -115,6 +120,37 @@ def build_layer_table(gm: torch.fx.GraphModule, input_shape: tuple[int, ...]) ->
                 in_shape=in_shape,
                 out_shape=out_shape,
                 order=len(layers),
+                requantized=_requantized(node, modules),
             )
         )
     return layers
+
+
+_POOLS = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AvgPool1d, nn.AvgPool2d)
+_POOL_FUNCTIONS = {torch.nn.functional.adaptive_avg_pool2d, torch.nn.functional.avg_pool2d, torch.mean}
+_PASS_THROUGH = (nn.BatchNorm1d, nn.BatchNorm2d, nn.Identity, nn.Dropout, nn.ReLU, nn.ReLU6, nn.Hardtanh,
+                 nn.SiLU, nn.Hardswish, nn.Sigmoid, nn.GELU, nn.LeakyReLU)
+_PASS_FUNCTIONS = {torch.relu, torch.nn.functional.relu, torch.nn.functional.relu6, torch.sigmoid,
+                   torch.nn.functional.silu, torch.nn.functional.hardswish, torch.nn.functional.hardtanh}
+
+
+def _requantized(node: torch.fx.Node, modules: dict) -> bool:
+    """False when the layer's output, past normalisation and activation functions, reaches an
+    average pool or the graph output: there no activation quantizer of the allocated bits reads
+    it (the pool's input is quantized on the accumulator grid, export/passes/quant_on_grid.py).
+    A residual add's inputs are quantized (importing/joins.py), so an add counts as requantized."""
+    todo, seen = list(node.users), set()
+    while todo:
+        user = todo.pop()
+        if user in seen:
+            continue
+        seen.add(user)
+        module = modules.get(user.target) if user.op == "call_module" else None
+        if user.op == "output" or isinstance(module, _POOLS) or (
+                user.op == "call_function" and user.target in _POOL_FUNCTIONS) or (
+                user.op == "call_method" and user.target == "mean"):
+            return False
+        if isinstance(module, _PASS_THROUGH) or (user.op == "call_function" and user.target in _PASS_FUNCTIONS) or (
+                user.op == "call_method" and user.target in ("relu", "relu_")):
+            todo.extend(user.users)
+    return True

@@ -4,8 +4,8 @@ No formula of ours: for each (layer, w_bits, a_bits) this builds the one-layer g
 itself makes of a quantized convolution or linear layer after streamlining and
 ``step_convert_to_hw`` (a ``ConvolutionInputGenerator`` sliding window, unless the kernel is
 1x1 with stride 1, feeding an ``MVAU``, or a ``VVAU`` for a depthwise convolution; thresholds
-inside it, except where no quantizer reads the layer's output directly, as on the last layer
-and a residual branch's last convolution, which write the accumulator), then runs FINN's
+inside it, except on the last layer and where the layer feeds an average pool through a
+quantizer too wide for FINN's thresholds; those write the accumulator), then runs FINN's
 ``SpecializeLayers`` (HLS or RTL, FINN's choice for the part), ``SetFolding`` at the target's
 cycles per frame (FINN's folding heuristic, ``two_pass_relaxation`` off so that one layer's
 folding never depends on another's), and FINN's ``res_estimation`` and ``get_exp_cycles``.
@@ -43,6 +43,10 @@ from infoq_deploy.core.errors import UserError
 from infoq_deploy.importing.layers import Layer
 
 _HW = "finn.custom_op.fpgadataflow"
+# the widest quantizer FINN's front end turns into thresholds (backends/finn_exec.py passes it
+# to step_qonnx_to_finn): the accumulator-grid quantizer in front of an average pool
+# (export/passes/quant_on_grid.py) becomes the thresholds of the layer before it up to this width
+MAX_THRESHOLD_BITS = 16
 INSTALL = "pip install --no-deps finn-plus==1.6.1 (README, first lines)"
 
 
@@ -82,8 +86,23 @@ def layer_resources(layer: Layer, w_bits: int, a_bits: int, *, last: bool, fpga)
     if reason is not None:
         raise UserError(reason)
     shape = _shape(layer)
-    return _estimate(shape, int(w_bits), int(a_bits), bool(last or not layer.requantized), layer.order == 0, fpga.part,
+    return _estimate(shape, int(w_bits), int(a_bits), not _thresholded(layer, shape, w_bits, a_bits, last),
+                     layer.order == 0, fpga.part,
                      int(fpga.cycles_per_frame), int(fpga.mvau_wwidth_max))
+
+
+def _thresholded(layer: Layer, s: "_Shape", w_bits: int, a_bits: int, last: bool) -> bool:
+    """Whether FINN puts thresholds inside the layer: when a quantizer of the allocated bits
+    reads its output, and when the lossless accumulator-grid quantizer in front of an average
+    pool does and is narrow enough (its width is that of the accumulator, estimated here by
+    FINN's data-type bound, log2(MW) + W + A - 1 for unsigned inputs: arXiv 2301.13376)."""
+    if last:
+        return False
+    if layer.requantized:
+        return True
+    fan_in = s.k * s.k * (1 if s.kind == "dwconv" else s.c_in)
+    signed = 1 if layer.order == 0 else 0
+    return math.ceil(math.log2(fan_in) + w_bits + a_bits - 1 - signed) <= MAX_THRESHOLD_BITS
 
 
 def hardware_signature(layer: Layer) -> tuple:

@@ -37,9 +37,9 @@ import warnings
 import numpy as np
 import onnx
 
+from infoq_deploy.allocate.fpga_resources import MAX_THRESHOLD_BITS as MULTITHRESHOLD_BITS
 from infoq_deploy.core.errors import ConsumerRefused
 
-MULTITHRESHOLD_BITS = 16
 HW_DOMAIN = "finn.custom_op.fpgadataflow"
 # FINN's Python execution of its hardware layers on this project's machine
 # (bench/results/fpga_consumers_finn.json): 0.27 s per image on the default model (2 M

@@ -136,6 +136,10 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verify-size", type=COUNT, default=None, help="held-out samples the exported graph is run on (default: all)")
     p.add_argument("--consumer-size", type=COUNT, default=200,
                    help="of those, samples run through the consumer flow's own simulation (hls4ml's C simulation; default 200)")
+    p.add_argument("--backend", choices=backend_registry.names(),
+                   help="the consumer flow that checks the exported file, before profiling (whether it takes the "
+                        "model) and in verify: hls4ml or finn for fpga-int, or the format's reference executor "
+                        "(qonnx, ort) alone; default: the format's pipeline consumers (qonnx: hls4ml)")
     p.add_argument("-o", "--output", default=None, help="run directory (default runs/<model>-<target>)")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
 

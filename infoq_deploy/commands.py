@@ -204,6 +204,7 @@ def _run_config(args, *, budgets: list[str], method: str, allocation: str | None
         eval_size=args.eval_size,
         verify_size=args.verify_size,
         consumer_size=args.consumer_size,
+        backend=args.backend,
         method=method,
         alpha=getattr(args, "alpha", 1.0),
         pins=[(w, None if p is None else list(p)) for w, p in args.pin],

@@ -51,6 +51,7 @@ class RunConfig:
     eval_size: int | None = None
     verify_size: int | None = None  # held-out samples run through the exported file (None: all)
     consumer_size: int = 200  # of those, run through the consumer flow's simulation (hls4ml)
+    backend: str | None = None  # the consumer flow verify runs (None: the format's pipeline consumers)
     method: str = "infoq"
     alpha: float = 1.0
     pins: list = field(default_factory=list)  # [(first|last, [w, a] or None)]: --pin
@@ -68,8 +69,10 @@ class RunConfig:
     def inputs(self) -> dict:
         """What identifies the run: a run directory holds the run of one set of inputs."""
         keys = ("model", "weights", "input_shape", "data", "eval_data", "train_data", "labels", "calib_size",
-                "eval_size", "train_size", "method", "alpha", "pins", "no_pin", "seed", "epochs", "lr", "batch_size", "verify_size", "allocation", "infoq")
-        d = {k: getattr(self, k) for k in keys if k not in ("pins", "no_pin") or getattr(self, k)}
+                "eval_size", "train_size", "method", "alpha", "pins", "no_pin", "seed", "epochs", "lr", "batch_size", "verify_size", "allocation", "infoq",
+                "backend")
+        # keys added later appear only when set, so older run directories still match their inputs
+        d = {k: getattr(self, k) for k in keys if k not in ("pins", "no_pin", "backend") or getattr(self, k)}
         d["input_shape"] = list(self.input_shape) if self.input_shape else None
         d["target"] = self.target
         d["budgets"] = list(self.budgets)
@@ -112,6 +115,7 @@ def run(cfg: RunConfig) -> dict:
         parse_budget(text)
     if cfg.allocation is None:
         profile_methods.get(cfg.method)
+    consumers = stages.consumers_for(target.export, cfg.backend)
     inputs = cfg.inputs()
     run_dir = Path(cfg.run_dir)
     claim_run_dir(run_dir, inputs, cfg.resume)
@@ -135,6 +139,10 @@ def run(cfg: RunConfig) -> dict:
     if cfg.allocation is not None:
         given = load_allocation(cfg.allocation)
         stages.check_allocation(given, target, model, cfg.allocation)
+    lap("import")
+    # before any long work: the format can express the model and the flows verify runs take it
+    stages.preflight(model, target, plan.calibration, consumers)
+    lap("preflight")
     # Inputs are valid: only now does the run directory come to exist, held by this run alone.
     run_dir.mkdir(parents=True, exist_ok=True)
     holder = _previous(run_dir).get("pid")
@@ -144,8 +152,7 @@ def run(cfg: RunConfig) -> dict:
         write_json(run_dir / RUN_FILE, {**status, "status": "running"})
         try:
             (run_dir / "report.json").unlink(missing_ok=True)
-            lap("import")
-            return _stages(cfg, target, model, plan, given, run_dir, status, timings, lap)
+            return _stages(cfg, target, model, plan, given, run_dir, status, timings, lap, consumers)
         except VerificationFailed:
             raise  # run.json already holds the verdict
         except BaseException as exc:
@@ -180,7 +187,8 @@ def _mark_failed(marker: Path, doc: dict) -> None:
         pass
 
 
-def _stages(cfg: RunConfig, target, model, plan, given, run_dir: Path, status: dict, timings: dict, lap) -> dict:
+def _stages(cfg: RunConfig, target, model, plan, given, run_dir: Path, status: dict, timings: dict, lap,
+            consumers: tuple[str, ...]) -> dict:
     inputs = status["inputs"]
     calib = plan.calibration
     if given is not None:
@@ -219,7 +227,8 @@ def _stages(cfg: RunConfig, target, model, plan, given, run_dir: Path, status: d
     lap("export")
 
     verified = stages.verify_quantized(onnx_path, qm, plan.evaluation, verify_size=cfg.verify_size, seed=cfg.seed,
-                                       eval_ref=qm.data.get("evaluation"), consumer_size=cfg.consumer_size,
+                                       eval_ref=qm.data.get("evaluation"), consumers=consumers,
+                                       consumer_size=cfg.consumer_size,
                                        consumer_budget=stages.CONSUMER_BUDGET_SECONDS)
     write_json(run_dir / "verify.json", verified)
     lap("verify")

@@ -257,6 +257,16 @@ def consumers_for(fmt: str, backend: str | None) -> tuple[str, ...]:
     return (backend,)
 
 
+def preflight(model: ImportedModel, target: Target, calibration: Dataset, consumers: tuple[str, ...] | None = None) -> dict:
+    """Before profiling: UserError (one sentence naming the layer, the operator and the flow)
+    unless ``model`` exports in ``target``'s format and the flows ``consumers`` (default: the
+    format's pipeline ones) can take it (verify/preflight.py)."""
+    from infoq_deploy.verify.preflight import preflight as check
+
+    consumers = consumers_for(target.export, None) if consumers is None else consumers
+    return check(deployable(model), target, calibration.x, consumers)
+
+
 def verify_quantized(onnx_path: str | Path, qm: QuantizedModel, evaluation: Dataset, *, verify_size: int | None = None,
                      seed: int = 0, fmt: str | None = None, eval_ref: DataRef | None = None,
                      consumers: tuple[str, ...] | None = None, consumer_size: int = DEFAULT_CONSUMER_SIZE,
@@ -414,7 +424,7 @@ def report_run(run_dir: str | Path, qm: QuantizedModel, verified: dict, *, sensi
 __all__ = [
     "DEFAULT_DATA", "DEFAULT_EVAL_DATA", "DEFAULT_MODEL", "DataPlan", "DataRef", "FinetuneConfig", "ModelSource",
     "QuantizedModel", "absolute_spec", "allocate_table", "allocation_document", "check_allocation", "deployable", "export_quantized",
-    "finetune_quantized", "load_data", "load_model", "load_quantized", "load_target", "list_targets", "load_verification",
+    "finetune_quantized", "preflight", "load_data", "load_model", "load_quantized", "load_target", "list_targets", "load_verification",
     "pin_target", "plan_datasets", "profile", "profile_infoq", "profile_mse", "quantize", "report_run", "save_quantized", "verification_subset",
     "verify_quantized",
 ]

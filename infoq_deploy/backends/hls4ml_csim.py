@@ -97,6 +97,34 @@ def prepare(model: onnx.ModelProto):
         return cleanup_model(wrapped)
 
 
+_POOLS = ("MaxPool", "AveragePool")
+
+
+def unsupported(model: onnx.ModelProto) -> list[tuple[str, str, str]]:
+    """The nodes of ``model`` hls4ml 1.3's flow cannot take, as (node, operator, why): operators
+    its ONNX front end has no handler for (``hls4ml.converters.get_supported_onnx_layers``) and
+    pools its io_stream implementation asserts against (``nnet_pooling_stream.h``: the window
+    must equal the stride, with no padding; it aborts the C simulation otherwise). Read on the
+    graph hls4ml converts (`prepare`), whose node names are those of the exported file."""
+    import hls4ml.converters
+
+    known = set(hls4ml.converters.get_supported_onnx_layers())
+    wrapped = prepare(model)
+    out = []
+    for node in wrapped.graph.node:
+        if node.op_type not in known:
+            out.append((node.name, node.op_type, "hls4ml's ONNX front end has no handler for it"))
+        elif node.op_type in _POOLS:
+            attrs = {a.name: list(a.ints) for a in node.attribute if a.ints}
+            kernel, strides = attrs.get("kernel_shape", []), attrs.get("strides", [1] * len(attrs.get("kernel_shape", [])))
+            if kernel != strides:
+                out.append((node.name, node.op_type, f"a {'x'.join(map(str, kernel))} window at stride "
+                            f"{'x'.join(map(str, strides))}; hls4ml's io_stream pool needs the window equal to its stride"))
+            elif any(attrs.get("pads", [])):
+                out.append((node.name, node.op_type, "padding, which hls4ml's io_stream pool does not take"))
+    return out
+
+
 def _quant_params(wrapped, node):
     scale = wrapped.get_initializer(node.input[1])
     bits = wrapped.get_initializer(node.input[3])
@@ -177,6 +205,11 @@ def session(model: onnx.ModelProto):
     reason = unavailable()
     if reason is not None:
         raise RuntimeError(reason)
+    refused = unsupported(model)
+    if refused:  # before the C++ is generated: hls4ml would fail there, or abort in the simulation
+        name, op, why = refused[0]
+        more = f" (and {len(refused) - 1} more node(s))" if len(refused) > 1 else ""
+        raise ConsumerRefused(f"node {name} ({op}: {why}){more}")
     info: dict = {}
 
     def run(x: np.ndarray) -> np.ndarray:

@@ -1,0 +1,65 @@
+"""Before any long work (verify/preflight.py): a model the target's format cannot express, or
+the flow the run verifies with cannot take, is refused in one sentence naming the layer, the
+operator and the back end; nothing is profiled and no run directory is left."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from infoq_deploy.backends import hls4ml_csim
+from infoq_deploy.cli import main
+
+FIXTURE = str(Path(__file__).parent / "fixtures" / "stem_pool_cnn.py")
+needs_hls4ml = pytest.mark.skipif(hls4ml_csim.unavailable() is not None, reason=str(hls4ml_csim.unavailable()))
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("INFOQ_DEPLOY_CACHE", str(tmp_path / "cache"))
+
+
+def _run(tmp_path, data, spec, *extra):
+    return main([f"{FIXTURE}:{spec}", "--input-shape", "1,8,8", "--data", data, "--target", "fpga-int",
+                 "--budget", "6bit", "--method", "mse", "-o", str(tmp_path / "run"), *extra])
+
+
+@needs_hls4ml
+def test_a_pool_hls4ml_cannot_take_is_refused_before_profiling(tmp_path, quadrant_data, capsys, monkeypatch):
+    from infoq_deploy import stages
+
+    profiled = []
+    monkeypatch.setattr(stages, "profile", lambda *a, **k: profiled.append(1))
+    assert _run(tmp_path, quadrant_data, "build") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err
+    assert "hls4ml" in err and "layer conv1's MaxPool" in err and "window equal to its stride" in err, err
+    assert "--backend finn" in err
+    assert not profiled and not (tmp_path / "run").exists()
+
+
+def test_another_flow_can_be_chosen(tmp_path, quadrant_data, capsys):
+    """FINN takes the padded 3x3 pool at stride 2 (SWG + Pool); qonnx's executor alone checks nothing more."""
+    assert _run(tmp_path, quadrant_data, "build", "--backend", "qonnx") == 0, capsys.readouterr().err
+
+
+def test_an_operator_no_format_expresses_is_refused_before_profiling(tmp_path, quadrant_data, capsys):
+    assert _run(tmp_path, quadrant_data, "attention") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err
+    assert "cannot be exported as qonnx for target fpga-int" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+@needs_hls4ml
+def test_hls4ml_lists_what_it_cannot_take():
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("MaxPool", ["x"], ["p"], name="pool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("Erf", ["p"], ["y"], name="erf")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])])
+    found = hls4ml_csim.unsupported(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+    ops = {op: why for _, op, why in found}
+    assert set(ops) == {"MaxPool", "Erf"} and "stride" in ops["MaxPool"] and "no handler" in ops["Erf"]

@@ -117,8 +117,13 @@ def test_resnet20_every_integer_layer_is_an_integer_kernel(tmp_path):
     calibrate(qmodel, data.x)
     path = tmp_path / "resnet20.onnx"
     export_model(qmodel, data.x[:1], "qcdq", path)
-    result = fusion(onnx.load(str(path)), _integer_nodes(path, qmodel))
+    expected = _integer_nodes(path, qmodel)
+    # every add: the option-A shortcut's (export/passes/dequantize_after_shortcut.py) and the
+    # last one, before the pool (importing/pool_inputs.py) included
+    assert len(quantized_adds(onnx.load(str(path)))) == 9
+    result = fusion(onnx.load(str(path)), expected)
     assert result.float_nodes == {}, result.float_nodes
     assert result.integer_ops.get("QLinearConv") == 19 and result.integer_ops.get("QGemm") == 1, result.integer_ops
+    assert result.integer_ops.get("QLinearAdd") == 9, result.integer_ops
     ours = verify_export(path, "qcdq", qmodel, data.x, data.y, allocation=allocation)
     assert ours.ok, (ours.mismatches, ours.agreement, ours.mean_abs_diff, ours.tolerance)

@@ -15,6 +15,7 @@ from qonnx.core.modelwrapper import ModelWrapper
 
 from infoq_deploy.export.graph import OnnxGraph, bits_from_range
 from infoq_deploy.export.passes.activations_as_uint8 import ActivationsAsUint8
+from infoq_deploy.export.passes.dequantize_after_shortcut import DequantizeAfterShortcut
 from infoq_deploy.export.passes.merge_duplicates import MergeDuplicateNodes
 from infoq_deploy.export.passes.pad_into_conv import PadIntoConv
 from infoq_deploy.quantize.brevitas_model import read_bits, read_join_quantizers
@@ -46,7 +47,7 @@ def check(qmodel) -> None:
 
 # in order: one quantizer per tensor (Brevitas exports a tensor shared by a layer and a
 # residual add twice), then the two rewrites ORT needs to fuse every int8 layer (each says why)
-PASSES = (MergeDuplicateNodes, PadIntoConv, ActivationsAsUint8)
+PASSES = (MergeDuplicateNodes, PadIntoConv, ActivationsAsUint8, DequantizeAfterShortcut)
 
 
 def write(qmodel, example, path) -> None:

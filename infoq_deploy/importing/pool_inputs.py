@@ -9,6 +9,9 @@ the pool's input, reached from the layer through activations that the quantizer 
 redundant (ReLU, ReLU6, clamp: ORT folds them into it), lets the layer fuse; the pool then
 averages quantized values and the linear layer's own input quantizer follows as before.
 
+A residual add whose inputs are all quantized is the same case (a CIFAR ResNet's last block:
+add -> ReLU -> pool): ORT makes it a QLinearAdd only with a quantizer on its output.
+
 `plan_pool_inputs` states the rule; the Brevitas builder applies it on targets that ask for it
 (``[activations] pool_inputs = "quantized"``: edge-cpu-ort). fpga-int does not: its QONNX export
 puts a lossless quantizer on the accumulator grid there (`export/passes/quant_on_grid.py`).
@@ -43,9 +46,11 @@ def _tensor_arg(node: torch.fx.Node) -> torch.fx.Node | None:
     return args[0] if len(args) == 1 else None
 
 
-def plan_pool_inputs(gm: torch.fx.GraphModule, integer_layers: set[str], quantized_inputs: set[str]) -> tuple[str, ...]:
-    """Names of the average-pool nodes of ``gm`` whose input an integer layer computes (through
-    activations only) and whose result a layer with a quantized input reads (through reshapes)."""
+def plan_pool_inputs(gm: torch.fx.GraphModule, integer_layers: set[str], quantized_inputs: set[str],
+                     integer_joins: set[str] = frozenset()) -> tuple[str, ...]:
+    """Names of the average-pool nodes of ``gm`` whose input an integer layer or an integer add
+    (``integer_joins``: every input quantized) computes, through activations only, and whose
+    result a layer with a quantized input reads (through reshapes)."""
     modules = dict(gm.named_modules())
     found = []
     for node in gm.graph.nodes:
@@ -55,7 +60,8 @@ def plan_pool_inputs(gm: torch.fx.GraphModule, integer_layers: set[str], quantiz
         source = _tensor_arg(node)
         while source is not None and len(source.users) == 1 and _is(source, _ACT_FUNCTIONS, _ACT_MODULES, modules):
             source = _tensor_arg(source)
-        if source is None or len(source.users) != 1 or source.op != "call_module" or source.target not in integer_layers:
+        if source is None or len(source.users) != 1 or not (
+                (source.op == "call_module" and source.target in integer_layers) or source.name in integer_joins):
             continue
         # forwards: pool -> reshapes -> a layer that quantizes its input
         reader = node

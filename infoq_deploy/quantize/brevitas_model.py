@@ -55,6 +55,7 @@ from brevitas.graph.calibrate import quantization_status_manager
 from brevitas.inject import ExtendedInjector
 from brevitas.inject.enum import RestrictValueType, ScalingImplType, ScalingPerOutputType, StatsOp
 from brevitas.nn.quant_layer import QuantWeightBiasInputOutputLayer
+from brevitas.proxy.runtime_quant import ActQuantProxyFromInjector
 from brevitas.quant.base import IntQuant, NarrowIntQuant
 from brevitas.quant.scaled_int import Int32Bias
 from brevitas.quant.solver import ActQuantSolver, WeightQuantSolver
@@ -369,13 +370,32 @@ def _insert_join_quantizers(gm: torch.fx.GraphModule, allocation, spec: QuantSpe
     return names
 
 
+def _quantizer_output(node: torch.fx.Node, modules: dict) -> bool:
+    """Whether ``node`` is an activation quantizer's output (a join's own, or a layer's shared
+    one), directly or through grid-keeping ops (the option-A shortcut's slice and zero pad)."""
+    while True:
+        if node.op == "call_function" and node.target is _plain:
+            node = node.args[0]
+        if node.op == "call_module" and isinstance(modules.get(node.target), (qnn.QuantIdentity, ActQuantProxyFromInjector)):
+            return True
+        tensor_args = [a for a in node.all_input_nodes if is_tensor(a)]
+        if not (keeps_grid(node, modules) and len(tensor_args) == 1):
+            return False
+        node = tensor_args[0]
+
+
 def _insert_pool_quantizers(gm: torch.fx.GraphModule, allocation, spec: QuantSpec, bits: int) -> list[str]:
     """A QuantIdentity on the input of each average pool between two integer layers (importing/pool_inputs.py)."""
     integer = {n for n, (w, a) in allocation.items() if w < FLOAT_BITS and a < FLOAT_BITS}
     quantized = {n for n, (_, a) in allocation.items() if a < FLOAT_BITS}
     nodes = {n.name: n for n in gm.graph.nodes}
+    modules = dict(gm.named_modules())
+    # a residual add whose every input a quantizer writes (the join quantizers are in by now)
+    # is an integer add once its output is quantized too
+    integer_joins = {n.name for n in gm.graph.nodes if (ins := join_inputs_of(n)) is not None
+                     and all(_quantizer_output(i, modules) for i in ins)}
     names = []
-    for pool_name in plan_pool_inputs(gm, integer, quantized):
+    for pool_name in plan_pool_inputs(gm, integer, quantized, integer_joins):
         pool = nodes[pool_name]
         name = f"{pool.name}_input_quant"
         while hasattr(gm, name):

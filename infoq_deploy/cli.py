@@ -10,6 +10,7 @@ import argparse
 import difflib
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -318,6 +319,10 @@ def _main(argv: list[str] | None) -> int:
     except UserError as exc:  # one line, whatever a library put in the message
         print(f"infoq-deploy: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
+    except BrokenPipeError:  # `infoq-deploy inspect M | head`: the reader has all it wanted
+        # further writes (and the interpreter's flush at exit) would raise again: send them nowhere
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # what a shell reports for a process ended by SIGPIPE (128 + 13)
     except OSError as exc:  # what the output claims and atomic writes did not foresee
         from infoq_deploy.core.outputs import os_error_message
 

@@ -140,3 +140,13 @@ def test_profile_infoq_writes_table_and_plots(capsys, tmp_path, monkeypatch):
     for png in ("sensitivity.png", "observers.png"):
         assert (tmp_path / "s_plots" / png).stat().st_size > 1000
     assert "observer" in out
+
+
+def test_a_reader_that_stops_early_gets_no_error():
+    """`infoq-deploy inspect MODEL | head -1`: a closed pipe ends the command quietly, as SIGPIPE
+    ends a shell tool (exit 141), with no error line on stderr. `true` reads nothing and exits at
+    once, so the tool's first write (after the model is loaded) meets a closed pipe."""
+    exe = str(Path(sys.executable).with_name("infoq-deploy"))
+    proc = subprocess.run(f"'{exe}' inspect zoo:fashion-cnn | true; exit ${{PIPESTATUS[0]}}", shell=True,
+                          executable="/bin/bash", capture_output=True, text=True)
+    assert proc.returncode == 141 and proc.stderr == "", (proc.returncode, proc.stderr)

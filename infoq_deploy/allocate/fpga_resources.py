@@ -12,16 +12,18 @@ folding never depends on another's), and FINN's ``res_estimation`` and ``get_exp
 These are FINN's analytical estimators (FINN-R, Blott et al. 2018), not a synthesis run.
 
 What the one-layer graph assumes, since the layer table holds no more: a square kernel, a
-stride of ``in_H // out_H`` and the least symmetric padding that gives the output size; unsigned activations
-after the first layer (ReLU outputs), signed ones into it; no grouped convolutions other than
-depthwise; an 8-bit threshold output. That last one matters for depthwise layers only: FINN's
-VVAU estimate counts its thresholds, sized by the next quantizer's bits (a choice of the next
-layer, so not part of this layer's linear cost), and with 8 bits, the most fpga-int allows, the
-estimate is an upper bound (exact when the next layer reads 8-bit activations). FINN's MVAU
-estimate does not count thresholds with its default threshold memory. The accumulator width
-is FINN's data-type bound (arXiv 2301.13376), which FINN's own graph narrows further from the
-actual weights (MinimizeAccumulatorWidth), so the estimate may be a few LUTs high there. ``tests/test_fpga_resources.py`` checks the
-numbers against FINN's own estimates on the graph FINN builds from an exported file.
+stride of ``in_H // out_H`` and the least symmetric padding that gives the output size;
+unsigned activations after the first layer (ReLU outputs), signed ones into it; no grouped
+convolutions other than depthwise; an 8-bit threshold output. That last one matters for
+depthwise layers only: FINN's VVAU estimate counts its thresholds, sized by the next
+quantizer's bits (a choice of the next layer, so not part of this layer's linear cost), and
+with 8 bits, the most fpga-int allows, the estimate is an upper bound (exact when the next
+layer reads 8-bit activations). FINN's MVAU estimate does not count thresholds with its
+default threshold memory. The accumulator width is FINN's data-type bound (arXiv
+2301.13376), which FINN's own graph narrows from the actual weights
+(MinimizeAccumulatorWidth), so the estimate may be a few LUTs high there.
+``tests/test_fpga_resources.py`` checks the numbers against FINN's own estimates on the graph
+FINN builds from an exported file.
 
 The parts of a FINN build that belong to no layer (padding, pools, stream duplication, the
 residual adds, the layout Transpose) are not in the layer costs; the FPGA benchmark reports
@@ -157,8 +159,9 @@ def _padded(size: int, out: int, k: int, stride: int) -> int:
 
 
 @contextlib.contextmanager
-def _quiet():
-    # SetFolding logs every layer that misses the cycle target; the cost says so instead
+def quiet_finn():
+    """FINN logs every pattern it skips while streamlining and every layer SetFolding cannot fold
+    to the target; the costs (and, if FINN fails, its own one-line message) say what matters."""
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)
     try:
@@ -179,7 +182,7 @@ def _estimate(s: _Shape, w_bits: int, a_bits: int, last: bool, first: bool, part
     from qonnx.custom_op.registry import getCustomOp
 
     model = _one_layer_graph(s, w_bits, a_bits, last, first)
-    with _quiet():
+    with quiet_finn():
         model = model.transform(SpecializeLayers(part))
         model = model.transform(SetFolding(cycles, mvau_wwidth_max=wwidth_max, two_pass_relaxation=False))
         res = res_estimation(model, part)

@@ -27,17 +27,14 @@ in `verify/consumer.py` states the logit tolerance instead of claiming bit-exact
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import io
-import logging
 import time
-import warnings
 
 import numpy as np
 import onnx
 
 from infoq_deploy.allocate.fpga_resources import MAX_THRESHOLD_BITS as MULTITHRESHOLD_BITS
+from infoq_deploy.allocate.fpga_resources import quiet_finn as _quiet
 from infoq_deploy.core.errors import ConsumerRefused
 
 HW_DOMAIN = "finn.custom_op.fpgadataflow"
@@ -59,21 +56,6 @@ def seconds_per_input(model: onnx.ModelProto) -> float:
     from infoq_deploy.backends.hls4ml_csim import multiply_accumulates
 
     return SECONDS_PER_INPUT + multiply_accumulates(model) * SECONDS_PER_MAC
-
-
-@contextlib.contextmanager
-def _quiet():
-    # FINN logs every pattern it skips while streamlining; its own sentence, if it fails, is
-    # what reaches the user
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
-                warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.disable(previous)
 
 
 def _qonnx_to_finn(model):

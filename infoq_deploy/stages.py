@@ -370,6 +370,20 @@ def load_verification(path: str | Path) -> dict:
     return doc
 
 
+def _widest_fpga_cost(qm: QuantizedModel, allocation: dict) -> dict:
+    """LUTs and BRAMs of the model with every layer at the widest bits the target allows there,
+    at the allocation's folding: the reference the report draws FPGA costs against."""
+    from infoq_deploy.allocate.budgets import folded_for
+    from infoq_deploy.allocate.ilp import model_costs, pinned_as_allocated
+    from infoq_deploy.verify.preflight import widest_bits
+
+    layers = sorted(deployable(qm.model).layers, key=lambda l: l.order)
+    target = pinned_as_allocated(allocation, qm.target)
+    target = folded_for([parse_budget(b["text"]) for b in allocation.get("budgets", [])], target)
+    cost = model_costs(layers, widest_bits(target, len(layers)), target)
+    return {k: cost[k] for k in ("luts", "brams") if k in cost}
+
+
 def report_run(run_dir: str | Path, qm: QuantizedModel, verified: dict, *, sensitivity: SensitivityTable | None = None,
                inputs: dict | None = None, timings: dict[str, float] | None = None, notes: list[str] = ()) -> None:
     """report.md, report.json and the plots of ``qm`` and its verification into ``run_dir``."""
@@ -389,6 +403,8 @@ def report_run(run_dir: str | Path, qm: QuantizedModel, verified: dict, *, sensi
     accuracies["exported"] = result.get("accuracy")
     model_info = dict(qm.model_info)
     model_info["eval"] = dict(model_info.get("eval") or {}, verified_on=verified["eval"]["verified_on"])
+    if "luts" in allocation["cost"]:  # FPGA resources against every layer at its widest bits
+        model_info["reference_cost"] = _widest_fpga_cost(qm, allocation)
     if timings is None:  # from the stage records
         timings = {}
         if sensitivity is not None and "seconds" in sensitivity.meta:

@@ -169,7 +169,7 @@ def cost_panels(allocation: dict, layers: list[Layer], reference_cost: dict | No
                          "used": b["used"], "limit": b["limit"],
                          "text": f"{fmt_metric(metric, b['used'])}\nof {fmt_metric(metric, b['limit'])}"})
         if not budgets:
-            ref, ref_label = _reference(metric, layers, reference_cost)
+            ref, ref_label = _reference(metric, layers, reference_cost, cost)
             frac = used / ref if (used is not None and ref) else None
             text = fmt_metric(metric, used) + (f"\nof {fmt_metric(metric, ref)}" if ref else "\n(no reference)")
             bars.append({"label": ref_label, "kind": "reference", "fraction": frac, "used": used, "limit": ref,
@@ -178,10 +178,15 @@ def cost_panels(allocation: dict, layers: list[Layer], reference_cost: dict | No
     return panels
 
 
-def _reference(metric: str, layers: list[Layer], reference_cost: dict) -> tuple[float | None, str]:
+_REFERENCE_LABELS = {"luts": "vs widest bits", "brams": "vs widest bits"}
+
+
+def _reference(metric: str, layers: list[Layer], reference_cost: dict, cost: dict | None = None) -> tuple[float | None, str]:
     key = _METRICS.get(metric, (metric, ""))[0]
     if key in reference_cost:
-        return float(reference_cost[key]), "vs reference"
+        return float(reference_cost[key]), _REFERENCE_LABELS.get(metric, "vs reference")
+    if metric == "cycles" and (cost or {}).get("fold_cycles_per_frame"):
+        return float(cost["fold_cycles_per_frame"]), "vs folding target"
     if not layers:
         return None, "no reference"
     if metric == "size":

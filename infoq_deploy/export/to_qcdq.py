@@ -58,8 +58,15 @@ def write(qmodel, example, path) -> None:
     model.save(str(path))
 
 
+# integer ops a DequantizeLinear may follow (export/passes/dequantize_after_shortcut.py): the
+# levels are those of the Clip or QuantizeLinear in front of them
+_INTEGER_GRID_OPS = ("Slice", "Pad", "Reshape", "Flatten", "Transpose", "Identity", "MaxPool")
+
+
 def quant_bits(g: OnnxGraph, qnode) -> int | str:
     inner = g.producer.get(qnode.input[0])
+    while inner is not None and inner.op_type in _INTEGER_GRID_OPS:
+        inner = g.producer.get(inner.input[0])
     zp = g.const(qnode.input[2]) if len(qnode.input) > 2 else None
     if inner is not None and inner.op_type == "Clip":
         lo, hi = g.const(inner.input[1]), g.const(inner.input[2])

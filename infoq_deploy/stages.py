@@ -375,12 +375,11 @@ def _widest_fpga_cost(qm: QuantizedModel, allocation: dict) -> dict:
     at the allocation's folding: the reference the report draws FPGA costs against."""
     from infoq_deploy.allocate.budgets import folded_for
     from infoq_deploy.allocate.ilp import model_costs, pinned_as_allocated
-    from infoq_deploy.verify.preflight import widest_bits
 
     layers = sorted(deployable(qm.model).layers, key=lambda l: l.order)
     target = pinned_as_allocated(allocation, qm.target)
     target = folded_for([parse_budget(b["text"]) for b in allocation.get("budgets", [])], target)
-    cost = model_costs(layers, widest_bits(target, len(layers)), target)
+    cost = model_costs(layers, target.widest_bits(len(layers)), target)
     return {k: cost[k] for k in ("luts", "brams") if k in cost}
 
 

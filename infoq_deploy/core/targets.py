@@ -142,6 +142,15 @@ class Target:
             )
         return (pins.pop(),) if pins else self.choices()
 
+    def widest_bits(self, n_layers: int) -> list[tuple[int, int]]:
+        """Per layer, the widest integer (w, a) allowed at its place (float only where nothing else is)."""
+        out = []
+        for i in range(n_layers):
+            allowed = self.layer_choices(i, n_layers)
+            integer = [p for p in allowed if p[0] < FLOAT_BITS and p[1] < FLOAT_BITS]
+            out.append(max(integer or allowed))
+        return out
+
     def with_pins(self, first: tuple[int, int] | None, last: tuple[int, int] | None, source: str) -> "Target":
         """This target with other pins (None: that layer is free), each checked against what it allows."""
         for where, pair in (("first", first), ("last", last)):

@@ -29,22 +29,12 @@ from infoq_deploy.verify.check import match_layers
 SAMPLES = 8  # calibration samples for the trial export: ranges only need to exist, not be good
 
 
-def widest_bits(target, n_layers: int) -> list[tuple[int, int]]:
-    """Per layer, the widest integer (w, a) the target allows there (float only if nothing else is)."""
-    out = []
-    for i in range(n_layers):
-        allowed = target.layer_choices(i, n_layers)
-        integer = [p for p in allowed if p[0] < 32 and p[1] < 32]
-        out.append(max(integer or allowed))
-    return out
-
-
 def preflight(deployed, target, x: torch.Tensor, consumers: tuple[str, ...]) -> dict:
     """UserError unless ``deployed`` exports in ``target``'s format and every back end of
     ``consumers`` that can check a graph takes it; what was checked, and how long it took."""
     start = time.perf_counter()
     layers = sorted(deployed.layers, key=lambda l: l.order)
-    bits = dict(zip((l.name for l in layers), widest_bits(target, len(layers))))
+    bits = dict(zip((l.name for l in layers), target.widest_bits(len(layers))))
     fmt = target.export
     with tempfile.TemporaryDirectory(prefix="infoq-preflight-") as tmp:
         path = Path(tmp) / "trial.onnx"

@@ -27,8 +27,8 @@ from infoq_deploy.allocate.budgets import Budget, describe_best, folded_for, par
 from infoq_deploy.allocate.costs import (
     MAX_METRICS, fp32_size_bytes, layer_cost, model_constant, model_cost, total_weight_params)
 from infoq_deploy.allocate.fpga_resources import why_not as fpga_why_not
-from infoq_deploy.core.targets import FPGA_METRICS
 from infoq_deploy.core.errors import UserError
+from infoq_deploy.core.targets import FPGA_METRICS
 from infoq_deploy.importing.layers import Layer
 
 FORMAT = "infoq-deploy/allocation/1"

@@ -17,7 +17,7 @@ These are FINN's analytical estimates (FINN-R), not synthesis results: Vivado is
 available here, so no post-place-and-route number backs them.
 
 Reproduce: .venv/bin/python bench/bench_fpga_resources.py [--models fashion,resnet20]
-           (writes bench/results/fpga_resources.json; about 20 minutes on 2 cores, most of it
+           (writes bench/results/fpga_resources.json; about 12 minutes on 2 cores, most of it
            FINN's conversion of ResNet-20, once per allocation)
 """
 

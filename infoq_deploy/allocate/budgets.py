@@ -131,6 +131,9 @@ def describe_best(budget: Budget, best: float, layers: Sequence[Layer]) -> str:
         a, b = f"{shown:.{digits}g}", f"{limit:.{digits}g}"
         if a != b:
             break
+    if budget.metric in _FPGA_UNIT and float(best).is_integer():  # counts: write them out in full
+        return {"luts": "the fewest LUTs reachable are {:,}", "brams": "the fewest BRAM_18K reachable are {:,}",
+                "cycles": "the fewest cycles per frame reachable are {:,}"}[budget.metric].format(int(best))
     what = {
         "x": "the highest compression reachable is {}x",
         "size": "the smallest model size reachable is {} " + budget.unit,

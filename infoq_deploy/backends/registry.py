@@ -5,7 +5,9 @@ A back end is one module of this package with
     def session(model: onnx.ModelProto) -> Callable[[np.ndarray], np.ndarray]
 
 (one batch in, the graph's first output out), and optionally ``unavailable() -> str | None``
-(why it cannot run here: a consumer that is an optional extra). Adding one is that module plus one line in
+(why it cannot run here: a consumer that is an optional extra) and
+``unsupported(model) -> list[(node, op, why)]`` (what it cannot take, read from the graph
+without running it: the pipeline asks before profiling, verify/preflight.py). Adding one is that module plus one line in
 ``BACKENDS``; an export format names the back end that runs its files (export/registry.py).
 """
 

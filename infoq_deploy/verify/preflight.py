@@ -45,7 +45,7 @@ def preflight(deployed, target, x: torch.Tensor, consumers: tuple[str, ...]) -> 
                                            pool_inputs=target.activations.pool_inputs)
                 calibrate(qmodel, x[:SAMPLES])
                 export_model(qmodel, x[:1], fmt, path)
-        except UserError:
+        except (UserError, OSError):  # our own sentence; a full disk is not the model's fault
             raise
         except Exception as exc:  # the exporter's or Brevitas's own words: they name the operator
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]

@@ -16,6 +16,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from infoq_deploy.core.errors import UserError
+from infoq_deploy.importing.pool_inputs import is_average_pool
 
 QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -126,8 +127,6 @@ def build_layer_table(gm: torch.fx.GraphModule, input_shape: tuple[int, ...]) ->
     return layers
 
 
-_POOLS = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AvgPool1d, nn.AvgPool2d)
-_POOL_FUNCTIONS = {torch.nn.functional.adaptive_avg_pool2d, torch.nn.functional.avg_pool2d, torch.mean}
 _PASS_THROUGH = (nn.BatchNorm1d, nn.BatchNorm2d, nn.Identity, nn.Dropout, nn.ReLU, nn.ReLU6, nn.Hardtanh,
                  nn.SiLU, nn.Hardswish, nn.Sigmoid, nn.GELU, nn.LeakyReLU)
 _PASS_FUNCTIONS = {torch.relu, torch.nn.functional.relu, torch.nn.functional.relu6, torch.sigmoid,
@@ -146,9 +145,7 @@ def _requantized(node: torch.fx.Node, modules: dict) -> bool:
             continue
         seen.add(user)
         module = modules.get(user.target) if user.op == "call_module" else None
-        if user.op == "output" or isinstance(module, _POOLS) or (
-                user.op == "call_function" and user.target in _POOL_FUNCTIONS) or (
-                user.op == "call_method" and user.target == "mean"):
+        if user.op == "output" or is_average_pool(user, modules):
             return False
         if isinstance(module, _PASS_THROUGH) or (user.op == "call_function" and user.target in _PASS_FUNCTIONS) or (
                 user.op == "call_method" and user.target in ("relu", "relu_")):

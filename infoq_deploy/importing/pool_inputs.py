@@ -41,6 +41,11 @@ def _is(node: torch.fx.Node, functions, modules_types, modules: dict, methods=()
     return node.op == "call_method" and node.target in methods
 
 
+def is_average_pool(node: torch.fx.Node, modules: dict) -> bool:
+    """An average pool: module, functional, or ``x.mean(...)``."""
+    return _is(node, _POOL_FUNCTIONS, _POOL_MODULES, modules, methods=("mean",))
+
+
 def _tensor_arg(node: torch.fx.Node) -> torch.fx.Node | None:
     args = [a for a in node.all_input_nodes if is_tensor(a)]
     return args[0] if len(args) == 1 else None
@@ -54,7 +59,7 @@ def plan_pool_inputs(gm: torch.fx.GraphModule, integer_layers: set[str], quantiz
     modules = dict(gm.named_modules())
     found = []
     for node in gm.graph.nodes:
-        if not _is(node, _POOL_FUNCTIONS, _POOL_MODULES, modules, methods=("mean",)):
+        if not is_average_pool(node, modules):
             continue
         # backwards: pool <- activations <- an integer layer, each value used once
         source = _tensor_arg(node)

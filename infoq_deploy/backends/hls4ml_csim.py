@@ -112,7 +112,7 @@ def unsupported(model: onnx.ModelProto) -> list[tuple[str, str, str]]:
 
     Read on the file as exported (qonnx's cleaned form), not after `prepare`: the channels-last
     conversion only inserts Transposes and keeps every pool's window, stride and padding, and it
-    takes minutes on an ImageNet network (78 s on ResNet-18), which a check before profiling
+    takes minutes on an ImageNet network (82 s on ResNet-18, bench/results/preflight.json), which a check before profiling
     cannot spend."""
     import hls4ml.converters
 

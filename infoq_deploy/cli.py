@@ -21,6 +21,7 @@ from infoq_deploy.backends import registry as backend_registry
 from infoq_deploy.core.errors import UserError
 from infoq_deploy.export import registry as export_formats
 from infoq_deploy.profile import registry as profile_methods
+from infoq_deploy.quantize import ptq
 
 SUBCOMMANDS = ("inspect", "profile", "allocate", "quantize", "finetune", "export", "verify", "report", "targets")
 
@@ -79,6 +80,17 @@ def _pin_args(p: argparse.ArgumentParser) -> None:
                    help="pin the first or last quantizable layer at w W / a A bits, or free it (repeat for both); "
                         "overrides the target's pins")
     p.add_argument("--no-pin", action="store_true", help="free the layers the target pins (then --pin adds back)")
+
+
+def _ptq_args(p: argparse.ArgumentParser, rounding: bool = True) -> None:
+    p.add_argument("--ptq", choices=ptq.ALGORITHMS, default=ptq.DEFAULT_ALGORITHM,
+                   help="post-training quantization: minmax (thresholds at the max), mse (thresholds of least "
+                        "quantization error), gptq (mse thresholds, GPTQ rounding); profile, allocate and quantize "
+                        f"take the same one (default {ptq.DEFAULT_ALGORITHM})")
+    if rounding:
+        p.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=ptq.DEFAULT_BIAS_CORRECTION,
+                       help="correct each layer's bias for the mean shift quantization causes (Brevitas bias "
+                            f"correction; default {'on' if ptq.DEFAULT_BIAS_CORRECTION else 'off'})")
 
 
 def _input_shape(text: str) -> tuple[int, int, int]:
@@ -158,6 +170,7 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _model_args(p)
     _profile_args(p)
+    _ptq_args(p, rounding=False)
     p.add_argument("-o", "--output", required=True, help="sensitivity table to write (JSON)")
 
     p = sub.add_parser("allocate", help="choose bit-widths under budgets with an ILP")
@@ -166,6 +179,7 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     p.add_argument("--budget", action="append", required=True, help="e.g. 4.5MB, 300KB, 23GBOPs, 2.5ms, 20kLUT, 50kcycles, 12x, 3.5bit; repeat for several")
     p.add_argument("--alpha", type=_positive_float, default=1.0, help="weight of activation sensitivity in the objective")
     _pin_args(p)
+    _ptq_args(p, rounding=False)
     p.add_argument("-o", "--output", required=True, help="allocation to write (JSON)")
     p.add_argument("--json", action="store_true", help="print the allocation JSON to stdout")
 
@@ -179,6 +193,7 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     p.add_argument("--eval-data", help="held-out labelled data for accuracy (default: half of --data)")
     p.add_argument("--eval-size", type=COUNT, default=None, help="evaluation samples (default: all)")
     p.add_argument("--seed", type=SEED, default=0)
+    _ptq_args(p)
     p.add_argument("-o", "--output", required=True, help="quantized model file to write (.pt)")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
 
@@ -255,6 +270,7 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                             help="take the bit-widths from this file instead of profiling and allocating")
     run_parser.add_argument("--alpha", type=_positive_float, default=1.0)
     _pin_args(run_parser)
+    _ptq_args(run_parser)
     _run_args(run_parser)
     return sub_parser, run_parser
 

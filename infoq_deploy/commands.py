@@ -18,6 +18,7 @@ from infoq_deploy.importing.inventory import format_layer_table, inspect_json
 from infoq_deploy.importing.sources import load_model
 from infoq_deploy.profile import registry as profile_methods
 from infoq_deploy.profile.table import load_sensitivity
+from infoq_deploy.quantize.ptq import DEFAULT_BIAS_CORRECTION, PtqConfig
 
 # What each subcommand writes with -o: claimed before any work starts (core/outputs.py).
 _OUTPUTS = {"profile": "file", "allocate": "file", "quantize": "file", "finetune": "file", "export": "file",
@@ -81,9 +82,13 @@ def _profile(args, model, target, plots_dir=None):
     return stages.profile(model, target, data, method, plots_dir=plots_dir, **_method_settings(args))
 
 
+def _ptq(args) -> PtqConfig:
+    return PtqConfig(args.ptq, getattr(args, "bias_correction", DEFAULT_BIAS_CORRECTION))
+
+
 def cmd_profile(args) -> int:
     model = _load(args)
-    target = stages.load_target(args.target)
+    target = stages.load_target(args.target).with_scale_rule(_ptq(args).scale_rule)
     out = Path(args.output)
     plots_dir = _plots_dir(out)
     started = time.time() - 1  # plots this run wrote, not an earlier run's (file times are coarse)
@@ -111,7 +116,7 @@ def _print_allocation(doc: dict) -> None:
 
 def cmd_allocate(args) -> int:
     table = load_sensitivity(args.sensitivity)
-    target = stages.pin_target(stages.load_target(args.target), args.pin, args.no_pin)
+    target = stages.pin_target(stages.load_target(args.target), args.pin, args.no_pin).with_scale_rule(_ptq(args).scale_rule)
     doc = stages.allocation_document(table, target, args.budget, alpha=args.alpha)
     write_json(args.output, doc)
     if args.json:
@@ -206,6 +211,8 @@ def _run_config(args, *, budgets: list[str], method: str, allocation: str | None
         consumer_size=args.consumer_size,
         backend=args.backend,
         method=method,
+        ptq=args.ptq,
+        bias_correction=args.bias_correction,
         alpha=getattr(args, "alpha", 1.0),
         pins=[(w, None if p is None else list(p)) for w, p in args.pin],
         no_pin=args.no_pin,
@@ -303,7 +310,8 @@ def cmd_quantize(args) -> int:
                          eval_data=args.eval_data or (stages.DEFAULT_EVAL_DATA if default else None),
                          labels=args.labels, calib_size=args.calib_size, eval_size=args.eval_size, seed=args.seed)
     source = ModelSource.of(args.model, args.weights, args.input_shape, args.data_root)
-    qm = stages.quantize(model, target, doc, plan, source, allocation_name=args.allocation)
+    qm = stages.quantize(model, target, doc, plan, source, allocation_name=args.allocation, ptq=_ptq(args),
+                         progress=not args.json)
     save_quantized(args.output, qm)
     if args.json:
         print(dumps(_quantized_summary(qm, args.output)), end="")

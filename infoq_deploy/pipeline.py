@@ -27,6 +27,7 @@ from infoq_deploy.core.outputs import claim_dir, run_lock
 from infoq_deploy.data.plan import plan_datasets
 from infoq_deploy.importing.sources import load_model
 from infoq_deploy.profile import registry as profile_methods
+from infoq_deploy.quantize import ptq as ptq_choices
 from infoq_deploy.quantize.file import ModelSource, save_quantized
 from infoq_deploy.quantize.finetune import FinetuneConfig
 
@@ -53,6 +54,8 @@ class RunConfig:
     consumer_size: int = 200  # of those, run through the consumer flow's simulation (hls4ml)
     backend: str | None = None  # the consumer flow verify runs (None: the format's pipeline consumers)
     method: str = "infoq"
+    ptq: str = ptq_choices.DEFAULT_ALGORITHM  # quantize.ptq.ALGORITHMS
+    bias_correction: bool = ptq_choices.DEFAULT_BIAS_CORRECTION
     alpha: float = 1.0
     pins: list = field(default_factory=list)  # [(first|last, [w, a] or None)]: --pin
     no_pin: bool = False
@@ -69,7 +72,7 @@ class RunConfig:
     def inputs(self) -> dict:
         """What identifies the run: a run directory holds the run of one set of inputs."""
         keys = ("model", "weights", "input_shape", "data", "eval_data", "train_data", "labels", "calib_size",
-                "eval_size", "train_size", "method", "alpha", "pins", "no_pin", "seed", "epochs", "lr", "batch_size", "verify_size", "allocation", "infoq",
+                "eval_size", "train_size", "method", "ptq", "bias_correction", "alpha", "pins", "no_pin", "seed", "epochs", "lr", "batch_size", "verify_size", "allocation", "infoq",
                 "backend")
         # keys added later appear only when set, so older run directories still match their inputs
         d = {k: getattr(self, k) for k in keys if k not in ("pins", "no_pin", "backend") or getattr(self, k)}
@@ -110,7 +113,8 @@ def run(cfg: RunConfig) -> dict:
     """Every stage in one run directory; each stage's file is the next stage's input, so any
     stage can be re-run alone from that directory (see `infoq-deploy STAGE -h`)."""
     pins = [(where, None if pair is None else tuple(pair)) for where, pair in cfg.pins]
-    target = stages.pin_target(stages.load_target(cfg.target), pins, cfg.no_pin)
+    ptq = ptq_choices.PtqConfig(cfg.ptq, cfg.bias_correction)
+    target = stages.pin_target(stages.load_target(cfg.target), pins, cfg.no_pin).with_scale_rule(ptq.scale_rule)
     for text in cfg.budgets:  # fail on a typo before any expensive stage
         parse_budget(text)
     if cfg.allocation is None:
@@ -207,7 +211,8 @@ def _stages(cfg: RunConfig, target, model, plan, given, run_dir: Path, status: d
     write_json(run_dir / "allocation.json", alloc_doc)
 
     source = ModelSource.of(cfg.model, cfg.weights, cfg.input_shape, cfg.data_root)
-    qm = stages.quantize(model, target, alloc_doc, plan, source, allocation_name=cfg.allocation or "the allocation")
+    qm = stages.quantize(model, target, alloc_doc, plan, source, allocation_name=cfg.allocation or "the allocation",
+                         ptq=ptq_choices.PtqConfig(cfg.ptq, cfg.bias_correction), progress=cfg.progress)
     save_quantized(run_dir / "quantized.pt", qm)
     lap("quantize")
 

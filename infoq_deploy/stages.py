@@ -36,6 +36,7 @@ from infoq_deploy.allocate.budgets import parse_budget
 from infoq_deploy.allocate.fpga_resources import why_not as fpga_why_not
 from infoq_deploy.allocate.ilp import Allocation, allocate, allocation_bits, allocation_to_json, check_rules, recost
 from infoq_deploy.core.errors import UserError
+from infoq_deploy.core.quantizer import FLOAT_BITS
 from infoq_deploy.core.targets import FPGA_METRICS, Target, target_ref
 from infoq_deploy.core.targets import list_targets as _list_targets
 from infoq_deploy.core.targets import load_target as _load_target
@@ -50,6 +51,7 @@ from infoq_deploy.profile import registry as profile_methods
 from infoq_deploy.profile.table import SensitivityTable
 from infoq_deploy.quantize.file import ModelSource, QuantizedModel, load_quantized, save_quantized
 from infoq_deploy.quantize.finetune import FinetuneConfig
+from infoq_deploy.quantize.ptq import PtqConfig, check_rule, scale_rule_of
 
 VERIFY_FORMAT = "infoq-deploy/verify/1"
 
@@ -68,12 +70,12 @@ def profile(model: ImportedModel, target: Target, data: Dataset | None, method: 
 
 def profile_infoq(model: ImportedModel, target: Target, data: Dataset, **settings) -> SensitivityTable:
     """The InfoQ profiler (see `infoq_deploy.profile.infoq.profile_infoq` for the settings)."""
-    return profile_methods.get("infoq").profile(model, target, data, **settings)
+    return profile_methods.run("infoq", model, target, data, **settings)
 
 
 def profile_mse(model: ImportedModel, target: Target, data: Dataset | None, seed: int = 0) -> SensitivityTable:
     """Weight (and, with data, activation) quantization error as the sensitivity proxy."""
-    return profile_methods.get("mse").profile(model, target, data, seed=seed)
+    return profile_methods.run("mse", model, target, data, seed=seed)
 
 
 def load_target(name_or_path) -> Target:
@@ -103,6 +105,7 @@ def allocate_table(table: SensitivityTable, target: Target, budget_texts: list[s
     if not budget_texts:
         raise UserError("no budget given; pass at least one --budget, e.g. --budget 4.5MB or --budget 3.5bit")
     budgets = [parse_budget(text) for text in budget_texts]
+    check_rule(scale_rule_of(table.meta), target.scale_rule, "the sensitivity table")
     check_latency_table(target, table.meta.get("model_fingerprint"))
     return allocate(table.layers, table.weights, table.activations, target, budgets, alpha=alpha)
 
@@ -142,22 +145,34 @@ def check_allocation(doc: dict, target: Target, model: ImportedModel, name: str 
 
 
 def quantize(model: ImportedModel, target: Target, allocation: dict, plan: DataPlan, source: ModelSource,
-             *, allocation_name: str = "the allocation") -> QuantizedModel:
-    """The Brevitas model of ``allocation``, calibrated on ``plan.calibration``; float and
-    post-training accuracy on ``plan.evaluation`` when there is one."""
+             *, allocation_name: str = "the allocation", ptq: PtqConfig | None = None,
+             progress: bool = False) -> QuantizedModel:
+    """The Brevitas model of ``allocation``, calibrated on ``plan.calibration`` and rounded by
+    ``ptq`` (default `quantize.ptq.PtqConfig()`); float and post-training accuracy on
+    ``plan.evaluation`` when there is one."""
     from infoq_deploy.core.evaluate import accuracy
     from infoq_deploy.export.writer import check_exportable
+    from infoq_deploy.quantize import gptq
+    from infoq_deploy.quantize.ptq import run as ptq_run
     from infoq_deploy.quantize.brevitas_model import build_quant_model, calibrate, read_bits
 
     start = time.perf_counter()
+    ptq = ptq or PtqConfig()
     check_allocation(allocation, target, model, allocation_name)
+    if allocation.get("sensitivity"):  # a hand-written allocation has no profile to disagree with
+        check_rule(scale_rule_of(allocation["sensitivity"]), ptq.scale_rule, allocation_name)
+    target = target.with_scale_rule(ptq.scale_rule)
     deployed = deployable(model)
     allocation = recost(allocation, deployed.layers, target)  # the costs of what is built, not the file's
     bits = allocation_bits(allocation)
+    if ptq.algorithm == "gptq":
+        gptq.check_samples(deployed.layers, {n for n, (w, _) in bits.items() if w < FLOAT_BITS}, len(plan.calibration))
     qmodel = build_quant_model(deployed.graph, deployed.layers, bits, target.quant_spec(),
                                pool_inputs=target.activations.pool_inputs)
-    calibrate(qmodel, plan.calibration.x)
+    calibrate(qmodel, plan.calibration.x, progress=progress)
     check_exportable(qmodel, target.export)  # a format that cannot express the bits fails before training
+    calibrated = time.perf_counter()
+    ptq_seconds = ptq_run(qmodel, ptq, plan.calibration.x, progress=progress)
     if read_bits(qmodel) != bits:
         raise RuntimeError("the quantized model's bit-widths differ from the allocation; this is a bug")
     accuracies = {}
@@ -171,8 +186,10 @@ def quantize(model: ImportedModel, target: Target, allocation: dict, plan: DataP
         model_info["eval"] = {"source": plan.evaluation.source, "n": len(plan.evaluation)}
     return QuantizedModel(
         qmodel=qmodel, model=model, source=source, target=target, allocation=allocation, stage="ptq",
-        accuracies=accuracies, data=dict(plan.refs), model_info=model_info,
-        timings={"quantize": round(time.perf_counter() - start, 3)}, notes=list(plan.notes),
+        accuracies=accuracies, data=dict(plan.refs), model_info=model_info, ptq=ptq.to_json(),
+        timings={"quantize": round(time.perf_counter() - start, 3), "calibrate": round(calibrated - start, 3),
+                 **ptq_seconds},
+        notes=list(plan.notes),
     )
 
 
@@ -223,7 +240,10 @@ def export_quantized(qm: QuantizedModel, path: str | Path, fmt: str | None = Non
     start = time.perf_counter()
     # Brevitas's export traces the graph; the example input only fixes the batch size (1).
     example = torch.zeros(1, *qm.model.preprocess.input_shape)
-    export_model(qm.qmodel, example, fmt or qm.target.export, path)
+    metadata = {"infoq_deploy.version": __version__, "infoq_deploy.target": qm.target.name}
+    if qm.ptq:
+        metadata["infoq_deploy.ptq"] = json.dumps(qm.ptq, sort_keys=True)
+    export_model(qm.qmodel, example, fmt or qm.target.export, path, metadata=metadata)
     return round(time.perf_counter() - start, 3)
 
 

@@ -35,7 +35,14 @@ SPECS = [
     QuantSpec(weight_per_channel=False, weight_po2=False),
     QuantSpec(weight_per_channel=True, weight_po2=True, act_po2=True),
     QuantSpec(weight_per_channel=False, weight_po2=True, act_po2=True),
+    QuantSpec(weight_per_channel=True, weight_po2=False, scale_rule="mse"),
+    QuantSpec(weight_per_channel=False, weight_po2=False, scale_rule="mse"),
+    QuantSpec(weight_per_channel=True, weight_po2=True, act_po2=True, scale_rule="mse"),
 ]
+
+
+def _spec_id(s: QuantSpec) -> str:
+    return f"pc{int(s.weight_per_channel)}-po2{int(s.weight_po2)}-{s.scale_rule}"
 
 
 class TinyNet(nn.Module):
@@ -143,7 +150,7 @@ def test_float_layers_stay_float():
         assert torch.equal(plain(x), gm(x))
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"pc{int(s.weight_per_channel)}-po2{int(s.weight_po2)}")
+@pytest.mark.parametrize("spec", SPECS, ids=_spec_id)
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 def test_weight_quant_equals_reference(spec, bits):
     gm, layers = make_tiny()
@@ -159,7 +166,7 @@ def test_weight_quant_equals_reference(spec, bits):
     assert kinds == {"conv", "dwconv", "linear"}
 
 
-@pytest.mark.parametrize("spec", [SPECS[0], SPECS[3]], ids=["float-scale", "po2-scale"])
+@pytest.mark.parametrize("spec", [SPECS[0], SPECS[3], SPECS[4], SPECS[6]], ids=_spec_id)
 def test_act_quant_equals_reference_after_calibration(spec):
     gm, layers = make_tiny()
     qmodel = build_quant_model(gm, layers, MIXED, spec)

@@ -86,6 +86,9 @@ def _workspace(d: Path) -> Path:
     record = torch.load(d / "q.pt", weights_only=True)
     record["source"].pop("spec")
     torch.save(record, d / "q_damaged.pt")
+    record = torch.load(d / "q.pt", weights_only=True)
+    record["ptq"] = {"algorithm": "adaround", "bias_correction": True}
+    torch.save(record, d / "q_ptq.pt")
     (d / "broken.tar.gz").write_bytes(b"\x1f\x8b\x08\x00" + os.urandom(300))
     (d / "fake.npz").write_bytes(b"just some text, not a zip archive\n")
     torch.save({"weight": Pickled()}, d / "evil.pt")
@@ -168,6 +171,14 @@ CASES = [
     ("a model file with a syntax error", ["inspect", "{d}/broken_model.py:build"], "SyntaxError"),
     ("a factory the file lacks", ["inspect", "{d}/lstm.onnx.py:build"], "does not exist"),
     ("a damaged quantized file", ["export", "{d}/s.json", "-o", "{d}/out.onnx"], "cannot be read as a quantized model"),
+    ("a table profiled under other thresholds", ["allocate", "{d}/s.json", "--target", "fpga-int", "--budget", "4bit",
+                                                 "--ptq", "minmax", "-o", "{d}/out.json"],
+     "the sensitivity table was profiled with mse thresholds, but the --ptq given deploys minmax"),
+    ("an allocation profiled under other thresholds", ["quantize", M, "{d}/a.json", "--ptq", "minmax", "-o",
+                                                       "{d}/out.pt"], "was profiled with mse thresholds"),
+    ("GPTQ on too few samples", ["quantize", M, "{d}/a.json", "--ptq", "gptq", "--calib-size", "32", "-o", "{d}/out.pt"],
+     "--ptq gptq needs at least 64 calibration samples: layer fc has 64 inputs per output"),
+    ("a quantized file with an unknown PTQ record", ["export", "{d}/q_ptq.pt", "-o", "{d}/out.onnx"], "is damaged"),
 ]
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from infoq_deploy.core.errors import UserError
-from infoq_deploy.core.quantizer import FLOAT_BITS, QuantSpec
+from infoq_deploy.core.quantizer import FLOAT_BITS, SCALE_RULES, QuantSpec
 
 KINDS = ("conv", "dwconv", "linear")
 METRICS = ("size", "bitops", "latency", "luts", "brams", "cycles")
@@ -110,6 +110,13 @@ class Target:
     pin_why: str = ""  # why the target pins layers (its [pin] why), for the report
     pins_from: str = "target"  # "target", or the command-line options that set the pins
     fpga: FpgaSpec | None = None  # FINN resource estimation settings ([fpga]), for luts/brams/cycles
+    scale_rule: str = "minmax"  # how thresholds are chosen (core.quantizer.SCALE_RULES): the --ptq's rule
+
+    def with_scale_rule(self, rule: str) -> "Target":
+        """This target quantizing with thresholds chosen by ``rule`` (profiled, allocated and deployed alike)."""
+        if rule not in SCALE_RULES:
+            raise UserError(f"scale rule {rule!r} is not one of {', '.join(SCALE_RULES)}")
+        return dataclasses.replace(self, scale_rule=rule)
 
     def with_cycles(self, cycles_per_frame: float | None) -> "Target":
         """This target folded for ``cycles_per_frame`` (a cycles budget) instead of its [fpga] default."""
@@ -123,6 +130,7 @@ class Target:
             weight_po2=self.weights.scale == "po2",
             act_po2=self.activations.scale == "po2",
             act_signed=self.activations.signed,
+            scale_rule=self.scale_rule,
         )
 
     def choices(self) -> tuple[tuple[int, int], ...]:

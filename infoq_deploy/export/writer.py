@@ -31,8 +31,10 @@ def check_exportable(qmodel: nn.Module, fmt: str) -> None:
     module.check(qmodel)
 
 
-def export_model(qmodel: nn.Module, example: torch.Tensor, fmt: str, path: str | os.PathLike) -> None:
-    """Write ``qmodel`` traced on ``example`` (its batch size is baked in) to ``path`` atomically."""
+def export_model(qmodel: nn.Module, example: torch.Tensor, fmt: str, path: str | os.PathLike,
+                 metadata: dict[str, str] | None = None) -> None:
+    """Write ``qmodel`` traced on ``example`` (its batch size is baked in) to ``path`` atomically,
+    with ``metadata`` as the file's metadata_props (what made it, e.g. the PTQ algorithm)."""
     check_exportable(qmodel, fmt)
     module = registry.get(fmt)
     try:
@@ -40,5 +42,19 @@ def export_model(qmodel: nn.Module, example: torch.Tensor, fmt: str, path: str |
             # the tracer's and Brevitas's export warnings are about tracing internals, not the model
             warnings.simplefilter("ignore")
             module.write(qmodel, example, tmp)
+            if metadata:
+                _set_metadata(tmp, metadata)
     finally:
         clear_act_caches(qmodel)  # else scale() keeps answering the exported value after training
+
+
+def _set_metadata(path, metadata: dict[str, str]) -> None:
+    import onnx
+
+    model = onnx.load(path)
+    props = {p.key: p.value for p in model.metadata_props}
+    props.update(metadata)
+    del model.metadata_props[:]
+    for key, value in sorted(props.items()):
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, path)

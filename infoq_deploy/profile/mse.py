@@ -15,7 +15,7 @@ import torch.fx
 
 from infoq_deploy import __version__
 from infoq_deploy.core.errors import UserError
-from infoq_deploy.core.quantizer import FLOAT_BITS, ActRange, QuantSpec, quantize_act, quantize_weight
+from infoq_deploy.core.quantizer import FLOAT_BITS, ActRange, QuantSpec, RangeObserver, quantize_act, quantize_weight
 from infoq_deploy.importing.deployable import deployable
 from infoq_deploy.importing.layers import Layer
 from infoq_deploy.profile.table import SensitivityTable
@@ -85,19 +85,15 @@ def _layer_inputs(gm: torch.fx.GraphModule, layers: list[Layer], x: torch.Tensor
 
 
 def calibrate_act_ranges(gm, layers: list[Layer], x: torch.Tensor, spec: QuantSpec, batch_size: int = 250) -> dict[str, ActRange]:
-    """Per-layer input range over the whole calibration set (the deployed activation range)."""
-    absmax: dict[str, float] = {}
-    minimum: dict[str, float] = {}
-
-    def record(name: str, t: torch.Tensor) -> None:
-        absmax[name] = max(absmax.get(name, 0.0), float(t.abs().max()))
-        minimum[name] = min(minimum.get(name, float("inf")), float(t.min()))
-
-    _layer_inputs(gm, layers, x, batch_size, record)
-    signed = {
-        name: (minimum[name] < 0 if spec.act_signed == "auto" else spec.act_signed == "signed") for name in absmax
-    }
-    return {name: ActRange(absmax=absmax[name], signed=signed[name]) for name in absmax}
+    """Per-layer input range over the whole calibration set (the deployed activation range),
+    chosen by the spec's scale rule (`core.quantizer.RangeObserver`, as Brevitas calibration)."""
+    observers = {layer.name: RangeObserver(spec) for layer in layers}
+    _layer_inputs(gm, layers, x, batch_size, lambda name, t: observers[name].observe(t))
+    if any(o.needs_histogram for o in observers.values()):
+        for o in observers.values():
+            o.start_histogram()
+        _layer_inputs(gm, layers, x, batch_size, lambda name, t: observers[name].observe(t))
+    return {name: o.result() for name, o in observers.items() if o.seen}
 
 
 def activation_scores(

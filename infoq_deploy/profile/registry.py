@@ -43,7 +43,10 @@ def accepts(name: str, setting: str) -> bool:
 def run(name: str, model, target, data, **settings):
     """The sensitivity table of ``model`` for ``target`` by method ``name``; settings the
     method does not take are left out (e.g. InfoQ's projection count for ``mse``)."""
-    return get(name).profile(model, target, data, **{k: v for k, v in settings.items() if accepts(name, k)})
+    table = get(name).profile(model, target, data, **{k: v for k, v in settings.items() if accepts(name, k)})
+    # the threshold rule simulated: allocate and quantize refuse the table for another one
+    table.meta["scale_rule"] = target.scale_rule
+    return table
 
 
 def notes(name: str, table) -> list[str]:

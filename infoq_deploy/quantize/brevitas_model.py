@@ -42,6 +42,7 @@ import copy
 import math
 import numbers
 import operator
+import sys
 from collections import deque
 
 import brevitas
@@ -61,9 +62,10 @@ from brevitas.quant.scaled_int import Int32Bias
 from brevitas.quant.solver import ActQuantSolver, WeightQuantSolver
 from brevitas.quant_tensor import QuantTensor
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from infoq_deploy.core.errors import UserError
-from infoq_deploy.core.quantizer import FLOAT_BITS, QuantSpec
+from infoq_deploy.core.quantizer import FLOAT_BITS, QuantSpec, RangeObserver, weight_threshold
 from infoq_deploy.importing.joins import is_tensor, keeps_grid, plan_joins
 from infoq_deploy.importing.joins import join_inputs as join_inputs_of
 from infoq_deploy.importing.layers import QUANTIZABLE, Layer
@@ -272,6 +274,12 @@ def _quant_layer(module: nn.Module, w_bits: int, a_bits: int, spec: QuantSpec) -
             new.bias.copy_(module.bias)
     if new.weight_quant.is_quant_enabled:
         new.quant_weight()  # fixes the learned scale from these weights now, not at first use
+        if spec.scale_rule != "minmax":
+            # the learned parameter is the threshold (the scale is threshold / largest level, then
+            # po2), so the reference rule's threshold makes Brevitas's scale the reference scale
+            with torch.no_grad():
+                value = new.weight_quant.tensor_quant.scaling_impl.value
+                value.copy_(weight_threshold(module.weight, w_bits, spec).reshape(value.shape))
     new.train(module.training)
     return new
 
@@ -466,11 +474,12 @@ def _act_sites(qmodel: nn.Module) -> dict[str, tuple[nn.Module, str]]:
     return sites
 
 
-def calibrate(qmodel: nn.Module, x: Tensor, batch_size: int = 256) -> None:
-    """Set every activation quantizer's signedness and scale from the float ranges seen on ``x``.
+def calibrate(qmodel: nn.Module, x: Tensor, batch_size: int = 256, progress: bool = False) -> None:
+    """Set every activation quantizer's signedness and scale from the float values seen on ``x``.
 
-    Ranges are global over ``x`` (max|x| as `quantizer.act_range`), measured with all
-    quantization disabled (weights too), as Brevitas's calibration_mode does.
+    Ranges are global over ``x``, chosen by the spec's scale rule with the profilers' own
+    `quantizer.RangeObserver` (max|x|, or under "mse" a histogram pass more), measured with
+    all quantization disabled (weights too), as Brevitas's calibration_mode does.
     """
     if x.shape[0] == 0:
         raise UserError("the calibration set is empty; pass at least one input")
@@ -478,39 +487,42 @@ def calibrate(qmodel: nn.Module, x: Tensor, batch_size: int = 256) -> None:
         raise UserError(f"the calibration batch size is {batch_size}; use a positive integer")
     spec: QuantSpec = qmodel.meta[SPEC_KEY]
     sites = _act_sites(qmodel)
-    lo = {name: math.inf for name in sites}
-    hi = {name: 0.0 for name in sites}
+    observers = {name: RangeObserver(spec) for name in sites}
 
     def record(name):
         def hook(_module, inputs, _output):
-            t = inputs[0].value if hasattr(inputs[0], "value") else inputs[0]
-            lo[name] = min(lo[name], float(t.min()))
-            hi[name] = max(hi[name], float(t.abs().max()))
+            observers[name].observe(inputs[0].value if hasattr(inputs[0], "value") else inputs[0])
 
         return hook
 
     handles = [getattr(owner, attr).register_forward_hook(record(name)) for name, (owner, attr) in sites.items()]
     was_training = qmodel.training
+    passes = 2 if spec.scale_rule != "minmax" else 1
     try:
         with torch.no_grad(), quantization_status_manager(
             qmodel, disable_act_quant=True, disable_weight_quant=True, disable_bias_quant=True, is_training=False
-        ):
-            for start in range(0, x.shape[0], batch_size):
-                qmodel(x[start : start + batch_size])
+        ), tqdm(total=passes * x.shape[0], desc="calibrate", unit="img", disable=not progress, leave=False,
+                  dynamic_ncols=True, file=sys.stderr) as bar:
+            for p in range(passes):
+                if p == 1:
+                    for o in observers.values():
+                        o.start_histogram()
+                for start in range(0, x.shape[0], batch_size):
+                    batch = x[start : start + batch_size]
+                    qmodel(batch)
+                    bar.update(len(batch))
     finally:
         for handle in handles:
             handle.remove()
 
-    unseen = [name for name in sites if lo[name] == math.inf]
+    unseen = [name for name, o in observers.items() if not o.seen]
     if unseen:
         raise RuntimeError(f"calibration never reached the activation quantizer(s) {', '.join(unseen)}")
     for name, (owner, attr) in sites.items():
-        if spec.act_signed == "auto":
-            signed = lo[name] < 0
-        else:
-            signed = spec.act_signed == "signed"
+        r = observers[name].result()
         _, bits = act_quant_params(getattr(owner, attr))
-        setattr(owner, attr, _act_proxy(owner, act_quantizer(bits, spec, signed=signed, absmax=hi[name])))
+        setattr(owner, attr, _act_proxy(owner, act_quantizer(bits, spec, signed=r.signed,
+                                                             absmax=r.threshold(bits, spec))))
     qmodel.train(was_training)
     qmodel.meta[CALIBRATED_KEY] = True
 

@@ -29,6 +29,7 @@ from infoq_deploy.data.plan import DataRef, absolute_spec
 from infoq_deploy.importing.deployable import deployable
 from infoq_deploy.importing.model import ImportedModel
 from infoq_deploy.importing.sources import load_model
+from infoq_deploy.quantize.ptq import PtqConfig
 
 FORMAT = "infoq-deploy/quantized-model/1"
 STAGES = ("ptq", "finetuned")
@@ -73,6 +74,7 @@ class QuantizedModel:
     finetune: dict | None = None  # FinetuneResult.to_json()
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    ptq: dict = field(default_factory=dict)  # quantize.ptq.PtqConfig.to_json(): the algorithm that rounded it
 
     @property
     def bits(self) -> dict[str, tuple[int, int]]:
@@ -119,6 +121,7 @@ def save_quantized(path: str | Path, qm: QuantizedModel) -> None:
         "finetune": qm.finetune,
         "timings": dict(qm.timings),
         "notes": list(qm.notes),
+        "ptq": dict(qm.ptq),
     }
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
@@ -166,8 +169,12 @@ def _rebuild(obj: dict, path) -> QuantizedModel:
     if model.fingerprint != obj["model_fingerprint"]:
         raise UserError(f"{source.spec} no longer loads the model {path} was quantized from (its weights or "
                         "definition changed); quantize it again")
-    target = load_target(obj["target"])
-    if target.name != obj["target_name"] or dataclasses.asdict(target.quant_spec()) != obj["quant_spec"]:
+    ptq = PtqConfig.from_json(obj.get("ptq"))
+    target = load_target(obj["target"]).with_scale_rule(ptq.scale_rule)
+    spec = dataclasses.asdict(target.quant_spec())
+    if "scale_rule" not in obj["quant_spec"]:  # written before scale rules: minmax, as from_json says
+        spec.pop("scale_rule")
+    if target.name != obj["target_name"] or spec != obj["quant_spec"]:
         raise UserError(f"target {obj['target']} has changed since {path} was written (its quantizer differs); "
                         "quantize again")
     deployed = deployable(model)
@@ -186,6 +193,7 @@ def _rebuild(obj: dict, path) -> QuantizedModel:
         qmodel=qmodel, model=model, source=source, target=target, allocation=allocation, stage=obj["stage"],
         accuracies=dict(obj["accuracies"]), data={k: DataRef.from_json(v) for k, v in obj["data"].items()},
         model_info=obj["model_info"], finetune=obj["finetune"], timings=dict(obj["timings"]), notes=list(obj["notes"]),
+        ptq=ptq.to_json() if obj.get("ptq") else {},
     )
     if qm.state_sha256() != obj["state_sha256"]:
         raise UserError(f"the model rebuilt from {path} differs from the one saved (the file is damaged or "

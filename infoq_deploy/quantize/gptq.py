@@ -1,0 +1,85 @@
+"""GPTQ rounding of the quantized weights (Frantar et al. 2023), Brevitas's `gptq_mode`.
+
+Layer by layer in graph order, GPTQ rounds each weight column and spreads its rounding
+error over the columns not yet rounded, weighted by the inverse Hessian of the layer's
+inputs (``X X^T`` over the calibration set, inputs quantized as deployed). Scales are
+not changed: they stay the thresholds the scale rule chose, so the allocation's bits and
+the profiler's scales still describe the model; only which integer each weight rounds to
+changes. ``act_order`` rounds the columns with the largest input energy first.
+
+Brevitas's loop runs the calibration set once per layer, stopping at that layer; the
+inputs of later layers are those of the already-rounded earlier ones (its
+``use_quant_activations``), as the deployed model sees them.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import warnings
+
+import torch
+from brevitas.graph.gptq import gptq_mode
+from brevitas.nn.quant_layer import QuantWeightBiasInputOutputLayer
+from torch import nn
+from tqdm import tqdm
+
+from infoq_deploy.core.errors import UserError
+from infoq_deploy.importing.layers import Layer
+
+
+def rows_per_sample(layer: Layer) -> int:
+    """Rows one input sample adds to the layer's Hessian: output positions of a conv, 1 of a linear."""
+    if layer.kind == "linear":
+        return max(1, math.prod(layer.out_shape[:-1]))
+    return max(1, math.prod(layer.out_shape[1:]))
+
+
+def columns(layer: Layer) -> int:
+    """Inputs per output of the layer (the Hessian's size): C_in / groups x kernel."""
+    return layer.weight_params // layer.out_shape[0 if layer.kind != "linear" else -1]
+
+
+def check_samples(layers: list[Layer], integer: set[str], n: int) -> None:
+    """UserError when the calibration set gives some layer fewer Hessian rows than it has
+    columns: its Hessian is then singular and GPTQ's result is governed by the damping."""
+    short = [(layer, rows_per_sample(layer) * n, columns(layer)) for layer in layers
+             if layer.name in integer and rows_per_sample(layer) * n < columns(layer)]
+    if short:
+        layer, rows, cols = max(short, key=lambda t: t[2] / t[1])
+        need = math.ceil(cols / rows_per_sample(layer))
+        raise UserError(
+            f"--ptq gptq needs at least {need} calibration samples: layer {layer.name} has {cols} inputs per "
+            f"output and {n} samples give it {rows} rows"
+            + (f" ({len(short)} layers are short)" if len(short) > 1 else "")
+            + f"; pass at least {need} samples (--calib-size, or more --data) or use --ptq mse"
+        )
+
+
+def apply(qmodel: nn.Module, x: torch.Tensor, *, batch_size: int = 256, act_order: bool = True,
+          progress: bool = False) -> None:
+    """Round every integer-weight layer of the calibrated ``qmodel`` by GPTQ over ``x``, in place."""
+    was_training = qmodel.training
+    qmodel.eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        # Brevitas warns on a failed Cholesky and leaves that layer round-to-nearest; make it ours
+        warnings.simplefilter("error", UserWarning)
+        try:
+            with gptq_mode(qmodel, create_weight_orig=False, use_quant_activations=True, act_order=act_order) as gptq:
+                for _ in tqdm(range(gptq.num_layers), desc="GPTQ", unit="layer", disable=not progress, leave=False,
+                              dynamic_ncols=True, file=sys.stderr):
+                    for start in range(0, x.shape[0], batch_size):
+                        gptq.model(x[start : start + batch_size])
+                    gptq.update()
+        except UserWarning as w:
+            if "inverse of the Hessian" in str(w):
+                raise UserError(f"GPTQ could not invert a layer's input Hessian ({w}); pass more calibration "
+                                "samples or use --ptq mse") from None
+            raise
+    qmodel.train(was_training)
+
+
+def integer_layers(qmodel: nn.Module) -> set[str]:
+    """Layers whose weights are quantized: what GPTQ rounds."""
+    return {name for name, m in qmodel.named_modules()
+            if isinstance(m, QuantWeightBiasInputOutputLayer) and m.weight_quant.is_quant_enabled}

@@ -1,0 +1,91 @@
+"""Post-training quantization choices: which thresholds, which rounding, bias correction.
+
+``--ptq`` names the algorithm:
+
+- ``minmax``: thresholds max|w| per channel and max|x| over the calibration set, weights
+  rounded to nearest (nothing clips);
+- ``mse``: thresholds chosen for the least quantization MSE (`core.quantizer`), rounded to nearest;
+- ``gptq``: the ``mse`` thresholds, weights rounded by GPTQ (`quantize.gptq`).
+
+``--bias-correction`` adds Brevitas's bias correction on top of any of them
+(`quantize.bias_correction`). The threshold rule is part of the quantizer the profiler
+simulates (`Target.with_scale_rule`), so a sensitivity table records it and a table
+profiled under another rule is refused; GPTQ and bias correction change only which
+integers the deployed model holds, which the profiler does not simulate (rounding to
+nearest with the same thresholds; `bench/bench_ptq.py` measures whether that changes the ranking).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+from infoq_deploy.core.errors import UserError
+
+if TYPE_CHECKING:  # the command line reads the choices without importing torch
+    import torch
+    from torch import nn
+
+ALGORITHMS = ("minmax", "mse", "gptq")
+DEFAULT_ALGORITHM = "mse"
+DEFAULT_BIAS_CORRECTION = True
+_SCALE_RULE = {"minmax": "minmax", "mse": "mse", "gptq": "mse"}
+
+
+@dataclass(frozen=True)
+class PtqConfig:
+    algorithm: str = DEFAULT_ALGORITHM
+    bias_correction: bool = DEFAULT_BIAS_CORRECTION
+
+    def __post_init__(self):
+        if self.algorithm not in ALGORITHMS:
+            raise UserError(f"--ptq {self.algorithm} is not one of {', '.join(ALGORITHMS)}")
+
+    @property
+    def scale_rule(self) -> str:
+        return _SCALE_RULE[self.algorithm]
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "scale_rule": self.scale_rule}
+
+    @staticmethod
+    def from_json(d: dict | None) -> "PtqConfig":
+        """The record of a file; files from before --ptq were minmax without bias correction."""
+        if not d:
+            return PtqConfig("minmax", False)
+        if d.get("algorithm") not in ALGORITHMS or not isinstance(d.get("bias_correction"), bool):
+            raise ValueError(f"its ptq record {d!r} names no known algorithm")
+        return PtqConfig(d["algorithm"], d["bias_correction"])
+
+    def describe(self) -> str:
+        return self.algorithm + (" + bias correction" if self.bias_correction else "")
+
+
+def scale_rule_of(meta: dict | None) -> str:
+    """The threshold rule a sensitivity table (its meta) was profiled under; older tables: minmax."""
+    return (meta or {}).get("scale_rule", "minmax")
+
+
+def check_rule(profiled: str, deployed: str, what: str) -> None:
+    """UserError unless a table profiled under ``profiled`` thresholds is used for ``deployed`` ones."""
+    if profiled != deployed:
+        fits = "--ptq minmax" if profiled == "minmax" else "--ptq mse or --ptq gptq"
+        raise UserError(f"{what} was profiled with {profiled} thresholds, but the --ptq given deploys {deployed} "
+                        f"thresholds; profile again with that --ptq, or pass {fits} (what it was profiled for)")
+
+
+def run(qmodel: nn.Module, cfg: PtqConfig, x: torch.Tensor, *, progress: bool = False) -> dict[str, float]:
+    """The rounding algorithms of ``cfg`` on the calibrated ``qmodel``, in place; seconds of each."""
+    from infoq_deploy.quantize import bias_correction, gptq
+
+    timings = {}
+    if cfg.algorithm == "gptq":
+        start = time.perf_counter()
+        gptq.apply(qmodel, x, progress=progress)
+        timings["gptq"] = round(time.perf_counter() - start, 3)
+    if cfg.bias_correction:
+        start = time.perf_counter()
+        bias_correction.apply(qmodel, x, progress=progress)
+        timings["bias_correction"] = round(time.perf_counter() - start, 3)
+    return timings

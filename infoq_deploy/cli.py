@@ -85,7 +85,7 @@ def _pin_args(p: argparse.ArgumentParser) -> None:
 def _ptq_args(p: argparse.ArgumentParser, rounding: bool = True) -> None:
     p.add_argument("--ptq", choices=ptq.ALGORITHMS, default=ptq.DEFAULT_ALGORITHM,
                    help="post-training quantization: minmax (thresholds at the max), mse (thresholds of least "
-                        "quantization error), gptq (mse thresholds, GPTQ rounding); profile, allocate and quantize "
+                        "quantization error), gptq (minmax thresholds, GPTQ rounding); profile, allocate and quantize "
                         f"take the same one (default {ptq.DEFAULT_ALGORITHM})")
     if rounding:
         p.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=ptq.DEFAULT_BIAS_CORRECTION,

@@ -15,8 +15,8 @@ Rules (symmetric, round-to-nearest, zero point 0, as FINN/hls4ml and ORT QDQ exp
   - "mse": the candidate with the least quantization MSE (clipping plus rounding);
     candidates are 100 fractions of the minmax threshold, or on po2 targets the minmax
     power of two and the four below it. Weights are searched exactly; activations on a
-    histogram of the calibration set (`RangeObserver`), with rounding error taken as
-    scale^2/12 inside the range;
+    histogram of the calibration set's non-zero values (`RangeObserver`), with rounding
+    error taken as scale^2/12 inside the range (zeros are exact at every scale);
 - "po2" scale rule: the scale is rounded UP to a power of two, so no value clips more
   than the threshold allows (fixed-point hardware needs po2 scales);
 - 32 bits means "left in float" (the identity).
@@ -178,8 +178,11 @@ class RangeObserver:
             self.absmax = max(self.absmax, float(t.abs().max()))
             return
         lo, hi = self._hist_range()
+        # exact zeros (half of a ReLU's output) are a level of every candidate: no error, so
+        # they stay out of the histogram, whose bins are charged the average rounding error
+        t = t[t != 0].float()
         # negative values of an unsigned range clip to 0 (the first bin's left edge)
-        self.hist += torch.histc(t.float().clamp(lo, hi), bins=HIST_BINS, min=lo, max=hi).double()
+        self.hist += torch.histc(t.clamp(lo, hi), bins=HIST_BINS, min=lo, max=hi).double()
 
     def result(self) -> ActRange:
         if self.spec.scale_rule == "minmax":

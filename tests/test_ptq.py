@@ -1,0 +1,180 @@
+"""Post-training quantization choices (--ptq minmax|mse|gptq, --bias-correction).
+
+The reference rule is tested on its own; the algorithms on the bundled Fashion-MNIST CNN
+(trained weights, committed data), where their claims are about real errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import onnx
+import pytest
+import torch
+
+from infoq_deploy import stages
+from infoq_deploy.core.errors import UserError
+from infoq_deploy.core.quantizer import QuantSpec, RangeObserver, act_range, quantize_weight, weight_threshold
+from infoq_deploy.profile.mse import calibrate_act_ranges
+from infoq_deploy.quantize.brevitas_model import act_quant_params
+from infoq_deploy.quantize.file import ModelSource, load_quantized, save_quantized
+from infoq_deploy.quantize.ptq import PtqConfig
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    model = stages.load_model(stages.DEFAULT_MODEL)
+    plan = stages.plan_datasets(model.preprocess, data=stages.DEFAULT_DATA, eval_data=stages.DEFAULT_EVAL_DATA)
+    return model, plan
+
+
+def _docs(model, plan, rule: str, budget: str = "3bit") -> tuple:
+    target = stages.load_target("fpga-int").with_scale_rule(rule)
+    table = stages.profile(model, target, plan.calibration, "mse")
+    return target, table, stages.allocation_document(table, target, [budget])
+
+
+@pytest.fixture(scope="module")
+def quantized(fashion):
+    """The same 3-bit allocation quantized by each algorithm, without evaluation."""
+    model, plan = fashion
+    plan = dataclasses.replace(plan, evaluation=None)
+    out = {}
+    for rule, cfgs in (("minmax", [PtqConfig("minmax", False), PtqConfig("gptq", False), PtqConfig("gptq", True)]),
+                       ("mse", [PtqConfig("mse", False), PtqConfig("mse", True)])):
+        target, _, doc = _docs(model, plan, rule)
+        for cfg in cfgs:
+            out[cfg] = stages.quantize(model, target, doc, plan, ModelSource.of(stages.DEFAULT_MODEL), ptq=cfg)
+    return out
+
+
+def _logit_error(qm, fashion) -> tuple[float, float]:
+    """(mean squared logit error, mean |per-class mean logit shift|) against the float model."""
+    model, plan = fashion
+    x = plan.evaluation.x
+    with torch.no_grad():
+        ref = stages.deployable(model).graph(x)
+        out = qm.qmodel.eval()(x)
+    return float(((out - ref) ** 2).mean()), float((out - ref).mean(dim=0).abs().mean())
+
+
+# ------------------------------------------------------------------ the reference rule
+
+
+@pytest.mark.parametrize("po2", [False, True], ids=["float-scale", "po2"])
+def test_mse_thresholds_never_lose_to_minmax_and_win_at_low_bits(fashion, po2):
+    model, _ = fashion
+    weights = [m.weight.detach() for m in stages.deployable(model).graph.modules() if hasattr(m, "weight")
+               and m.weight is not None and m.weight.dim() > 1]
+    won = 0
+    for w in weights:
+        for bits in (2, 3, 4, 8):
+            errs = {}
+            for rule in ("minmax", "mse"):
+                q = quantize_weight(w, bits, QuantSpec(weight_po2=po2, scale_rule=rule))
+                errs[rule] = ((q - w) ** 2).reshape(w.shape[0], -1).sum(dim=1)
+            assert torch.all(errs["mse"] <= errs["minmax"] * (1 + 1e-6))
+            won += int(bits <= 4 and float(errs["mse"].sum()) < 0.95 * float(errs["minmax"].sum()))
+    assert won >= len(weights)  # at least one low bit-width per layer gains over 5%
+
+
+def test_po2_mse_threshold_is_a_power_of_two_at_or_below_minmax():
+    torch.manual_seed(0)
+    w = torch.randn(16, 8, 3, 3)
+    lower = 0
+    for bits in (2, 3, 4):
+        qmax = 2 ** (bits - 1) - 1
+        above = torch.exp2(torch.ceil(torch.log2(weight_threshold(w, bits, QuantSpec(weight_po2=True)).flatten() / qmax)))
+        scale = weight_threshold(w, bits, QuantSpec(weight_po2=True, scale_rule="mse")).flatten() / qmax
+        assert torch.equal(torch.exp2(torch.round(torch.log2(scale))), scale)
+        assert torch.all(scale <= above)
+        lower += int((scale < above).sum())
+    assert lower > 0  # not always the power of two above the max
+
+
+def test_activation_mse_threshold_clips_an_outlier_and_is_batch_independent():
+    torch.manual_seed(0)
+    x = torch.relu(torch.randn(20000))
+    x[5] = 60.0
+    spec = QuantSpec(scale_rule="mse")
+    whole = act_range(x, spec)
+    obs = RangeObserver(spec)
+    for chunk in x.split(3000):
+        obs.observe(chunk)
+    obs.start_histogram()
+    for chunk in x.split(7000):
+        obs.observe(chunk)
+    assert obs.result() == whole
+    assert whole.absmax == 60.0 and not whole.signed
+    assert whole.threshold(4, spec) < 10.0  # clipping one outlier beats 16 levels over [0, 60]
+    assert whole.threshold(16, spec) > whole.threshold(4, spec)
+    assert whole.threshold(4, QuantSpec()) == 60.0  # minmax reads the max
+
+
+def test_profiler_and_brevitas_choose_the_same_activation_thresholds(fashion, quantized):
+    model, plan = fashion
+    qm = quantized[PtqConfig("mse", False)]
+    spec = qm.qmodel.meta["infoq_spec"]
+    assert spec.scale_rule == "mse"
+    deployed = stages.deployable(model)
+    ranges = calibrate_act_ranges(deployed.graph, deployed.layers, plan.calibration.x, spec)
+    from infoq_deploy.core.quantizer import act_scale
+
+    checked = 0
+    for layer in deployed.layers:
+        proxy = qm.qmodel.get_submodule(layer.name).input_quant
+        if not proxy.is_quant_enabled:
+            continue
+        scale, bits = act_quant_params(proxy)
+        assert float(scale) == act_scale(ranges[layer.name], bits, spec), layer.name
+        checked += 1
+    assert checked == len(deployed.layers)
+
+
+# ------------------------------------------------------------------ the algorithms
+
+
+def test_gptq_lowers_the_output_error_and_keeps_scales_and_bits(fashion, quantized):
+    rtn, gptq = quantized[PtqConfig("minmax", False)], quantized[PtqConfig("gptq", False)]
+    assert gptq.bits == rtn.bits
+    changed = 0
+    for layer in stages.deployable(fashion[0]).layers:
+        a, b = rtn.qmodel.get_submodule(layer.name), gptq.qmodel.get_submodule(layer.name)
+        assert torch.equal(a.quant_weight().scale, b.quant_weight().scale), layer.name
+        changed += int(not torch.equal(a.quant_weight().int(), b.quant_weight().int()))
+    assert changed >= 5
+    assert _logit_error(gptq, fashion)[0] < 0.8 * _logit_error(rtn, fashion)[0]
+    assert set(gptq.timings) >= {"gptq", "calibrate", "quantize"}
+
+
+def test_bias_correction_removes_the_mean_shift(fashion, quantized):
+    plain, corrected = quantized[PtqConfig("mse", False)], quantized[PtqConfig("mse", True)]
+    assert _logit_error(corrected, fashion)[1] < 0.7 * _logit_error(plain, fashion)[1]
+    assert "bias_correction" in corrected.timings
+
+
+@pytest.mark.parametrize("cfg", [PtqConfig("minmax", False), PtqConfig("mse", True), PtqConfig("gptq", True)],
+                         ids=lambda c: c.describe().replace(" ", ""))
+def test_each_choice_exports_verifies_and_says_what_made_it(fashion, quantized, cfg, tmp_path):
+    _, plan = fashion
+    qm = quantized[cfg]
+    path = tmp_path / "m.onnx"
+    stages.export_quantized(qm, path)
+    props = {p.key: p.value for p in onnx.load(path).metadata_props}
+    assert json.loads(props["infoq_deploy.ptq"]) == cfg.to_json()
+    verified = stages.verify_quantized(path, qm, plan.evaluation, verify_size=200, consumers=())
+    assert verified["result"]["ok"], verified["result"]
+    save_quantized(tmp_path / "q.pt", qm)
+    again = load_quantized(tmp_path / "q.pt")
+    assert again.ptq == cfg.to_json() and again.state_sha256() == qm.state_sha256()
+    assert again.target.scale_rule == cfg.scale_rule
+
+
+def test_a_table_is_refused_for_another_threshold_rule(fashion):
+    model, plan = fashion
+    target, table, doc = _docs(model, plan, "minmax", "4bit")
+    assert table.meta["scale_rule"] == "minmax" and doc["sensitivity"]["scale_rule"] == "minmax"
+    with pytest.raises(UserError, match="profiled with minmax thresholds, but the --ptq given deploys mse"):
+        stages.allocate_table(table, target.with_scale_rule("mse"), ["4bit"])
+    with pytest.raises(UserError, match="profiled with minmax thresholds"):
+        stages.quantize(model, target, doc, plan, ModelSource.of(stages.DEFAULT_MODEL), ptq=PtqConfig("mse", False))

@@ -48,14 +48,12 @@ def quantized(fashion):
     return out
 
 
-def _logit_error(qm, fashion) -> tuple[float, float]:
-    """(mean squared logit error, mean |per-class mean logit shift|) against the float model."""
+def _logit_error(qm, fashion) -> float:
+    """Mean squared logit error against the float model on the evaluation set."""
     model, plan = fashion
     x = plan.evaluation.x
     with torch.no_grad():
-        ref = stages.deployable(model).graph(x)
-        out = qm.qmodel.eval()(x)
-    return float(((out - ref) ** 2).mean()), float((out - ref).mean(dim=0).abs().mean())
+        return float(((qm.qmodel.eval()(x) - stages.deployable(model).graph(x)) ** 2).mean())
 
 
 # ------------------------------------------------------------------ the reference rule
@@ -106,7 +104,7 @@ def test_activation_mse_threshold_clips_an_outlier_and_is_batch_independent():
         obs.observe(chunk)
     assert obs.result() == whole
     assert whole.absmax == 60.0 and not whole.signed
-    assert whole.threshold(4, spec) < 10.0  # clipping one outlier beats 16 levels over [0, 60]
+    assert whole.threshold(4, spec) < 30.0  # clipping the one outlier beats 16 levels over [0, 60]
     assert whole.threshold(16, spec) > whole.threshold(4, spec)
     assert whole.threshold(4, QuantSpec()) == 60.0  # minmax reads the max
 
@@ -143,13 +141,35 @@ def test_gptq_lowers_the_output_error_and_keeps_scales_and_bits(fashion, quantiz
         assert torch.equal(a.quant_weight().scale, b.quant_weight().scale), layer.name
         changed += int(not torch.equal(a.quant_weight().int(), b.quant_weight().int()))
     assert changed >= 5
-    assert _logit_error(gptq, fashion)[0] < 0.8 * _logit_error(rtn, fashion)[0]
+    assert _logit_error(gptq, fashion) < 0.8 * _logit_error(rtn, fashion)
     assert set(gptq.timings) >= {"gptq", "calibrate", "quantize"}
 
 
-def test_bias_correction_removes_the_mean_shift(fashion, quantized):
+def _layer_mean_shift(qm, fashion) -> float:
+    """Mean over integer layers of |per-channel output mean, quantized layer minus float layer|,
+    each fed the float model's own input to it on the calibration set (what Brevitas corrects)."""
+    model, plan = fashion
+    deployed = stages.deployable(model)
+    seen = {}
+    handles = [deployed.graph.get_submodule(l.name).register_forward_hook(
+        lambda m, a, out, n=l.name: seen.__setitem__(n, (a[0].detach().clone(), out.detach().clone())))  # ReLUs work in place
+        for l in deployed.layers]
+    with torch.no_grad():
+        deployed.graph(plan.calibration.x)
+    for h in handles:
+        h.remove()
+    shifts = []
+    with torch.no_grad():
+        for name, (x, ref) in seen.items():
+            q = qm.qmodel.get_submodule(name).eval()(x)
+            dims = [d for d in range(ref.dim()) if d != 1] if ref.dim() > 2 else [0]
+            shifts.append(float((q - ref).mean(dim=dims).abs().mean()))
+    return sum(shifts) / len(shifts)
+
+
+def test_bias_correction_removes_each_layers_mean_shift(fashion, quantized):
     plain, corrected = quantized[PtqConfig("mse", False)], quantized[PtqConfig("mse", True)]
-    assert _logit_error(corrected, fashion)[1] < 0.7 * _logit_error(plain, fashion)[1]
+    assert _layer_mean_shift(corrected, fashion) < 0.1 * _layer_mean_shift(plain, fashion)
     assert "bias_correction" in corrected.timings
 
 

@@ -83,10 +83,11 @@ def _pin_args(p: argparse.ArgumentParser) -> None:
 
 
 def _ptq_args(p: argparse.ArgumentParser, rounding: bool = True) -> None:
-    p.add_argument("--ptq", choices=ptq.ALGORITHMS, default=ptq.DEFAULT_ALGORITHM,
+    p.add_argument("--ptq", choices=ptq.ALGORITHMS, default=None,
                    help="post-training quantization: minmax (thresholds at the max), mse (thresholds of least "
                         "quantization error), gptq (minmax thresholds, GPTQ rounding); profile, allocate and quantize "
-                        f"take the same one (default {ptq.DEFAULT_ALGORITHM})")
+                        f"take the same one (default {ptq.DEFAULT_ALGORITHM}, or minmax with a note when the "
+                        "calibration set is too small for it)")
     if rounding:
         p.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=ptq.DEFAULT_BIAS_CORRECTION,
                        help="correct each layer's bias for the mean shift quantization causes (Brevitas bias "

@@ -18,7 +18,7 @@ from infoq_deploy.importing.inventory import format_layer_table, inspect_json
 from infoq_deploy.importing.sources import load_model
 from infoq_deploy.profile import registry as profile_methods
 from infoq_deploy.profile.table import load_sensitivity
-from infoq_deploy.quantize.ptq import DEFAULT_BIAS_CORRECTION, PtqConfig
+from infoq_deploy.quantize.ptq import DEFAULT_ALGORITHM, DEFAULT_BIAS_CORRECTION, PtqConfig
 
 # What each subcommand writes with -o: claimed before any work starts (core/outputs.py).
 _OUTPUTS = {"profile": "file", "allocate": "file", "quantize": "file", "finetune": "file", "export": "file",
@@ -83,7 +83,8 @@ def _profile(args, model, target, plots_dir=None):
 
 
 def _ptq(args) -> PtqConfig:
-    return PtqConfig(args.ptq, getattr(args, "bias_correction", DEFAULT_BIAS_CORRECTION))
+    return PtqConfig(args.ptq or DEFAULT_ALGORITHM, getattr(args, "bias_correction", DEFAULT_BIAS_CORRECTION),
+                     chosen=args.ptq is not None)
 
 
 def cmd_profile(args) -> int:

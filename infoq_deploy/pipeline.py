@@ -54,7 +54,7 @@ class RunConfig:
     consumer_size: int = 200  # of those, run through the consumer flow's simulation (hls4ml)
     backend: str | None = None  # the consumer flow verify runs (None: the format's pipeline consumers)
     method: str = "infoq"
-    ptq: str = ptq_choices.DEFAULT_ALGORITHM  # quantize.ptq.ALGORITHMS
+    ptq: str | None = None  # quantize.ptq.ALGORITHMS; None: the default (quantize.ptq.PtqConfig.chosen)
     bias_correction: bool = ptq_choices.DEFAULT_BIAS_CORRECTION
     alpha: float = 1.0
     pins: list = field(default_factory=list)  # [(first|last, [w, a] or None)]: --pin
@@ -68,6 +68,10 @@ class RunConfig:
     allocation: str | None = None  # an allocation file: skip profiling and allocation
     infoq: dict = field(default_factory=dict)  # method settings (n_proj, k, encoder, use_inverse_bits); each method takes its own
     notes: list[str] = field(default_factory=list)
+
+    def ptq_config(self):
+        return ptq_choices.PtqConfig(self.ptq or ptq_choices.DEFAULT_ALGORITHM, self.bias_correction,
+                                     chosen=self.ptq is not None)
 
     def inputs(self) -> dict:
         """What identifies the run: a run directory holds the run of one set of inputs."""
@@ -113,7 +117,7 @@ def run(cfg: RunConfig) -> dict:
     """Every stage in one run directory; each stage's file is the next stage's input, so any
     stage can be re-run alone from that directory (see `infoq-deploy STAGE -h`)."""
     pins = [(where, None if pair is None else tuple(pair)) for where, pair in cfg.pins]
-    ptq = ptq_choices.PtqConfig(cfg.ptq, cfg.bias_correction)
+    ptq = cfg.ptq_config()
     target = stages.pin_target(stages.load_target(cfg.target), pins, cfg.no_pin).with_scale_rule(ptq.scale_rule)
     for text in cfg.budgets:  # fail on a typo before any expensive stage
         parse_budget(text)
@@ -212,7 +216,7 @@ def _stages(cfg: RunConfig, target, model, plan, given, run_dir: Path, status: d
 
     source = ModelSource.of(cfg.model, cfg.weights, cfg.input_shape, cfg.data_root)
     qm = stages.quantize(model, target, alloc_doc, plan, source, allocation_name=cfg.allocation or "the allocation",
-                         ptq=ptq_choices.PtqConfig(cfg.ptq, cfg.bias_correction), progress=cfg.progress)
+                         ptq=cfg.ptq_config(), progress=cfg.progress)
     save_quantized(run_dir / "quantized.pt", qm)
     lap("quantize")
 

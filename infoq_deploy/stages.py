@@ -165,8 +165,16 @@ def quantize(model: ImportedModel, target: Target, allocation: dict, plan: DataP
     deployed = deployable(model)
     allocation = recost(allocation, deployed.layers, target)  # the costs of what is built, not the file's
     bits = allocation_bits(allocation)
+    notes = list(plan.notes)
     if ptq.algorithm == "gptq":
-        gptq.check_samples(deployed.layers, {n for n, (w, _) in bits.items() if w < FLOAT_BITS}, len(plan.calibration))
+        integer = {n for n, (w, _) in bits.items() if w < FLOAT_BITS}
+        if ptq.chosen:
+            gptq.check_samples(deployed.layers, integer, len(plan.calibration))
+        elif (short := gptq.shortfall(deployed.layers, integer, len(plan.calibration))) is not None:
+            ptq = ptq.without_gptq()
+            notes.append(f"GPTQ (the default --ptq) needs at least {short[0]} calibration samples here ({short[1]}); "
+                         f"the weights were rounded to nearest instead ({ptq.describe()}); pass --calib-size "
+                         f"{short[0]} or more for GPTQ")
     qmodel = build_quant_model(deployed.graph, deployed.layers, bits, target.quant_spec(),
                                pool_inputs=target.activations.pool_inputs)
     calibrate(qmodel, plan.calibration.x, progress=progress)
@@ -189,7 +197,7 @@ def quantize(model: ImportedModel, target: Target, allocation: dict, plan: DataP
         accuracies=accuracies, data=dict(plan.refs), model_info=model_info, ptq=ptq.to_json(),
         timings={"quantize": round(time.perf_counter() - start, 3), "calibrate": round(calibrated - start, 3),
                  **ptq_seconds},
-        notes=list(plan.notes),
+        notes=notes,
     )
 
 
@@ -422,6 +430,7 @@ def report_run(run_dir: str | Path, qm: QuantizedModel, verified: dict, *, sensi
     accuracies["exported"] = result.get("accuracy")
     model_info = dict(qm.model_info)
     model_info["eval"] = dict(model_info.get("eval") or {}, verified_on=verified["eval"]["verified_on"])
+    model_info["ptq"] = dict(qm.ptq) or PtqConfig.from_json(None).to_json()
     if "luts" in allocation["cost"]:  # FPGA resources against every layer at its widest bits
         model_info["reference_cost"] = _widest_fpga_cost(qm, allocation)
     if timings is None:  # from the stage records

@@ -198,3 +198,23 @@ def test_a_table_is_refused_for_another_threshold_rule(fashion):
         stages.allocate_table(table, target.with_scale_rule("mse"), ["4bit"])
     with pytest.raises(UserError, match="profiled with minmax thresholds"):
         stages.quantize(model, target, doc, plan, ModelSource.of(stages.DEFAULT_MODEL), ptq=PtqConfig("mse", False))
+
+
+def test_the_default_falls_back_to_rounding_when_gptq_is_short_of_samples(fashion):
+    """Left at its default, --ptq rounds to nearest (the same minmax thresholds the table was
+    profiled for) on a calibration set GPTQ cannot use, and says so; an explicit gptq is refused."""
+    model, plan = fashion
+    target, _, doc = _docs(model, plan, "minmax")
+    calib = dataclasses.replace(plan.calibration, x=plan.calibration.x[:32], y=plan.calibration.y[:32])
+    short = dataclasses.replace(plan, calibration=calib, evaluation=None)
+    source = ModelSource.of(stages.DEFAULT_MODEL)
+    qm = stages.quantize(model, target, doc, short, source, ptq=PtqConfig(chosen=False))
+    assert qm.ptq == PtqConfig("minmax", True).to_json()
+    assert any("GPTQ (the default --ptq) needs at least 64 calibration samples" in n for n in qm.notes), qm.notes
+    rtn = stages.quantize(model, target, doc, short, source, ptq=PtqConfig("minmax", True))
+    assert rtn.state_sha256() == qm.state_sha256()
+    with pytest.raises(UserError, match="--ptq gptq needs at least 64 calibration samples"):
+        stages.quantize(model, target, doc, short, source, ptq=PtqConfig("gptq", True))
+    full = stages.quantize(model, target, doc, dataclasses.replace(plan, evaluation=None), source,
+                           ptq=PtqConfig(chosen=False))
+    assert full.ptq == PtqConfig("gptq", True).to_json() and not any("GPTQ" in n for n in full.notes)

@@ -40,20 +40,27 @@ def columns(layer: Layer) -> int:
     return layer.weight_params // layer.out_shape[0 if layer.kind != "linear" else -1]
 
 
-def check_samples(layers: list[Layer], integer: set[str], n: int) -> None:
-    """UserError when the calibration set gives some layer fewer Hessian rows than it has
-    columns: its Hessian is then singular and GPTQ's result is governed by the damping."""
+def shortfall(layers: list[Layer], integer: set[str], n: int) -> tuple[int, str] | None:
+    """(samples needed, why) when ``n`` calibration samples give some layer fewer Hessian rows
+    than it has columns: its Hessian is then singular and GPTQ's result is governed by the
+    damping, not the data. None when every layer is covered."""
     short = [(layer, rows_per_sample(layer) * n, columns(layer)) for layer in layers
              if layer.name in integer and rows_per_sample(layer) * n < columns(layer)]
-    if short:
-        layer, rows, cols = max(short, key=lambda t: t[2] / t[1])
-        need = math.ceil(cols / rows_per_sample(layer))
-        raise UserError(
-            f"--ptq gptq needs at least {need} calibration samples: layer {layer.name} has {cols} inputs per "
-            f"output and {n} samples give it {rows} rows"
-            + (f" ({len(short)} layers are short)" if len(short) > 1 else "")
-            + f"; pass at least {need} samples (--calib-size, or more --data) or use --ptq mse"
-        )
+    if not short:
+        return None
+    need = max(math.ceil(cols / rows_per_sample(layer)) for layer, _, cols in short)
+    layer, rows, cols = max(short, key=lambda t: t[2] / t[1])
+    why = (f"layer {layer.name} has {cols} inputs per output and {n} samples give it {rows} rows"
+           + (f" ({len(short)} layers are short)" if len(short) > 1 else ""))
+    return need, why
+
+
+def check_samples(layers: list[Layer], integer: set[str], n: int) -> None:
+    """UserError when `shortfall` finds a layer the calibration set does not cover."""
+    if (short := shortfall(layers, integer, n)) is not None:
+        need, why = short
+        raise UserError(f"--ptq gptq needs at least {need} calibration samples: {why}; pass at least {need} "
+                        "samples (--calib-size, or more --data) or use --ptq minmax")
 
 
 def apply(qmodel: nn.Module, x: torch.Tensor, *, batch_size: int = 256, act_order: bool = True,

@@ -22,7 +22,7 @@ nearest with the same thresholds; `bench/bench_ptq.py` measures whether that cha
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from infoq_deploy.core.errors import UserError
@@ -41,6 +41,10 @@ _SCALE_RULE = {"minmax": "minmax", "mse": "mse", "gptq": "minmax"}
 class PtqConfig:
     algorithm: str = DEFAULT_ALGORITHM
     bias_correction: bool = DEFAULT_BIAS_CORRECTION
+    # False when the user left --ptq at its default: a calibration set too small for GPTQ then
+    # falls back to rounding to nearest (same thresholds, so the profile still holds) with a
+    # note, where an explicit --ptq gptq is refused.
+    chosen: bool = field(default=True, compare=False)
 
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
@@ -51,7 +55,11 @@ class PtqConfig:
         return _SCALE_RULE[self.algorithm]
 
     def to_json(self) -> dict:
-        return {**asdict(self), "scale_rule": self.scale_rule}
+        return {"algorithm": self.algorithm, "bias_correction": self.bias_correction, "scale_rule": self.scale_rule}
+
+    def without_gptq(self) -> "PtqConfig":
+        """Round to nearest on the thresholds GPTQ would have used (same scale rule)."""
+        return PtqConfig("minmax", self.bias_correction, chosen=self.chosen)
 
     @staticmethod
     def from_json(d: dict | None) -> "PtqConfig":

@@ -259,6 +259,10 @@ def summary_rows(doc: dict) -> list[list[str]]:
         rows.append(["FPGA (FINN estimators)", f"{cost['luts']:,.0f} LUTs, {cost.get('brams', 0):,.0f} BRAM_18K, "
                      f"{cost.get('cycles', 0):,.0f} cycles per frame at the folding for "
                      f"{cost.get('fold_cycles_per_frame', 0):,.0f}; the layers' hardware only, not the rest of the graph"])
+    ptq = doc["model"].get("ptq")
+    if ptq:
+        rows.append(["post-training quantizer", ptq["algorithm"] + (" + bias correction" if ptq["bias_correction"] else "")
+                     + f", {ptq['scale_rule']} thresholds"])
     acc = [f"{label} {fmt_acc(doc['accuracies'][k])}" for k, label in ACCURACY_LABELS.items()
            if doc["accuracies"].get(k) is not None]
     if acc:

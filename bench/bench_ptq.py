@@ -23,6 +23,7 @@ Reproduce: .venv/bin/python bench/bench_ptq.py --model zoo:cifar10-resnet20
 from __future__ import annotations
 
 import argparse
+import json
 import copy
 import dataclasses
 import sys
@@ -123,7 +124,11 @@ def main() -> int:
     ap.add_argument("--method", default="infoq", help="profile method of the mixed allocations (default infoq)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--replot", metavar="JSON", help="redraw the plot of a result file and stop")
     args = ap.parse_args()
+    if args.replot:
+        plot(json.loads(Path(args.replot).read_text()), Path(args.replot).with_suffix(".png"))
+        return 0
 
     root = Path(args.data_root)
     slug = args.model.split(":")[-1]
@@ -209,23 +214,30 @@ def main() -> int:
     return 0
 
 
+COLORS = {"minmax": "tab:blue", "mse": "tab:green", "gptq": "tab:red"}
+
+
 def plot(doc: dict, path: Path) -> None:
+    """One colour per algorithm, filled markers with bias correction, dashed lines for uniform."""
     targets = sorted({r["target"] for r in doc["results"]})
     fig, axes = plt.subplots(1, len(targets), figsize=(6 * len(targets), 4.2), squeeze=False)
     for ax, label in zip(axes[0], targets):
         for cfg in PTQS:
             rows = [r for r in doc["results"] if r["target"] == label and r["ptq"] == cfg.algorithm
                     and r["bias_correction"] == cfg.bias_correction and r["budget"].endswith("bit")]
-            for method, style in (("infoq", "-o"), ("mse", "-o"), ("uniform", "--s")):
+            for method, line, marker in (("infoq", "-", "o"), ("mse", "-", "^"), ("uniform", "--", "s")):
                 pts = sorted((r["avg_weight_bits"], 100 * r["top1"]) for r in rows if r["allocation"] == method)
                 if pts:
-                    ax.plot(*zip(*pts), style, label=f"{cfg.describe()} ({method})", markersize=4)
+                    color = COLORS[cfg.algorithm]
+                    ax.plot(*zip(*pts), linestyle=line, marker=marker, color=color, markersize=5,
+                            markerfacecolor=color if cfg.bias_correction else "white",
+                            label=f"{cfg.describe()} ({method})")
         ax.axhline(100 * doc["accuracy_float"], color="k", lw=0.8, label="float")
         ax.set_title(f"{doc['model']}: {label}")
         ax.set_xlabel("average weight bits (activations 8)")
         ax.set_ylabel("top-1 (%)")
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=6, loc="lower right")
+    axes[0][-1].legend(fontsize=6, loc="lower right", ncol=2)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")

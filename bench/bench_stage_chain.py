@@ -5,7 +5,7 @@ Runs, as a user types them, on the bundled Fashion-MNIST CNN and its committed d
 
   infoq-deploy profile zoo:fashion-cnn --target fpga-int --data builtin:fashion-mnist -o s.json
   infoq-deploy allocate s.json --target fpga-int --budget 3bit -o a.json
-  infoq-deploy quantize zoo:fashion-cnn a.json -o q.pt
+  infoq-deploy quantize zoo:fashion-cnn a.json --ptq minmax --no-bias-correction -o q.pt
   infoq-deploy finetune q.pt --epochs 2 --lr 1e-3 -o f.pt
   infoq-deploy export f.pt -o model.onnx
   infoq-deploy verify model.onnx f.pt -o verify.json
@@ -39,12 +39,14 @@ EXE = str(Path(sys.executable).with_name("infoq-deploy"))
 STEPS = [
     ("profile", ["profile", "zoo:fashion-cnn", "--target", "fpga-int", "--data", "builtin:fashion-mnist", "-o", "s.json"]),
     ("allocate", ["allocate", "s.json", "--target", "fpga-int", "--budget", "3bit", "-o", "a.json"]),
-    ("quantize", ["quantize", "zoo:fashion-cnn", "a.json", "-o", "q.pt"]),
+    ("quantize", ["quantize", "zoo:fashion-cnn", "a.json", "--ptq", "minmax", "--no-bias-correction", "-o", "q.pt"]),
     ("finetune", ["finetune", "q.pt", "--epochs", "2", "--lr", "1e-3", "-o", "f.pt"]),
     ("export", ["export", "f.pt", "-o", "model.onnx"]),
     ("verify", ["verify", "model.onnx", "f.pt", "-o", "verify.json"]),
     ("report", ["report", "f.pt", "verify.json", "--sensitivity", "s.json", "-o", "report"]),
     ("verify_wrong_pair", ["verify", "model.onnx", "q.pt", "-o", "verify_wrong.json"]),
+    # the default quantizer on the same allocation, for the post-training figure fine-tuning is compared with
+    ("quantize_default_ptq", ["quantize", "zoo:fashion-cnn", "a.json", "--json", "-o", "q_default.pt"]),
 ]
 
 
@@ -58,6 +60,8 @@ def main() -> int:
             out = subprocess.run([EXE, *argv], cwd=tmp, env=env, capture_output=True, text=True)
             steps[name] = {"command": "infoq-deploy " + " ".join(argv), "exit": out.returncode,
                            "wall_seconds": round(time.perf_counter() - t0, 2)}
+            if "--json" in argv and out.returncode == 0:
+                steps[name]["output"] = json.loads(out.stdout)
             print(name, out.returncode, flush=True)
             expected = 1 if name == "verify_wrong_pair" else 0
             if out.returncode != expected:
@@ -81,6 +85,7 @@ def main() -> int:
         "bits": [(d["name"], d["w_bits"], d["a_bits"]) for d in alloc["layers"]],
         "cost": alloc["cost"],
         "accuracies": report["accuracies"],
+        "default_ptq": {k: steps["quantize_default_ptq"]["output"].get(k) for k in ("ptq", "accuracies")},
         "finetune_history": report["finetune"]["history"],
         "verify": {k: right[k] for k in keys},
         "verify_wrong_pair": {k: wrong[k] for k in keys},

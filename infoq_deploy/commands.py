@@ -282,7 +282,7 @@ def _print_accuracies(acc: dict) -> None:
 
 def _quantized_summary(qm, path) -> dict:
     return {"file": str(path), "stage": qm.stage, "target": qm.target.name, "accuracies": qm.accuracies,
-            "timings": qm.timings, "bits": {k: list(v) for k, v in qm.bits.items()}}
+            "timings": qm.timings, "ptq": qm.ptq, "notes": list(qm.notes), "bits": {k: list(v) for k, v in qm.bits.items()}}
 
 
 def _eval_set(args, qm, role: str = "evaluation"):

@@ -24,6 +24,7 @@ document (a dict, as in allocation.json), `QuantizedModel` (saved and loaded by
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -169,12 +170,19 @@ def quantize(model: ImportedModel, target: Target, allocation: dict, plan: DataP
     if ptq.algorithm == "gptq":
         integer = {n for n, (w, _) in bits.items() if w < FLOAT_BITS}
         if ptq.chosen:
-            gptq.check_samples(deployed.layers, integer, len(plan.calibration))
+            gptq.check_samples(deployed.layers, integer - set(ptq.gptq_skip), len(plan.calibration))
         elif (short := gptq.shortfall(deployed.layers, integer, len(plan.calibration))) is not None:
-            ptq = ptq.without_gptq()
-            notes.append(f"GPTQ (the default --ptq) needs at least {short[0]} calibration samples here ({short[1]}); "
-                         f"the weights were rounded to nearest instead ({ptq.describe()}); pass --calib-size "
-                         f"{short[0]} or more for GPTQ")
+            # the default does what the samples allow: GPTQ where the Hessian is full rank, nearest elsewhere
+            skip = gptq.short_layers(deployed.layers, integer, len(plan.calibration))
+            if set(skip) >= integer:
+                ptq = ptq.without_gptq()
+                done = f"the weights were rounded to nearest instead ({ptq.describe()})"
+            else:
+                ptq = dataclasses.replace(ptq, gptq_skip=tuple(skip))
+                done = (f"GPTQ rounded {len(integer) - len(skip)} of the {len(integer)} integer layers and left "
+                        f"{len(skip)} rounded to nearest ({', '.join(skip[:3])}{', ...' if len(skip) > 3 else ''})")
+            notes.append(f"GPTQ (the default --ptq) needs at least {short[0]} calibration samples for every layer "
+                         f"here ({short[1]}); {done}; pass --calib-size {short[0]} or more for GPTQ on every layer")
     qmodel = build_quant_model(deployed.graph, deployed.layers, bits, target.quant_spec(),
                                pool_inputs=target.activations.pool_inputs)
     calibrate(qmodel, plan.calibration.x, progress=progress)

@@ -200,21 +200,34 @@ def test_a_table_is_refused_for_another_threshold_rule(fashion):
         stages.quantize(model, target, doc, plan, ModelSource.of(stages.DEFAULT_MODEL), ptq=PtqConfig("mse", False))
 
 
-def test_the_default_falls_back_to_rounding_when_gptq_is_short_of_samples(fashion):
-    """Left at its default, --ptq rounds to nearest (the same minmax thresholds the table was
-    profiled for) on a calibration set GPTQ cannot use, and says so; an explicit gptq is refused."""
+def test_the_default_rounds_to_nearest_only_the_layers_gptq_is_short_of_samples_for(fashion):
+    """Left at its default, --ptq runs GPTQ on the layers the calibration set covers and rounds
+    the others to nearest (the same minmax thresholds the table was profiled for), and says so;
+    an explicit gptq is refused."""
     model, plan = fashion
     target, _, doc = _docs(model, plan, "minmax")
-    calib = dataclasses.replace(plan.calibration, x=plan.calibration.x[:32], y=plan.calibration.y[:32])
-    short = dataclasses.replace(plan, calibration=calib, evaluation=None)
     source = ModelSource.of(stages.DEFAULT_MODEL)
+
+    def subset(n):
+        calib = dataclasses.replace(plan.calibration, x=plan.calibration.x[:n], y=plan.calibration.y[:n])
+        return dataclasses.replace(plan, calibration=calib, evaluation=None)
+
+    short = subset(32)  # fc has 64 inputs per output, one Hessian row per sample; the convs are covered
     qm = stages.quantize(model, target, doc, short, source, ptq=PtqConfig(chosen=False))
-    assert qm.ptq == PtqConfig("minmax", True).to_json()
-    assert any("GPTQ (the default --ptq) needs at least 64 calibration samples" in n for n in qm.notes), qm.notes
+    assert qm.ptq == {**PtqConfig("gptq", True).to_json(), "rounded_to_nearest": ["fc"]}
+    assert any("GPTQ (the default --ptq) needs at least 64 calibration samples" in n
+               and "left 1 rounded to nearest (fc)" in n for n in qm.notes), qm.notes
     rtn = stages.quantize(model, target, doc, short, source, ptq=PtqConfig("minmax", True))
-    assert rtn.state_sha256() == qm.state_sha256()
+    full_gptq = stages.quantize(model, target, doc, short, source, ptq=PtqConfig("gptq", True, gptq_skip=("fc",)))
+    assert full_gptq.state_sha256() == qm.state_sha256()
+    fc = lambda m: m.qmodel.get_submodule("fc").quant_weight().int()  # noqa: E731
+    assert torch.equal(fc(qm), fc(rtn)), "the skipped layer is rounded to nearest"
+    conv = next(l.name for l in qm.model.layers if l.kind == "conv")
+    w = lambda m: m.qmodel.get_submodule(conv).quant_weight().int()  # noqa: E731
+    assert not torch.equal(w(qm), w(rtn)), "the covered layers are rounded by GPTQ"
     with pytest.raises(UserError, match="--ptq gptq needs at least 64 calibration samples"):
         stages.quantize(model, target, doc, short, source, ptq=PtqConfig("gptq", True))
+
     full = stages.quantize(model, target, doc, dataclasses.replace(plan, evaluation=None), source,
                            ptq=PtqConfig(chosen=False))
     assert full.ptq == PtqConfig("gptq", True).to_json() and not any("GPTQ" in n for n in full.notes)

@@ -40,6 +40,11 @@ def columns(layer: Layer) -> int:
     return layer.weight_params // layer.out_shape[0 if layer.kind != "linear" else -1]
 
 
+def short_layers(layers: list[Layer], integer: set[str], n: int) -> list[str]:
+    """The integer layers to which ``n`` calibration samples give fewer Hessian rows than columns."""
+    return [layer.name for layer in layers if layer.name in integer and rows_per_sample(layer) * n < columns(layer)]
+
+
 def shortfall(layers: list[Layer], integer: set[str], n: int) -> tuple[int, str] | None:
     """(samples needed, why) when ``n`` calibration samples give some layer fewer Hessian rows
     than it has columns: its Hessian is then singular and GPTQ's result is governed by the
@@ -63,16 +68,30 @@ def check_samples(layers: list[Layer], integer: set[str], n: int) -> None:
                         "samples (--calib-size, or more --data) or use --ptq minmax")
 
 
-def apply(qmodel: nn.Module, x: torch.Tensor, *, batch_size: int = 256, act_order: bool = True,
-          progress: bool = False) -> None:
-    """Round every integer-weight layer of the calibrated ``qmodel`` by GPTQ over ``x``, in place."""
+class _gptq_skipping(gptq_mode):
+    """Brevitas's `gptq_mode`, leaving the modules in ``skip`` rounded to nearest (it has no such option)."""
+
+    def __init__(self, model: nn.Module, skip: set[int], **kwargs):
+        self._skip = skip  # ids of modules; set before Brevitas's __init__, which may look at modules
+        super().__init__(model, **kwargs)
+
+    def _is_module_supported(self, module):
+        return id(module) not in self._skip and super()._is_module_supported(module)
+
+
+def apply(qmodel: nn.Module, x: torch.Tensor, *, skip: set[str] = frozenset(), batch_size: int = 256,
+          act_order: bool = True, progress: bool = False) -> None:
+    """Round every integer-weight layer of the calibrated ``qmodel`` but those named in ``skip``
+    by GPTQ over ``x``, in place."""
     was_training = qmodel.training
     qmodel.eval()
     with torch.no_grad(), warnings.catch_warnings():
         # Brevitas warns on a failed Cholesky and leaves that layer round-to-nearest; make it ours
         warnings.simplefilter("error", UserWarning)
         try:
-            with gptq_mode(qmodel, create_weight_orig=False, use_quant_activations=True, act_order=act_order) as gptq:
+            skipped = {id(qmodel.get_submodule(name)) for name in skip}
+            with _gptq_skipping(qmodel, skipped, create_weight_orig=False, use_quant_activations=True,
+                                act_order=act_order) as gptq:
                 for _ in tqdm(range(gptq.num_layers), desc="GPTQ", unit="layer", disable=not progress, leave=False,
                               dynamic_ncols=True, file=sys.stderr):
                     for start in range(0, x.shape[0], batch_size):

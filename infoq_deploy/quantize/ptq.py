@@ -45,6 +45,9 @@ class PtqConfig:
     # falls back to rounding to nearest (same thresholds, so the profile still holds) with a
     # note, where an explicit --ptq gptq is refused.
     chosen: bool = field(default=True, compare=False)
+    # layers GPTQ leaves rounded to nearest: those the default's calibration set is too small
+    # for (a singular Hessian), so the rest still get GPTQ
+    gptq_skip: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
@@ -55,7 +58,10 @@ class PtqConfig:
         return _SCALE_RULE[self.algorithm]
 
     def to_json(self) -> dict:
-        return {"algorithm": self.algorithm, "bias_correction": self.bias_correction, "scale_rule": self.scale_rule}
+        d = {"algorithm": self.algorithm, "bias_correction": self.bias_correction, "scale_rule": self.scale_rule}
+        if self.gptq_skip:
+            d["rounded_to_nearest"] = list(self.gptq_skip)
+        return d
 
     def without_gptq(self) -> "PtqConfig":
         """Round to nearest on the thresholds GPTQ would have used (same scale rule)."""
@@ -66,12 +72,15 @@ class PtqConfig:
         """The record of a file; files from before --ptq were minmax without bias correction."""
         if not d:
             return PtqConfig("minmax", False)
-        if d.get("algorithm") not in ALGORITHMS or not isinstance(d.get("bias_correction"), bool):
+        skip = d.get("rounded_to_nearest", [])
+        if (d.get("algorithm") not in ALGORITHMS or not isinstance(d.get("bias_correction"), bool)
+                or not isinstance(skip, list) or not all(isinstance(n, str) for n in skip)):
             raise ValueError(f"its ptq record {d!r} names no known algorithm")
-        return PtqConfig(d["algorithm"], d["bias_correction"])
+        return PtqConfig(d["algorithm"], d["bias_correction"], gptq_skip=tuple(skip))
 
     def describe(self) -> str:
-        return self.algorithm + (" + bias correction" if self.bias_correction else "")
+        skipped = f" ({len(self.gptq_skip)} layers rounded to nearest)" if self.gptq_skip else ""
+        return self.algorithm + skipped + (" + bias correction" if self.bias_correction else "")
 
 
 def scale_rule_of(meta: dict | None) -> str:
@@ -94,7 +103,7 @@ def run(qmodel: nn.Module, cfg: PtqConfig, x: torch.Tensor, *, progress: bool = 
     timings = {}
     if cfg.algorithm == "gptq":
         start = time.perf_counter()
-        gptq.apply(qmodel, x, progress=progress)
+        gptq.apply(qmodel, x, skip=set(cfg.gptq_skip), progress=progress)
         timings["gptq"] = round(time.perf_counter() - start, 3)
     if cfg.bias_correction:
         start = time.perf_counter()

@@ -261,8 +261,11 @@ def summary_rows(doc: dict) -> list[list[str]]:
                      f"{cost.get('fold_cycles_per_frame', 0):,.0f}; the layers' hardware only, not the rest of the graph"])
     ptq = doc["model"].get("ptq")
     if ptq:
+        skipped = ptq.get("rounded_to_nearest") or []
         rows.append(["post-training quantizer", ptq["algorithm"] + (" + bias correction" if ptq["bias_correction"] else "")
-                     + f", {ptq['scale_rule']} thresholds"])
+                     + f", {ptq['scale_rule']} thresholds"
+                     + (f"; {len(skipped)} layers rounded to nearest, too few calibration samples for GPTQ "
+                        f"({', '.join(skipped)})" if skipped else "")])
     acc = [f"{label} {fmt_acc(doc['accuracies'][k])}" for k, label in ACCURACY_LABELS.items()
            if doc["accuracies"].get(k) is not None]
     if acc:

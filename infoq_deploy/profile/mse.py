@@ -68,7 +68,7 @@ def weight_scores(gm: torch.fx.GraphModule, layers: list[Layer], bits: list[int]
     return out
 
 
-def _layer_inputs(gm: torch.fx.GraphModule, layers: list[Layer], x: torch.Tensor, batch_size: int, fn) -> None:
+def layer_inputs(gm: torch.fx.GraphModule, layers: list[Layer], x: torch.Tensor, batch_size: int, fn) -> None:
     """Run ``x`` through ``gm`` and call ``fn(layer_name, input_batch)`` for every quantizable layer."""
     modules = dict(gm.named_modules())
     handles = [
@@ -88,11 +88,11 @@ def calibrate_act_ranges(gm, layers: list[Layer], x: torch.Tensor, spec: QuantSp
     """Per-layer input range over the whole calibration set (the deployed activation range),
     chosen by the spec's scale rule (`core.quantizer.RangeObserver`, as Brevitas calibration)."""
     observers = {layer.name: RangeObserver(spec) for layer in layers}
-    _layer_inputs(gm, layers, x, batch_size, lambda name, t: observers[name].observe(t))
+    layer_inputs(gm, layers, x, batch_size, lambda name, t: observers[name].observe(t))
     if any(o.needs_histogram for o in observers.values()):
         for o in observers.values():
             o.start_histogram()
-        _layer_inputs(gm, layers, x, batch_size, lambda name, t: observers[name].observe(t))
+        layer_inputs(gm, layers, x, batch_size, lambda name, t: observers[name].observe(t))
     return {name: o.result() for name, o in observers.items() if o.seen}
 
 
@@ -109,5 +109,5 @@ def activation_scores(
             if b < FLOAT_BITS:
                 err[name][b] += float(((quantize_act(t, b, ranges[name], spec) - t) ** 2).sum())
 
-    _layer_inputs(gm, layers, x, batch_size, accumulate)
+    layer_inputs(gm, layers, x, batch_size, accumulate)
     return {name: {b: e / (energy[name] or 1.0) for b, e in d.items()} for name, d in err.items()}

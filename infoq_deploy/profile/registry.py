@@ -22,6 +22,8 @@ METHODS = by_name(
           "change of sliced mutual information at downstream observers, the paper's method (needs --data)"),
     Entry("mse", "infoq_deploy.profile.mse",
           "relative quantization error of each layer's weights (and inputs, with --data), a cheap local proxy"),
+    Entry("hawq", "infoq_deploy.profile.hawq",
+          "HAWQ-v2: Hessian trace (Hutchinson) times quantization perturbation, weights and inputs (needs --data)"),
 )
 DEFAULT = "infoq"
 

@@ -143,6 +143,19 @@ def test_qcdq_rejects_more_than_8_bits_qonnx_keeps_them(tmp_path):
     assert result.ok
 
 
+def test_qcdq_refuses_a_bias_its_int32_export_cannot_hold_exactly(tmp_path):
+    """Inputs near zero (an untrained model's, say) make the bias grid (input scale x weight scale)
+    so fine that the bias is more than 2^24 steps: Brevitas's float32 export would stop in a
+    traceback ('QuantTensor not valid'); it is one sentence naming the layer, and no file."""
+    gm, layers = make_tiny()
+    qmodel = build_quant_model(gm, layers, MIXED, QuantSpec())
+    calibrate(qmodel, inputs(64, 15) * 1e-9)
+    first = min(layers, key=lambda l: l.order).name
+    with pytest.raises(UserError, match=f"layer {first}'s bias is .* steps of its 32-bit grid"):
+        export_model(qmodel, inputs(1, 16) * 1e-9, "qcdq", tmp_path / "tiny.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bad_format_and_uncalibrated_model_raise(tiny, tmp_path):
     gm, layers, qmodel = tiny
     with pytest.raises(UserError, match="format"):

@@ -18,7 +18,7 @@ from infoq_deploy.export.passes.activations_as_uint8 import ActivationsAsUint8
 from infoq_deploy.export.passes.dequantize_after_shortcut import DequantizeAfterShortcut
 from infoq_deploy.export.passes.merge_duplicates import MergeDuplicateNodes
 from infoq_deploy.export.passes.pad_into_conv import PadIntoConv
-from infoq_deploy.quantize.brevitas_model import read_bits, read_join_quantizers
+from infoq_deploy.quantize.brevitas_model import bias_steps, read_bits, read_join_quantizers
 
 BACKEND = "ort"
 CONSUMERS = ()  # ONNX Runtime is BACKEND itself
@@ -26,6 +26,8 @@ PIPELINE_CONSUMERS = ()
 QUANT_OP = "DequantizeLinear"
 ONNX_OPSET = 13
 MAX_BITS = 8
+# Brevitas computes the int32 bias in float32, which holds integers exactly only up to 2^24
+FLOAT32_EXACT = 2 ** 24
 
 
 def check(qmodel) -> None:
@@ -37,6 +39,14 @@ def check(qmodel) -> None:
                     f"{MAX_BITS} bits; allocate at most {MAX_BITS} bits or {FLOAT_BITS} (float), "
                     "or export to qonnx"
                 )
+    for name, (steps, step) in bias_steps(qmodel).items():
+        if steps > FLOAT32_EXACT:
+            raise UserError(
+                f"layer {name}'s bias is {steps:.3g} steps of its 32-bit grid (input scale x weight scale, "
+                f"down to {step:.3g}), more than the 2^24 that QCDQ's export can write exactly: the layer's "
+                "input is nearly zero on the calibration data, as in an untrained (random-weight) model; "
+                "quantize a trained model, or allocate that layer float (32 bits)"
+            )
     for name, bits in read_join_quantizers(qmodel).items():
         if bits > MAX_BITS:
             raise UserError(

@@ -23,7 +23,9 @@ holds, so it is rounded to nearest and every other layer is rounded by GPTQ; eac
 which layers were left out. The time of each algorithm (calibration, GPTQ, bias correction,
 ORT's calibration and quantization) is measured in the same run.
 
-Reproduce: .venv/bin/python bench/bench_ptq_imagenet.py   (writes bench/results/ptq_imagenet_lite0.json)
+Reproduce: .venv/bin/python bench/bench_ptq_imagenet.py   (writes bench/results/ptq_imagenet_lite0.json;
+           GPTQ takes about 12 minutes per model on 2 cores, so the whole run is about 2.5 hours;
+           --parts, --ptqs, --mcu-budgets and --no-mcu-uniform run a part of it)
 """
 
 from __future__ import annotations
@@ -51,9 +53,9 @@ from infoq_deploy.quantize.ptq import PtqConfig
 
 HERE = Path(__file__).resolve().parent
 MODEL = "zoo:efficientnet-lite0"
-RULE_PTQS = {"minmax": [PtqConfig("minmax", False), PtqConfig("minmax", True),
-                        PtqConfig("gptq", False, chosen=False), PtqConfig("gptq", True, chosen=False)],
-             "mse": [PtqConfig("mse", False), PtqConfig("mse", True)]}
+ALL_PTQS = {"minmax": PtqConfig("minmax", False), "minmax+bc": PtqConfig("minmax", True),
+            "gptq": PtqConfig("gptq", False, chosen=False), "gptq+bc": PtqConfig("gptq", True, chosen=False),
+            "mse": PtqConfig("mse", False), "mse+bc": PtqConfig("mse", True)}
 
 
 class _Reader(CalibrationDataReader):
@@ -97,8 +99,18 @@ def main() -> int:
     ap.add_argument("--eval-size", type=int, default=None, help="val1300 images (default: all 1,300)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--parts", default="edge,mcu", help="edge, mcu or both")
+    ap.add_argument("--ptqs", default=",".join(ALL_PTQS),
+                    help="the --ptq choices to run, of " + ",".join(ALL_PTQS) + " (default all)")
+    ap.add_argument("--mcu-budgets", default="4.0,5.0", help="average weight bits of the mcu-int allocations")
+    ap.add_argument("--no-mcu-uniform", action="store_true", help="leave out the uniform 4-bit mcu-int model")
     ap.add_argument("--out", default=str(HERE / "results" / "ptq_imagenet_lite0.json"))
     args = ap.parse_args()
+    unknown = set(args.ptqs.split(",")) - set(ALL_PTQS)
+    if unknown:
+        ap.error(f"unknown --ptqs {', '.join(sorted(unknown))}")
+    rule_ptqs = {rule: [ALL_PTQS[k] for k in args.ptqs.split(",") if ALL_PTQS[k].scale_rule == rule]
+                 for rule in ("minmax", "mse")}
+    rule_ptqs = {rule: cfgs for rule, cfgs in rule_ptqs.items() if cfgs}
     root = Path(args.data_root)
     started = time.perf_counter()
     model = stages.load_model(MODEL, data_root=str(root))
@@ -116,7 +128,10 @@ def main() -> int:
                      "top-1 of each QCDQ file in onnxruntime",
         "command": f"{Path(sys.executable).name} bench/bench_ptq_imagenet.py --calib-size {args.calib_size}"
                    + (f" --eval-size {args.eval_size}" if args.eval_size else "") + f" --seed {args.seed}"
-                   + (f" --parts {args.parts}" if args.parts != "edge,mcu" else ""),
+                   + (f" --parts {args.parts}" if args.parts != "edge,mcu" else "")
+                   + (f" --ptqs {args.ptqs}" if args.ptqs != ",".join(ALL_PTQS) else "")
+                   + (f" --mcu-budgets {args.mcu_budgets}" if args.mcu_budgets != "4.0,5.0" else "")
+                   + (" --no-mcu-uniform" if args.no_mcu_uniform else ""),
         "tool_version": __version__, "onnxruntime": ort.__version__, "machine": machine_info(), "model": MODEL,
         "calibration": {"source": plan.calibration.source, "n": len(plan.calibration),
                         "sha256": plan.calibration.sha256},
@@ -134,7 +149,7 @@ def main() -> int:
         print(f"float top-1 {doc_out['accuracy_float']:.4f} (onnxruntime)", flush=True)
 
         def run(part, target, allocation, budget, doc):
-            for cfg in RULE_PTQS[target.scale_rule]:
+            for cfg in rule_ptqs[target.scale_rule]:
                 t0 = time.perf_counter()
                 qm = stages.quantize(model, target, doc, no_eval, ModelSource.of(MODEL), ptq=cfg)
                 path = tmp / "q.onnx"
@@ -157,7 +172,7 @@ def main() -> int:
         if "edge" in args.parts:
             base = stages.load_target("edge-cpu-ort")
             integer = base.choices()[0]
-            for rule in RULE_PTQS:
+            for rule in rule_ptqs:
                 target = base.with_scale_rule(rule)
                 table = stages.profile(model, target, plan.calibration, "mse", seed=args.seed)
                 doc = set_bits(stages.allocation_document(table, target, ["1000MB"]), layers, target,
@@ -183,15 +198,16 @@ def main() -> int:
 
         if "mcu" in args.parts:
             base = stages.load_target("mcu-int")
-            for rule in RULE_PTQS:
+            for rule in rule_ptqs:
                 target = base.with_scale_rule(rule)
                 t0 = time.perf_counter()
                 table = stages.profile(model, target, plan.calibration, "mse", seed=args.seed)
                 profiles[f"mcu-int / {rule}"] = {"method": "mse", "seconds": round(time.perf_counter() - t0, 1)}
                 allocations = [("mse proxy", f"{b}bit", stages.allocation_document(table, target, [f"{b}bit"]))
-                               for b in ("4.0", "5.0")]
-                allocations.append(("uniform", "4.0bit", set_bits(allocations[0][2], layers, target,
-                                                                  lambda layer: (4, 8))))
+                               for b in args.mcu_budgets.split(",")]
+                if not args.no_mcu_uniform:
+                    allocations.append(("uniform", "4.0bit", set_bits(allocations[0][2], layers, target,
+                                                                      lambda layer: (4, 8))))
                 for allocation, budget, doc in allocations:
                     run("mcu", target, allocation, budget, doc)
 

@@ -108,7 +108,7 @@ def allocate_table(table: SensitivityTable, target: Target, budget_texts: list[s
     budgets = [parse_budget(text) for text in budget_texts]
     check_rule(scale_rule_of(table.meta), target.scale_rule, "the sensitivity table")
     check_latency_table(target, table.meta.get("model_fingerprint"))
-    return allocate(table.layers, table.weights, table.activations, target, budgets, alpha=alpha)
+    return allocate(table.layers, table.weights, table.activations, target, budgets, alpha=alpha, pairs=table.pairs)
 
 
 def check_latency_table(target: Target, fingerprint: str | None) -> None:

@@ -172,6 +172,52 @@ def test_optimal_against_brute_force(chunk):
     assert outcomes["feasible"] >= 10 and outcomes["infeasible"] >= 3, outcomes
 
 
+@pytest.mark.parametrize("chunk", range(2))
+def test_pair_terms_optimal_against_brute_force(chunk):
+    """CLADO's quadratic program: 60 random problems with cross-layer terms of both signs on
+    weight bits; the linearised ILP finds the brute-force optimum of the full quadratic objective."""
+    solved = 0
+    for seed in range(1000 + chunk * 30, 1000 + chunk * 30 + 30):
+        rng = np.random.default_rng(seed)
+        target = random_target(rng)
+        layers = random_layers(rng, int(rng.integers(3, 6)))
+        s_w = random_scores(rng, layers, target.weights.bits, keys_as_str=False)
+        s_a = random_scores(rng, layers, target.activations.bits, keys_as_str=False)
+        pairs = {}
+        for a, b in itertools.combinations(layers, 2):
+            if rng.random() < 0.7:
+                pairs[(a.name, b.name) if rng.random() < 0.5 else (b.name, a.name)] = {
+                    (int(wa), int(wb)): float(rng.normal(0, 0.5))
+                    for wa in target.weights.bits for wb in target.weights.bits if rng.random() < 0.8}
+        bf = BruteForce(layers, target, s_w, s_a, 1.0)
+        n = len(layers)
+        index = {l.name: i for i, l in enumerate(layers)}
+        for (a, b), terms in pairs.items():
+            i, j = index[a], index[b]
+            table = np.zeros((len(bf.choices[i]), len(bf.choices[j])))
+            for k, (wi, _) in enumerate(bf.choices[i]):
+                for m, (wj, _) in enumerate(bf.choices[j]):
+                    table[k, m] = terms.get((wi, wj), 0.0)
+            shape = [1] * n
+            shape[i], shape[j] = table.shape
+            if i > j:
+                table = table.T
+                shape[j], shape[i] = table.shape
+            bf.objective = bf.objective + table.reshape(shape)
+        budgets = random_budgets(rng, bf, layers, target)
+        feasible = bf.feasible(budgets)
+        if not feasible.any():
+            continue
+        solved += 1
+        a = allocate(layers, s_w, s_a, target, budgets, 1.0, pairs=pairs)
+        bits = [(d["w_bits"], d["a_bits"]) for d in a.layers]
+        true_objective = float(bf.objective[tuple(cs.index(b) for b, cs in zip(bits, bf.choices))])
+        best = float(bf.objective[feasible].min())
+        assert a.objective == pytest.approx(true_objective, rel=1e-9, abs=1e-9), seed
+        assert abs(true_objective - best) <= 1e-7 * max(1.0, abs(best)), (seed, true_objective, best)
+    assert solved >= 10, solved
+
+
 def knapsack_optimum(objective, cost, capacity):
     """Exact multiple-choice knapsack by dynamic programming over integer costs 0..capacity."""
     best = np.zeros(capacity + 1)  # best[c]: least objective of the layers so far with cost <= c

@@ -55,7 +55,11 @@ def allocate(
     target,
     budgets: Sequence[Budget],
     alpha: float = 1.0,
+    pairs: Mapping[tuple[str, str], Mapping[tuple[int, int], float]] | None = None,
 ) -> Allocation:
+    """The bits of least total score within every budget. ``pairs`` (CLADO's cross-layer
+    terms, `profile/clado.py`) adds, for two layers at weight bits (b_i, b_j), a score of any
+    sign; the products of choices are linearised exactly, so CBC still proves the optimum."""
     if not layers:
         raise UserError("the layer table is empty, so there is nothing to allocate; check the model import")
     if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha >= 0):
@@ -71,7 +75,9 @@ def allocate(
     rows = [_budget_row(b, layers, choices, target) for b in resolved]
     _check_each_budget(resolved, rows, layers, target)
 
-    pick, status, seconds = _solve(score, rows)
+    cross = _cross_terms(pairs or {}, layers, choices)
+    w_of = [[w for w, _ in c] for c in choices]
+    pick, status, seconds = _solve(score, rows, cross, w_of)
     if status == "Infeasible":
         raise UserError(_joint_message(resolved, rows, layers, target))
     if status != "Optimal":
@@ -82,7 +88,8 @@ def allocate(
     return Allocation(
         layers=[{"name": l.name, "w_bits": w, "a_bits": a} for l, (w, a) in zip(layers, bits)],
         cost=model_costs(layers, bits, target),
-        objective=sum(score[i][k] for i, k in enumerate(pick)),
+        objective=sum(score[i][k] for i, k in enumerate(pick))
+        + sum(c.get((w_of[i][pick[i]], w_of[j][pick[j]]), 0.0) for (i, j), c in cross.items()),
         status=status,
         solve_seconds=seconds,
         budgets=[
@@ -243,15 +250,38 @@ def _cheapest_note(target) -> str:
 # ---------------------------------------------------------------- the ILP
 
 
-def _solve(score: list[list[float]], rows: list[_Row]) -> tuple[list[int], str, float]:
+def _cross_terms(pairs, layers, choices) -> dict[tuple[int, int], dict[tuple[int, int], float]]:
+    """Layer-pair terms by (layer index i < j) and (weight bits of i, of j)."""
+    index = {layer.name: i for i, layer in enumerate(layers)}
+    out = {}
+    for (a, b), by_bits in pairs.items():
+        if a not in index or b not in index or a == b:
+            raise UserError(f"the sensitivity table's pair ({a}, {b}) names layers this allocation does not have; "
+                            "regenerate the table")
+        i, j = sorted((index[a], index[b]))
+        allowed_i, allowed_j = {w for w, _ in choices[i]}, {w for w, _ in choices[j]}
+        terms = out.setdefault((i, j), {})
+        for (wa, wb), c in by_bits.items():
+            wi, wj = (wb, wa) if index[a] > index[b] else (wa, wb)
+            if c and wi in allowed_i and wj in allowed_j:
+                terms[(wi, wj)] = terms.get((wi, wj), 0.0) + float(c)
+    return {key: terms for key, terms in out.items() if terms}
+
+
+def _solve(score: list[list[float]], rows: list[_Row], cross=None, w_of=None) -> tuple[list[int], str, float]:
     """Returns the chosen index per layer, the PuLP status and CBC's wall time."""
-    weight = _objective(score)
-    keep = _undominated(weight, rows)
+    cross = cross or {}
+    scale = max([abs(v) for layer in score for v in layer] + [abs(v) for t in cross.values() for v in t.values()],
+                default=0.0) or 1.0
+    weight = _objective(score, scale)
+    cross = {key: {kl: c / scale for kl, c in t.items()} for key, t in cross.items()}
+    # dominance assumes each layer's score stands alone; with pair terms only the fit test holds
+    keep = _undominated(weight, rows, dominance=not cross)
     if not all(keep):  # some layer has no choice that fits every budget together
         return [], "Infeasible", 0.0
     rhs = [1.0] * len(rows)
     for _ in range(4):
-        prob, x = _build(weight, rows, rhs, keep)
+        prob, x = _build(weight, rows, rhs, keep, cross, w_of)
         t0 = time.perf_counter()
         prob.solve(_solver())
         seconds = time.perf_counter() - t0
@@ -267,10 +297,10 @@ def _solve(score: list[list[float]], rows: list[_Row]) -> tuple[list[int], str, 
     raise RuntimeError("CBC kept returning allocations a hair over budget; report this with the inputs")
 
 
-def _objective(score: list[list[float]]) -> list[list[float]]:
+def _objective(score: list[list[float]], scale: float | None = None) -> list[list[float]]:
     """Scores scaled to at most 1 (so CBC's absolute tolerances mean the same on every model)
     plus the tie-break: choices are listed ascending in bits, the last (most bits) pays nothing."""
-    scale = max((abs(s) for layer in score for s in layer), default=0.0) or 1.0
+    scale = scale or max((abs(s) for layer in score for s in layer), default=0.0) or 1.0
     tie = _TIE / len(score)
     return [
         [s / scale + tie * (len(layer) - 1 - k) / max(len(layer) - 1, 1) for k, s in enumerate(layer)]
@@ -278,7 +308,7 @@ def _objective(score: list[list[float]]) -> list[list[float]]:
     ]
 
 
-def _undominated(weight: list[list[float]], rows: list[_Row]) -> list[list[int]]:
+def _undominated(weight: list[list[float]], rows: list[_Row], dominance: bool = True) -> list[list[int]]:
     """Per layer, the choices an optimum may use. Dropped: a choice that alone breaks a budget
     with every other layer at its cheapest, and a choice another one beats in the objective
     (tie-break included) while costing no more in any budget: swapping it in never hurts.
@@ -292,12 +322,13 @@ def _undominated(weight: list[list[float]], rows: list[_Row]) -> list[list[int]]
         # better[d, k]: d is strictly better (or equal and listed first) in the objective than k
         better = (w[:, None] < w[None, :]) | ((w[:, None] == w[None, :]) & np.tri(len(w), k=-1, dtype=bool).T)
         no_costlier = np.all(cost[:, None, :] <= cost[None, :, :], axis=2)
-        dominated = np.any(better & no_costlier & fits[:, None], axis=0)
+        dominated = np.any(better & no_costlier & fits[:, None], axis=0) if dominance else np.zeros(len(w), bool)
         keep.append([int(k) for k in np.flatnonzero(fits & ~dominated)])
     return keep
 
 
-def _build(weight: list[list[float]], rows: list[_Row], rhs: list[float], keep: list[list[int]]):
+def _build(weight: list[list[float]], rows: list[_Row], rhs: list[float], keep: list[list[int]], cross=None,
+           w_of=None):
     # LpAffineExpression from (variable, coefficient) pairs: PuLP's operator overloading is
     # the slow part of building otherwise
     prob = pulp.LpProblem("infoq_bit_allocation", pulp.LpMinimize)
@@ -305,7 +336,27 @@ def _build(weight: list[list[float]], rows: list[_Row], rhs: list[float], keep: 
     var = getattr(prob, "add_variable", None) or pulp.LpVariable
     x = [[var(f"x_{i}_{k}", cat=pulp.LpBinary) for k in kept] for i, kept in enumerate(keep)]
     pairs = [(i, k, v) for i, kept in enumerate(keep) for k, v in zip(kept, x[i])]
-    prob.setObjective(pulp.LpAffineExpression([(v, weight[i][k]) for i, k, v in pairs]))
+    terms = [(v, weight[i][k]) for i, k, v in pairs]
+    # Pair terms depend on weight bits only: z_iw = sum of layer i's choices with w-bit weights
+    # (0 or 1, one choice per layer), and y = z_iw * z_jv exactly, with only the side of the
+    # linearisation the objective presses on: a positive term is pushed down, so y >= z_iw +
+    # z_jv - 1 and y >= 0 suffice; a negative one is pushed up, so y <= z_iw and y <= z_jv
+    def z(i, w):
+        return [(v, 1) for k, v in zip(keep[i], x[i]) if w_of[i][k] == w]
+
+    for (i, j), t in (cross or {}).items():
+        for (wi, wj), c in t.items():
+            zi, zj = z(i, wi), z(j, wj)
+            if not zi or not zj:  # that width was pruned (it cannot fit a budget)
+                continue
+            y = var(f"y_{i}_{wi}_{j}_{wj}", lowBound=0, upBound=1)
+            if c > 0:
+                prob.addConstraint(pulp.LpAffineExpression([(y, 1)] + [(v, -1) for v, _ in zi + zj]) >= -1)
+            else:
+                prob.addConstraint(pulp.LpAffineExpression([(y, 1)] + [(v, -1) for v, _ in zi]) <= 0)
+                prob.addConstraint(pulp.LpAffineExpression([(y, 1)] + [(v, -1) for v, _ in zj]) <= 0)
+            terms.append((y, c))
+    prob.setObjective(pulp.LpAffineExpression(terms))
     for i, xs in enumerate(x):
         prob.addConstraint(pulp.LpAffineExpression([(v, 1) for v in xs]) == 1, f"one_choice_{i}")
     for j, row in enumerate(rows):

@@ -24,6 +24,8 @@ METHODS = by_name(
           "relative quantization error of each layer's weights (and inputs, with --data), a cheap local proxy"),
     Entry("hawq", "infoq_deploy.profile.hawq",
           "HAWQ-v2: Hessian trace (Hutchinson) times quantization perturbation, weights and inputs (needs --data)"),
+    Entry("clado", "infoq_deploy.profile.clado",
+          "CLADO: measured loss change of each layer and each pair of layers, a quadratic program (needs --data)"),
 )
 DEFAULT = "infoq"
 

@@ -9,8 +9,9 @@ JSON format ``infoq-deploy/sensitivity/1``::
       "layers": [ {Layer.to_json()}, ... ],          # so `allocate` needs no model
       "weights":     {"layer1.0.conv1": {"2": 0.31, "3": 0.12, ...}, ...},
       "activations": {"layer1.0.conv1": {"2": 0.08, ...}, ...},
-      "meta": {"method": "mse" | "infoq", "settings": {...}, "data_hash": "...",
-               "model_fingerprint": "...", "seed": 0, ...}
+      "meta": {"method": "mse" | "infoq" | "hawq" | "clado", "settings": {...}, "data_hash": "...",
+               "model_fingerprint": "...", "seed": 0, ...},
+      "pairs": [{"layers": [A, B], "w_bits": {"4,3": -0.01, ...}}, ...]   # optional (clado)
     }
 
 Scores are "lower is better" costs of choosing that bit-width for that layer; layers
@@ -43,6 +44,9 @@ class SensitivityTable:
     weights: Scores
     activations: Scores
     meta: dict = field(default_factory=dict)
+    # cross-layer terms (CLADO): (layer a, layer b) -> {(w_bits of a, w_bits of b): score of any
+    # sign}, added to the two layers' own scores when both take those bits
+    pairs: dict[tuple[str, str], dict[tuple[int, int], float]] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         def enc(s: Scores) -> dict:
@@ -56,6 +60,8 @@ class SensitivityTable:
             "weights": enc(self.weights),
             "activations": enc(self.activations),
             "meta": self.meta,
+            **({"pairs": [{"layers": [a, b], "w_bits": {f"{wa},{wb}": v for (wa, wb), v in sorted(t.items())}}
+                          for (a, b), t in self.pairs.items()]} if self.pairs else {}),
         }
 
     def save(self, path: str | Path) -> None:
@@ -126,6 +132,7 @@ def load_sensitivity(path: str | Path) -> SensitivityTable:
     for what, table in scores.items():
         if missing := [n for n in names if n not in table]:
             raise UserError(f"{path}: '{what}' has no scores for layer '{missing[0]}'; regenerate the table")
+    pairs = _decode_pairs(obj.get("pairs", []), path, names)
     if not isinstance(obj.get("meta", {}), dict):
         raise UserError(f"{path}: 'meta' must be an object; regenerate the table")
     return SensitivityTable(
@@ -135,4 +142,32 @@ def load_sensitivity(path: str | Path) -> SensitivityTable:
         weights=scores["weights"],
         activations=scores["activations"],
         meta=dict(obj.get("meta", {})),
+        pairs=pairs,
     )
+
+
+def _decode_pairs(obj: object, path: Path, names: list[str]) -> dict:
+    bad = f"{path}: 'pairs' must be a list of {{\"layers\": [A, B], \"w_bits\": {{\"WA,WB\": score}}}}; regenerate the table"
+    if not isinstance(obj, list):
+        raise UserError(bad)
+    out = {}
+    for entry in obj:
+        if not isinstance(entry, dict) or not isinstance(entry.get("layers"), list) or len(entry["layers"]) != 2 \
+                or not isinstance(entry.get("w_bits"), dict):
+            raise UserError(bad)
+        a, b = entry["layers"]
+        if a not in names or b not in names or a == b or (a, b) in out:
+            raise UserError(f"{path}: 'pairs' entry {[a, b]} must name two different layers of its 'layers' list, "
+                            "once; regenerate the table")
+        terms = {}
+        for key, v in entry["w_bits"].items():
+            try:
+                wa, wb = (int(t) for t in key.split(","))
+            except ValueError:
+                raise UserError(f"{path}: 'pairs' entry {[a, b]} has key {key!r}, not 'WA,WB'; regenerate the table") from None
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+                raise UserError(f"{path}: 'pairs' entry {[a, b]} scores {key} as {v!r}; scores must be finite numbers; "
+                                "regenerate the table")
+            terms[(wa, wb)] = float(v)
+        out[(a, b)] = terms
+    return out

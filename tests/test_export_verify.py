@@ -149,10 +149,10 @@ def test_qcdq_refuses_a_bias_its_int32_export_cannot_hold_exactly(tmp_path):
     traceback ('QuantTensor not valid'); it is one sentence naming the layer, and no file."""
     gm, layers = make_tiny()
     qmodel = build_quant_model(gm, layers, MIXED, QuantSpec())
-    calibrate(qmodel, inputs(64, 15) * 1e-9)
+    calibrate(qmodel, inputs(64, 15) * 1e-5)
     first = min(layers, key=lambda l: l.order).name
     with pytest.raises(UserError, match=f"layer {first}'s bias is .* steps of its 32-bit grid"):
-        export_model(qmodel, inputs(1, 16) * 1e-9, "qcdq", tmp_path / "tiny.onnx")
+        export_model(qmodel, inputs(1, 16) * 1e-5, "qcdq", tmp_path / "tiny.onnx")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -26,7 +26,8 @@ PIPELINE_CONSUMERS = ()
 QUANT_OP = "DequantizeLinear"
 ONNX_OPSET = 13
 MAX_BITS = 8
-# Brevitas computes the int32 bias in float32, which holds integers exactly only up to 2^24
+# Brevitas computes the int32 bias in float32, which holds integers exactly only up to 2^24;
+# between 2^24 and the int32 limit its export stops ("QuantTensor not valid")
 FLOAT32_EXACT = 2 ** 24
 
 
@@ -44,7 +45,7 @@ def check(qmodel) -> None:
             raise UserError(
                 f"layer {name}'s bias is {steps:.3g} steps of its 32-bit grid (input scale x weight scale, "
                 f"down to {step:.3g}), more than the 2^24 that QCDQ's export can write exactly: the layer's "
-                "input is nearly zero on the calibration data, as in an untrained (random-weight) model; "
+                "input, or a channel's weights, is nearly zero, as in an untrained (random-weight) model; "
                 "quantize a trained model, or allocate that layer float (32 bits)"
             )
     for name, bits in read_join_quantizers(qmodel).items():

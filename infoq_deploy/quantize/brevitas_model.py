@@ -562,16 +562,18 @@ def act_quant_params(proxy) -> tuple[Tensor, int]:
 
 
 def bias_steps(qmodel: nn.Module) -> dict[str, tuple[float, float]]:
-    """Per integer layer with a quantized bias: (largest |bias| in steps of its int32 grid, the
-    smallest step), the step being input scale x weight scale as Int32Bias has it."""
+    """Per integer layer with a quantized bias: (largest |bias| in steps of its int32 grid among
+    the biases that grid holds, the smallest step), the step being input scale x weight scale
+    as Int32Bias has it. Biases beyond the grid are clamped to its end, an integer, by Brevitas."""
     out = {}
     for name, m in qmodel.named_modules():
         if (isinstance(m, QuantWeightBiasInputOutputLayer) and m.bias is not None and m.bias_quant.is_quant_enabled
                 and m.input_quant.is_quant_enabled and m.weight_quant.is_quant_enabled):
             with torch.no_grad():
                 step = (act_quant_params(m.input_quant)[0] * m.quant_weight().scale).reshape(-1)
-                ratio = (m.bias.detach().abs() / step.expand_as(m.bias)).max()
-            out[name] = (float(ratio), float(step.min()))
+                ratio = m.bias.detach().abs() / step.expand_as(m.bias)
+                held = ratio[ratio < 2 ** 31 - 1]
+            out[name] = (float(held.max()) if held.numel() else 0.0, float(step.min()))
     return out
 
 

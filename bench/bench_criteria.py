@@ -1,0 +1,165 @@
+"""Sensitivity criteria side by side: InfoQ, HAWQ-v2, CLADO, the weight-error proxy and uniform.
+
+For one model and a list of average weight-bit budgets (weights only: activations at 8
+bits; fpga-int's quantizer, first and last layers pinned at w8/a8), every method profiles
+the same calibration set, the allocator spends the same budget, and every allocation is
+quantized by the same post-training quantizer (the default, GPTQ + bias correction, on the
+same calibration set, through `stages.quantize`, the pipeline's code) and evaluated on the
+same evaluation set. Uniform precision puts every free layer at each whole bit-width.
+Writes JSON (accuracy and size per method and budget, search cost per method: wall time,
+passes, calibration samples) and a plot of top-1 against average weight bits.
+
+Reproduce: .venv/bin/python bench/bench_criteria.py   (the bundled default model; a few minutes)
+           .venv/bin/python bench/bench_criteria.py --model zoo:cifar10-resnet20 \\
+               --data ../shared/data/cifar10/train.tar.gz --eval-data ../shared/data/cifar10/test
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from machine import machine_info  # noqa: E402  (bench/machine.py; the script folder is on sys.path)
+
+from infoq_deploy import __version__, stages  # noqa: E402
+from infoq_deploy.allocate.ilp import recost  # noqa: E402
+from infoq_deploy.core.atomic import atomic_path, write_json  # noqa: E402
+from infoq_deploy.core.evaluate import accuracy  # noqa: E402
+from infoq_deploy.quantize.file import ModelSource  # noqa: E402
+from infoq_deploy.quantize.ptq import PtqConfig  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+METHODS = ("infoq", "hawq", "clado", "mse")
+
+
+def weights_only(target):
+    return dataclasses.replace(target, activations=dataclasses.replace(target.activations, bits=(8,)))
+
+
+def uniform_doc(doc: dict, layers, target, w: int) -> dict:
+    doc = copy.deepcopy(doc)
+    n = len(layers)
+    order = {layer.name: layer.order for layer in layers}
+    for entry in doc["layers"]:
+        choices = target.layer_choices(order[entry["name"]], n)
+        entry["w_bits"], entry["a_bits"] = choices[0] if len(choices) == 1 else (w, 8)
+    return recost(doc, layers, target)
+
+
+def avg_w(doc: dict, layers) -> float:
+    params = {layer.name: layer.weight_params for layer in layers}
+    return sum(params[e["name"]] * e["w_bits"] for e in doc["layers"]) / sum(params.values())
+
+
+def passes(method: str, meta: dict) -> str:
+    if method == "clado":
+        return f"{meta['forward_passes']} forward passes over the calibration set"
+    if method == "hawq":
+        h = meta["hutchinson"]
+        return (f"{h['iterations']} Hessian-vector products (a forward, a backward and a double backward of one "
+                f"batch of {meta['settings']['batch_size']}), total trace within {h['total_relative_stderr']:.1%}")
+    if method == "infoq":
+        return "one perturbed suffix pass per (layer, weight bits), see the profile's meta"
+    return "no forward pass for weights (the proxy reads the weights)"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=stages.DEFAULT_MODEL)
+    ap.add_argument("--data", default=stages.DEFAULT_DATA)
+    ap.add_argument("--eval-data", default=stages.DEFAULT_EVAL_DATA)
+    ap.add_argument("--calib-size", type=int, default=512)
+    ap.add_argument("--eval-size", type=int, default=None)
+    ap.add_argument("--budgets", default="2.5,3,3.5,4,5", help="average weight bits")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="JSON path (default bench/results/criteria_<model>.json)")
+    args = ap.parse_args()
+    slug = args.model.split(":")[-1].replace("/", "_")
+    out = Path(args.out or HERE / "results" / f"criteria_{slug}.json")
+    started = time.perf_counter()
+    model = stages.load_model(args.model, data_root=str(HERE.parent.parent / "shared" / "data"))
+    plan = stages.plan_datasets(model.preprocess, data=args.data, eval_data=args.eval_data,
+                                calib_size=args.calib_size, eval_size=args.eval_size, seed=args.seed)
+    no_eval = dataclasses.replace(plan, evaluation=None)
+    ev = plan.evaluation
+    layers = stages.deployable(model).layers
+    target = weights_only(stages.load_target("fpga-int"))
+    float_acc = accuracy(stages.deployable(model).graph, ev.x, ev.y)
+    budgets = [float(b) for b in args.budgets.split(",")]
+    ptq = PtqConfig(chosen=False)
+    rows, costs = [], {}
+
+    def evaluate(method, budget, doc):
+        t0 = time.perf_counter()
+        qm = stages.quantize(model, target, doc, no_eval, ModelSource.of(args.model), ptq=ptq)
+        acc = accuracy(qm.qmodel, ev.x, ev.y)
+        rows.append({"method": method, "budget": budget, "avg_weight_bits": round(avg_w(qm.allocation, layers), 4),
+                     "size_bytes": qm.allocation["cost"]["size_bytes"], "top1": acc,
+                     "w_bits": [e["w_bits"] for e in qm.allocation["layers"]], "ptq": qm.ptq,
+                     "seconds": round(time.perf_counter() - t0, 1)})
+        print(f"{method} {budget}: {acc:.4f} at {rows[-1]['avg_weight_bits']} bits", flush=True)
+
+    doc = None
+    for method in args.methods.split(","):
+        t0 = time.perf_counter()
+        table = stages.profile(model, target, plan.calibration, method, seed=args.seed, progress=False)
+        seconds = round(time.perf_counter() - t0, 1)
+        costs[method] = {"seconds": seconds, "passes": passes(method, table.meta), "calibration_samples": len(plan.calibration),
+                         "pairs": len(table.pairs)}
+        print(f"profiled {method}: {costs[method]}", flush=True)
+        for b in budgets:
+            t1 = time.perf_counter()
+            doc = stages.allocation_document(table, target, [f"{b}bit"])
+            costs[method].setdefault("allocate_seconds", []).append(round(time.perf_counter() - t1, 2))
+            evaluate(method, b, doc)
+    for w in sorted({int(b) for b in budgets}):
+        evaluate("uniform", float(w), uniform_doc(doc, layers, target, w))
+
+    result = {
+        "benchmark": "sensitivity criteria side by side, weights only (activations 8 bits), fpga-int quantizer, "
+                     "the default post-training quantizer (GPTQ + bias correction), no fine-tuning",
+        "command": f"{Path(sys.executable).name} bench/bench_criteria.py --model {args.model} --data {args.data} "
+                   f"--eval-data {args.eval_data} --calib-size {args.calib_size}"
+                   + (f" --eval-size {args.eval_size}" if args.eval_size else "")
+                   + f" --budgets {args.budgets} --methods {args.methods} --seed {args.seed}",
+        "tool_version": __version__, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(),
+        "model": args.model,
+        "calibration": {"source": plan.calibration.source, "n": len(plan.calibration), "sha256": plan.calibration.sha256},
+        "evaluation": {"source": ev.source, "n": len(ev)},
+        "accuracy_float": float_acc, "search_cost": costs, "results": rows,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+    write_json(out, result)
+    plot(result, out.with_suffix(".png"))
+    print(f"wrote {out}")
+    return 0
+
+
+def plot(doc: dict, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for method in dict.fromkeys(r["method"] for r in doc["results"]):
+        pts = sorted((r["avg_weight_bits"], 100 * r["top1"]) for r in doc["results"] if r["method"] == method)
+        ax.plot(*zip(*pts), marker="o", linestyle="--" if method == "uniform" else "-", label=method)
+    ax.axhline(100 * doc["accuracy_float"], color="k", lw=0.8, label="float")
+    ax.set_xlabel("average weight bits (activations 8)")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title(f"{doc['model']}: post-training, GPTQ + bias correction")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

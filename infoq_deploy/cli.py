@@ -130,6 +130,9 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder", default=None,
                    help="InfoQ: input embedding, a .onnx file or MODEL spec (default: pool-pca, no download)")
     p.add_argument("--no-inverse-bits", action="store_true", help="InfoQ: drop the 1/b factor of Eq. 4 (ablation)")
+    p.add_argument("--pairwise", action="store_true",
+                   help="InfoQ: also measure every pair of free layers quantized together at the two lowest weight "
+                        "widths, and allocate by the quadratic program (as CLADO does with the loss)")
 
 
 def _methods_epilog() -> str:

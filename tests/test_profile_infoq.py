@@ -187,6 +187,28 @@ def test_suffix_runner_matches_full_forward_at_every_cut():
     assert torch.equal(again, q.run(start, 0, {q.result_node: None})[q.result_node])
 
 
+def test_two_perturbations_together_are_both_layers_at_once():
+    """A pairwise run (InfoQ --pairwise) quantizes two layers in one pass: the same as a runner
+    whose baseline already holds the first layer at that width, perturbed at the second."""
+    model = tiny_model()
+    gm = FoldBatchNorm().apply(model.graph)
+    layers = build_layer_table(gm, SHAPE)
+    x = tiny_data(70).x
+    spec = QuantSpec(weight_po2=True, act_po2=True)
+    ranges = calibrate_act_ranges(gm, layers, x, spec)
+    q = SuffixRunner(gm, layers, spec, ranges, 8)
+    start = q.start(split_batches(x, 25))
+    first, second = Perturb("c2", "w", 2), Perturb("pw", "a", 3)
+    cut = q.cut("c2")
+    joint = q.run(q.advance(start, 0, cut), cut, {q.result_node: None}, (first, second))[q.result_node]
+    ref = SuffixRunner(gm, layers, spec, ranges, 8)
+    ref._w_base["c2"] = ref._qweight("c2", 2)
+    expected = ref.run(ref.start(split_batches(x, 25)), 0, {ref.result_node: None}, second)[ref.result_node]
+    assert torch.equal(joint, expected)
+    for alone in (first, second):
+        assert not torch.equal(joint, q.run(start, 0, {q.result_node: None}, alone)[q.result_node])
+
+
 # ------------------------------------------------------------------ the table
 
 

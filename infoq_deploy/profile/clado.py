@@ -35,8 +35,10 @@ from infoq_deploy.profile.mse import calibrate_act_ranges
 from infoq_deploy.profile.table import SensitivityTable
 
 
-def profile(model, target, data, *, seed: int = 0, batch_size: int = 256, progress: bool = False) -> SensitivityTable:
-    """CLADO's single-layer and pairwise loss changes (see the module docstring)."""
+def profile(model, target, data, *, seed: int = 0, batch_size: int = 256, pairs: bool = True,
+            progress: bool = False) -> SensitivityTable:
+    """CLADO's single-layer and pairwise loss changes (see the module docstring); ``pairs=False``
+    measures the single layers only (an additive table, CLADO without its cross-layer terms)."""
     if data is None:
         raise UserError("--method clado needs calibration data to measure the loss; pass --data")
     from tqdm import tqdm
@@ -71,7 +73,7 @@ def profile(model, target, data, *, seed: int = 0, batch_size: int = 256, progre
     a_bits = sorted(target.activations.bits)
     ranges = calibrate_act_ranges(gm, layers, x, spec) if any(b < FLOAT_BITS for b in a_bits) else {}
     free = [l.name for l in layers if len([b for b in w_bits[l.name] if b < FLOAT_BITS]) > 1]
-    pair_list = list(itertools.combinations(free, 2))
+    pair_list = list(itertools.combinations(free, 2)) if pairs else []
     total = 1 + n * (len(all_w) + len(a_bits)) + sum(
         len([b for b in w_bits[a] if b < FLOAT_BITS]) * len([b for b in w_bits[b_] if b < FLOAT_BITS])
         for a, b_ in pair_list)
@@ -88,9 +90,9 @@ def profile(model, target, data, *, seed: int = 0, batch_size: int = 256, progre
                   for l in layers}
         act = {l.name: {b: 0.0 if b >= FLOAT_BITS else measure(act=(l.name, b)) - base for b in a_bits}
                for l in layers}
-        pairs = {}
+        cross = {}
         for a, b_ in pair_list:
-            pairs[(a, b_)] = {(wa, wb): measure(weights={a: wa, b_: wb}) - base - single[a][wa] - single[b_][wb]
+            cross[(a, b_)] = {(wa, wb): measure(weights={a: wa, b_: wb}) - base - single[a][wa] - single[b_][wb]
                               for wa in w_bits[a] if wa < FLOAT_BITS for wb in w_bits[b_] if wb < FLOAT_BITS}
     finally:
         bar.close()
@@ -113,7 +115,7 @@ def profile(model, target, data, *, seed: int = 0, batch_size: int = 256, progre
     }
     return SensitivityTable(model=model.spec, target=target.name, layers=layers,
                             weights={k: shift(v) for k, v in single.items()},
-                            activations={k: shift(v) for k, v in act.items()}, meta=meta, pairs=pairs)
+                            activations={k: shift(v) for k, v in act.items()}, meta=meta, pairs=cross)
 
 
 def notes(table: SensitivityTable) -> list[str]:

@@ -65,6 +65,7 @@ from infoq_deploy.profile.table import SensitivityTable
 PROFILER_VERSION = 1  # bump when a change alters the numbers: old cache entries stop matching
 BASE_BITS = 8
 BATCH_SIZE = 250
+PAIR_WIDTHS = 2  # --pairwise measures pairs at the lowest this many weight widths; wider pairs add up
 
 
 def min_samples(k: int) -> int:
@@ -195,6 +196,7 @@ def profile_infoq(
     k: int = 3,
     encoder: str | None = None,
     use_inverse_bits: bool = True,
+    pairwise: bool = False,
     cache_dir: str | Path | None = None,
     progress: bool = True,
     plots_dir: str | Path | None = None,
@@ -210,6 +212,8 @@ def profile_infoq(
         model, target, data, spec, w_bits, a_bits,
         seed=seed, n_proj=n_proj, k=k, encoder=encoder, use_inverse_bits=use_inverse_bits,
     )
+    if pairwise:  # only then, so the keys of plain tables stay as they were
+        parts["pairwise"] = {"widths": w_bits[:PAIR_WIDTHS], "version": 1}
     key = cache_key(parts)
     cache = ProfileCache(cache_dir, key)
     cached = cache.load_table()
@@ -381,15 +385,17 @@ def profile_infoq(
         c.node: [name for name in names if c.node in runner.descendants(runner.layer_node[name])] for c in candidates
     }
 
+    def wanted_for(name: str) -> dict[str, tuple[str, ...]]:
+        kinds_at: dict[str, set[str]] = {}
+        for node, kind in obs_for[name][0]:
+            kinds_at.setdefault(node, set()).add(kind)
+        return {node: tuple(kd for kd in KINDS if kd in s) for node, s in kinds_at.items()}
+
     # ---- the sweep: remaining (layer, bits) for weights and activations
     for name in names:
         if name in state["sweep"]:
             continue
-        pairs, _ = obs_for[name]
-        kinds_at: dict[str, set[str]] = {}
-        for node, kind in pairs:
-            kinds_at.setdefault(node, set()).add(kind)
-        wanted = {node: tuple(kd for kd in KINDS if kd in s) for node, s in kinds_at.items()}
+        wanted = wanted_for(name)
         entry: dict[str, dict[str, dict]] = {"w": {}, "a": {}}
         frontier = None
         for what, bits_list in (("w", low_w), ("a", low_a)):
@@ -405,23 +411,72 @@ def profile_infoq(
         cache.save_partial(state)
     bar.close()
 
-    # ---- scores (Eq. 4), from the stored ΔSMI values only (resumed == uninterrupted)
-    def score(name: str, what: str, b: int) -> float:
-        if b >= BASE_BITS:
-            return 0.0
+    def single_dsmi(name: str, what: str, b: int) -> dict:
         if what == corr_what and b == corr_bits:
-            dsmi = state["corr"][name]["dsmi"]
-        else:
-            dsmi = state["sweep"][name][what][str(b)]
-        pairs, _ = obs_for[name]
-        num = sum(dsmi[node][kind] for node, kind in pairs)
-        den = sum(base_smi[node][kind] for node, kind in pairs)
+            return state["corr"][name]["dsmi"]
+        return state["sweep"][name][what][str(b)]
+
+    # ---- pair terms (--pairwise): two layers' weights quantized together, at the later one's
+    # observers (downstream of both), against each alone there; the ILP gets the difference
+    pair_widths = [b for b in low_w if b in w_bits[:PAIR_WIDTHS]]
+    pair_list = _free_pairs(target, layers, runner) if pairwise and pair_widths else []
+    if pair_list:
+        state.setdefault("pairs", {})
+        state.setdefault("alone", {})
+        todo = sum(1 for a, b in pair_list if f"{a}|{b}" not in state["pairs"])
+        bar = _progress(len(pair_list), len(pair_list) - todo, progress, f"{model.spec} pairs")
+        for a, b in pair_list:
+            if f"{a}|{b}" in state["pairs"]:
+                continue
+            wanted = wanted_for(b)
+            frontier, cut = frontier_at(a)
+            joint = {}
+            seen_at = "+".join(f"{node}:{''.join(kinds)}" for node, kinds in sorted(wanted.items()))
+            for ba in pair_widths:
+                alone = f"{a}|{ba}|{seen_at}"  # a alone at b's observers (often shared by several b)
+                if alone not in state["alone"]:
+                    values, _ = measure(frontier, cut, wanted, Perturb(a, "w", ba), False)
+                    state["alone"][alone] = {node: {kd: abs(base_smi[node][kd] - v[kd]) for kd in v}
+                                             for node, v in values.items()}
+                for bb in pair_widths:
+                    values, _ = measure(frontier, cut, wanted, (Perturb(a, "w", ba), Perturb(b, "w", bb)), False)
+                    joint[f"{ba},{bb}"] = {node: {kd: abs(base_smi[node][kd] - v[kd]) for kd in v}
+                                           for node, v in values.items()}
+            state["pairs"][f"{a}|{b}"] = joint
+            cache.save_partial(state)
+            bar.update(1)
+        bar.close()
+
+    def at_observers(name: str, dsmi: dict) -> float:
+        """sum of ΔSMI over ``name``'s observers, over their baseline SMI (Eq. 4 before 1/b)."""
+        num = sum(dsmi[node][kind] for node, kind in obs_for[name][0])
+        den = sum(base_smi[node][kind] for node, kind in obs_for[name][0])
         if not den > 0:
             raise UserError(
                 f"the 8-bit baseline carries no measurable information at the observers of layer {name} "
                 f"(sum of SMI = {den:.3g}); pass more or more varied calibration data"
             )
-        s = num / den
+        return num / den
+
+    cross: dict[tuple[str, str], dict[tuple[int, int], float]] = {}
+    additivity = []
+    for a, b in pair_list:
+        terms = {}
+        for ba in pair_widths:
+            for bb in pair_widths:
+                joint = at_observers(b, state["pairs"][f"{a}|{b}"][f"{ba},{bb}"])
+                seen_at = "+".join(f"{node}:{''.join(kinds)}" for node, kinds in sorted(wanted_for(b).items()))
+                alone = at_observers(b, state["alone"][f"{a}|{ba}|{seen_at}"]) + at_observers(b, single_dsmi(b, "w", bb))
+                # the singles carry 1/b (Eq. 4); a pair's term is divided by the pair's mean width
+                terms[(ba, bb)] = (joint - alone) / ((ba + bb) / 2 if use_inverse_bits else 1.0)
+                additivity.append({"layers": [a, b], "w_bits": [ba, bb], "joint": joint, "sum_alone": alone})
+        cross[(a, b)] = terms
+
+    # ---- scores (Eq. 4), from the stored ΔSMI values only (resumed == uninterrupted)
+    def score(name: str, what: str, b: int) -> float:
+        if b >= BASE_BITS:
+            return 0.0
+        s = at_observers(name, single_dsmi(name, what, b))
         return s / b if use_inverse_bits else s
 
     weights = {name: {b: score(name, "w", b) for b in w_bits} for name in names}
@@ -483,13 +538,22 @@ def profile_infoq(
             "accuracy": base_acc,
             "smi": {by_node[node].name: v for node, v in base_smi.items()},
         },
+        **({"pairwise": {
+            "widths": pair_widths,
+            "pairs": len(pair_list),
+            "observers": "the later layer's (downstream of both); a term is (joint - a alone - b alone) / baseline SMI"
+                         + (", over the pair's mean width" if use_inverse_bits else ""),
+            # normalised ΔSMI of each pair quantized together against the sum of each alone: the additivity study
+            "additivity": additivity,
+        }} if pair_list else {}),
         "timings": clock.to_json(total),
         "resumed": resumed,
         "cache_key": key,
         "cache_hit": False,
     }
     table = SensitivityTable(
-        model=model.spec, target=target.name, layers=layers, weights=weights, activations=activations, meta=meta
+        model=model.spec, target=target.name, layers=layers, weights=weights, activations=activations, meta=meta,
+        pairs=cross,
     )
     cache.save_table(table)
     if plots_dir is not None:
@@ -512,6 +576,15 @@ def notes(table: SensitivityTable) -> list[str]:
     if table.meta.get("cache_hit"):
         out.append("sensitivity table taken from the profiling cache (same model, data and settings)")
     return out
+
+
+def _free_pairs(target, layers, runner: SuffixRunner) -> list[tuple[str, str]]:
+    """Every pair of layers whose weight bits the allocation may choose, ordered by where the
+    earlier one's suffix starts (so the shared prefix is advanced once)."""
+    n = len(layers)
+    free = [l.name for l in layers if len({w for w, _ in target.layer_choices(l.order, n)}) > 1]
+    free.sort(key=runner.cut)
+    return [(a, b) for i, a in enumerate(free) for b in free[i + 1:]]
 
 
 def _progress(total: int, initial: int, enabled: bool, what: str):

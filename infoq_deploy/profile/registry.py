@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 
+from infoq_deploy.core.errors import UserError
 from infoq_deploy.core.registry import Entry, by_name, load
 
 METHODS = by_name(
@@ -47,6 +48,10 @@ def accepts(name: str, setting: str) -> bool:
 def run(name: str, model, target, data, **settings):
     """The sensitivity table of ``model`` for ``target`` by method ``name``; settings the
     method does not take are left out (e.g. InfoQ's projection count for ``mse``)."""
+    if settings.get("pairwise") and not accepts(name, "pairwise"):
+        raise UserError(f"--pairwise is a setting of --method infoq, not of {name}"
+                        + (" (CLADO always measures pairs)" if name == "clado" else "")
+                        + "; drop --pairwise or use --method infoq")
     table = get(name).profile(model, target, data, **{k: v for k, v in settings.items() if accepts(name, k)})
     # the threshold rule simulated: allocate and quantize refuse the table for another one
     table.meta["scale_rule"] = target.scale_rule

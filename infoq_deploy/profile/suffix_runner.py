@@ -11,7 +11,7 @@ The runner is a small fx interpreter with the deployed quantizer built in: every
 quantizable layer (``layers.Layer``) runs with its weights fake-quantized to
 ``base_bits`` and its input activation fake-quantized to ``base_bits`` with the
 calibrated range, exactly as ``quantizer.quantize_weight`` / ``quantize_act`` define;
-one layer at a time can be overridden (``Perturb``). ``base_bits=32`` (or no activation
+any layers can be overridden (a ``Perturb``, or several together for pairwise terms). ``base_bits=32`` (or no activation
 ranges) gives the float model, which is how the runner is tested against ``gm(x)``.
 
 Frontier values are per batch (``list[dict[node_name, Tensor]]``); batches are fixed at
@@ -45,6 +45,16 @@ class Perturb:
     layer: str
     what: str  # "w" | "a"
     bits: int
+
+
+Perturbation = Perturb | tuple[Perturb, ...] | None
+
+
+def _by_layer(perturb: Perturbation) -> dict[tuple[str, str], int]:
+    """{(layer, "w" | "a"): bits} of one perturbation or of several applied together."""
+    if perturb is None:
+        return {}
+    return {(p.layer, p.what): p.bits for p in (perturb if isinstance(perturb, tuple) else (perturb,))}
 
 
 class NonFiniteError(RuntimeError):
@@ -162,22 +172,15 @@ class SuffixRunner:
         w = self.modules[layer].weight.detach()
         return quantize_weight(w, bits, self.spec) if bits < FLOAT_BITS else w
 
-    def _act_bits(self, name: str, perturb: Perturb | None) -> int:
-        if perturb is not None and perturb.layer == name and perturb.what == "a":
-            return perturb.bits
-        return self.base_bits
-
-    def _quant_input(self, name: str, x: torch.Tensor, perturb: Perturb | None) -> torch.Tensor:
-        a_bits = self._act_bits(name, perturb)
+    def _quant_input(self, name: str, x: torch.Tensor, perturb: dict) -> torch.Tensor:
+        a_bits = perturb.get((name, "a"), self.base_bits)
         if self.act_ranges is not None and a_bits < FLOAT_BITS:
             return quantize_act(x, a_bits, self.act_ranges[name], self.spec)
         return x
 
-    def _call_layer(self, name: str, x: torch.Tensor, perturb: Perturb | None, w_pert: torch.Tensor | None):
+    def _call_layer(self, name: str, x: torch.Tensor, perturb: dict, w_pert: dict[str, torch.Tensor]):
         m = self.modules[name]
-        w = self._w_base[name]
-        if perturb is not None and perturb.layer == name and perturb.what == "w":
-            w = w_pert
+        w = w_pert.get(name, self._w_base[name])
         x = self._quant_input(name, x, perturb)
         if isinstance(m, nn.Linear):
             return nn.functional.linear(x, w, m.bias)
@@ -223,8 +226,8 @@ class SuffixRunner:
         start: int,
         order: list[int],
         keep: Callable[[int], bool],
-        perturb: Perturb | None,
-        w_pert: torch.Tensor | None,
+        perturb: dict,
+        w_pert: dict[str, torch.Tensor],
         check_finite: bool,
     ) -> Env:
         """Evaluate ``order`` (indices >= start) from ``env``; values are freed after their last use."""
@@ -263,7 +266,7 @@ class SuffixRunner:
         wanted = set(self.frontier_names(stop))
         out = []
         for env in frontier:
-            new = self._run_one(env, start, order, lambda i: self.nodes[i].name in wanted, None, None, check_finite)
+            new = self._run_one(env, start, order, lambda i: self.nodes[i].name in wanted, {}, {}, check_finite)
             out.append({k: v for k, v in new.items() if k in wanted})
         return out
 
@@ -272,7 +275,7 @@ class SuffixRunner:
         frontier: list[Env],
         start: int,
         observers: Mapping[str, Tap],
-        perturb: Perturb | None = None,
+        perturb: Perturbation = None,
         check_finite: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Evaluate from ``start`` and return every observer's output over all batches.
@@ -282,7 +285,8 @@ class SuffixRunner:
         transform (e.g. a projection onto random directions; ``None`` keeps it). The
         value may also be ``(node_name, transform)`` or just ``node_name`` (no transform), to
         collect one node under several labels. Only the nodes the observers depend on are evaluated; observers before
-        ``start`` are read from the frontier.
+        ``start`` are read from the frontier. Several perturbations together need ``start`` at or
+        before the earliest of their cuts.
         """
         taps = {
             label: tap if isinstance(tap, tuple) else (tap, None) if isinstance(tap, str) else (label, tap)
@@ -290,9 +294,8 @@ class SuffixRunner:
         }
         targets = tuple(sorted({node for node, _ in taps.values()}, key=lambda s: self.index[s]))
         order = self._needed(start, targets)
-        w_pert = None
-        if perturb is not None and perturb.what == "w":
-            w_pert = self._qweight(perturb.layer, perturb.bits)
+        perturb = _by_layer(perturb)
+        w_pert = {layer: self._qweight(layer, bits) for (layer, what), bits in perturb.items() if what == "w"}
         target_set = set(targets)
         chunks: dict[str, list[torch.Tensor]] = {label: [] for label in taps}
         for env in frontier:

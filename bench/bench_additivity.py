@@ -32,11 +32,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from machine import machine_info  # noqa: E402  (bench/machine.py; the script folder is on sys.path)
+from figures import save  # noqa: E402  (bench/figures.py; the script folder is on sys.path)
+from machine import machine_info  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from infoq_deploy import __version__, stages  # noqa: E402
-from infoq_deploy.core.atomic import atomic_path, write_json  # noqa: E402
+from infoq_deploy.core.atomic import write_json  # noqa: E402
 from infoq_deploy.core.evaluate import accuracy  # noqa: E402
 from infoq_deploy.data.load import load_data  # noqa: E402
 from infoq_deploy.profile.mse import calibrate_act_ranges  # noqa: E402
@@ -216,9 +217,7 @@ def plot(doc: dict, path: Path) -> None:
     axes[0].legend(fontsize=7)
     fig.suptitle(f"{doc['model']}: do layer sensitivities add up?")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save(fig, path, dpi=110)
 
 
 if __name__ == "__main__":

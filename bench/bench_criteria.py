@@ -20,6 +20,7 @@ import argparse
 import copy
 import dataclasses
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,21 +28,25 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from machine import machine_info  # noqa: E402  (bench/machine.py; the script folder is on sys.path)
+from figures import save  # noqa: E402  (bench/figures.py; the script folder is on sys.path)
+from machine import machine_info  # noqa: E402
 
 from infoq_deploy import __version__, stages  # noqa: E402
 from infoq_deploy.allocate.ilp import recost  # noqa: E402
-from infoq_deploy.core.atomic import atomic_path, write_json  # noqa: E402
+from infoq_deploy.core.atomic import write_json  # noqa: E402
 from infoq_deploy.core.evaluate import accuracy  # noqa: E402
 from infoq_deploy.quantize.file import ModelSource  # noqa: E402
 from infoq_deploy.quantize.ptq import PtqConfig  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-METHODS = ("infoq", "hawq", "clado", "mse")
+METHODS = ("infoq", "infoq-pairwise", "hawq", "clado", "mse")
 
 
-def weights_only(target):
-    return dataclasses.replace(target, activations=dataclasses.replace(target.activations, bits=(8,)))
+def weights_only(target, widths=None):
+    """Activations at 8 bits; weights at ``widths`` (default the target's own)."""
+    weights = target.weights if widths is None else dataclasses.replace(target.weights, bits=tuple(widths))
+    return dataclasses.replace(target, weights=weights,
+                               activations=dataclasses.replace(target.activations, bits=(8,)))
 
 
 def uniform_doc(doc: dict, layers, target, w: int) -> dict:
@@ -68,6 +73,9 @@ def passes(method: str, meta: dict) -> str:
                 f"batch of {meta['settings']['batch_size']}), total trace within {h['total_relative_stderr']:.1%}")
     if method == "infoq":
         return "one perturbed suffix pass per (layer, weight bits), see the profile's meta"
+    if method == "infoq-pairwise":
+        return (f"InfoQ's passes plus {meta['pairwise']['pairs']} pairs at widths {meta['pairwise']['widths']} "
+                "(one suffix pass per pair and width combination, and each layer alone at the later one's observers)")
     return "no forward pass for weights (the proxy reads the weights)"
 
 
@@ -80,6 +88,8 @@ def main() -> int:
     ap.add_argument("--eval-size", type=int, default=None)
     ap.add_argument("--budgets", default="2.5,3,3.5,4,5", help="average weight bits")
     ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--widths", default=None,
+                    help="weight widths every method chooses from (default fpga-int's 2..8; CLADO's paper uses 2,4,8)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/criteria_<model>.json)")
     args = ap.parse_args()
@@ -92,7 +102,8 @@ def main() -> int:
     no_eval = dataclasses.replace(plan, evaluation=None)
     ev = plan.evaluation
     layers = stages.deployable(model).layers
-    target = weights_only(stages.load_target("fpga-int"))
+    widths = None if args.widths is None else sorted({int(w) for w in args.widths.split(",")})
+    target = weights_only(stages.load_target("fpga-int"), widths)
     float_acc = accuracy(stages.deployable(model).graph, ev.x, ev.y)
     budgets = [float(b) for b in args.budgets.split(",")]
     ptq = PtqConfig(chosen=False)
@@ -109,9 +120,15 @@ def main() -> int:
         print(f"{method} {budget}: {acc:.4f} at {rows[-1]['avg_weight_bits']} bits", flush=True)
 
     doc = None
+    cache = tempfile.TemporaryDirectory()  # every profile measured, none read from a cache
     for method in args.methods.split(","):
         t0 = time.perf_counter()
-        table = stages.profile(model, target, plan.calibration, method, seed=args.seed, progress=False)
+        if method == "infoq-pairwise":
+            table = stages.profile(model, target, plan.calibration, "infoq", seed=args.seed, pairwise=True,
+                                   cache_dir=cache.name, progress=False)
+        else:
+            table = stages.profile(model, target, plan.calibration, method, seed=args.seed, cache_dir=cache.name,
+                                   progress=False)
         seconds = round(time.perf_counter() - t0, 1)
         costs[method] = {"seconds": seconds, "passes": passes(method, table.meta), "calibration_samples": len(plan.calibration),
                          "pairs": len(table.pairs)}
@@ -121,7 +138,8 @@ def main() -> int:
             doc = stages.allocation_document(table, target, [f"{b}bit"])
             costs[method].setdefault("allocate_seconds", []).append(round(time.perf_counter() - t1, 2))
             evaluate(method, b, doc)
-    for w in sorted({int(b) for b in budgets}):
+    cache.cleanup()
+    for w in sorted(w for w in target.weights.bits if int(min(budgets)) <= w <= max(budgets)):
         evaluate("uniform", float(w), uniform_doc(doc, layers, target, w))
 
     result = {
@@ -130,7 +148,9 @@ def main() -> int:
         "command": f"{Path(sys.executable).name} bench/bench_criteria.py --model {args.model} --data {args.data} "
                    f"--eval-data {args.eval_data} --calib-size {args.calib_size}"
                    + (f" --eval-size {args.eval_size}" if args.eval_size else "")
-                   + f" --budgets {args.budgets} --methods {args.methods} --seed {args.seed}",
+                   + f" --budgets {args.budgets} --methods {args.methods}"
+                   + (f" --widths {args.widths}" if args.widths else "") + f" --seed {args.seed}",
+        "weight_widths": sorted(target.weights.bits),
         "tool_version": __version__, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(),
         "model": args.model,
         "calibration": {"source": plan.calibration.source, "n": len(plan.calibration), "sha256": plan.calibration.sha256},
@@ -156,9 +176,7 @@ def plot(doc: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save(fig, path, dpi=120)
 
 
 if __name__ == "__main__":

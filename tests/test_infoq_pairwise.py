@@ -64,6 +64,10 @@ def test_pairwise_table_round_trips_and_allocates_by_the_quadratic_program(table
     own = sum(again.weights[e["name"]][e["w_bits"]] + again.activations[e["name"]][e["a_bits"]] for e in doc["layers"])
     cross = sum(t.get((bits[a], bits[b]), 0.0) for (a, b), t in again.pairs.items())
     assert doc["objective"] == pytest.approx(own + cross, rel=1e-9, abs=1e-12)
+    from infoq_deploy.profile import registry
+
+    assert any("--pairwise" in n for n in registry.notes("infoq", again))
+    assert not any("--pairwise" in n for n in registry.notes("infoq", plain))
 
 
 def test_same_inputs_same_pairs_and_a_cache_hit(tables, tmp_path):

@@ -23,6 +23,12 @@ Steps (DESIGN.md decisions where the paper is silent):
    lowest-bit weight entries.
 6. The sweep: every other (layer, bits < 8) for weights and activations; b >= 8 scores
    0 (b = 8 is the baseline itself, wider is no perturbation worse than it; 32 = float).
+7. With ``pairwise=True`` (``--pairwise``): every pair of free layers (the target's
+   ``layer_choices``) with both weights at each of the lowest two widths, at the later
+   layer's observers, against each alone there; ``(joint - sum alone) / baseline SMI`` over
+   the pair's mean width is the pair term (``SensitivityTable.pairs``) that the allocator's
+   quadratic program adds. The plain scores are unchanged; ``meta.pairwise.additivity``
+   keeps both sides of every pair for the additivity study (``bench/bench_additivity.py``).
 
 Forward passes are the cost: a perturbation at layer l leaves everything before l's
 first call unchanged, so the 8-bit prefix is advanced once across the whole sweep and
@@ -573,6 +579,10 @@ def notes(table: SensitivityTable) -> list[str]:
     if enc:
         detail = f" ({enc['note']})" if enc.get("note") else ""
         out.append(f"InfoQ input embedding: {enc.get('name')}{detail}")
+    pw = table.meta.get("pairwise")
+    if pw:
+        out.append(f"InfoQ --pairwise: ΔSMI of {pw['pairs']} layer pairs quantized together at {pw['widths']}-bit "
+                   "weights; the allocation solved the quadratic program with their cross terms")
     if table.meta.get("cache_hit"):
         out.append("sensitivity table taken from the profiling cache (same model, data and settings)")
     return out

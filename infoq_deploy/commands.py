@@ -95,7 +95,8 @@ def cmd_profile(args) -> int:
     started = time.time() - 1  # plots this run wrote, not an earlier run's (file times are coarse)
     table = _profile(args, model, target, plots_dir=plots_dir)
     table.save(out)
-    print(f"wrote {out}: {len(table.layers)} layers, method {table.meta.get('method')}")
+    pairs = f", {len(table.pairs)} layer pairs" if table.pairs else ""
+    print(f"wrote {out}: {len(table.layers)} layers{pairs}, method {table.meta.get('method')}")
     plots = sorted(p for p in plots_dir.glob("*.png") if p.stat().st_mtime >= started) if plots_dir.is_dir() else []
     if plots:
         print("plots: " + ", ".join(f"{plots_dir}/{p.name}" for p in plots))

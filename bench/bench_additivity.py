@@ -11,8 +11,9 @@ this script measures:
 2. ΔSMI: InfoQ's normalised ΔSMI of every pair together against the sum of each alone, at the
    later layer's observers, read from the `--pairwise` profile (`meta.pairwise.additivity`).
 3. Whether the pair terms help: InfoQ with and without them (the same profile, so the same
-   single-layer scores), allocated at the tightest average weight bits, quantized by the default
-   post-training quantizer (GPTQ + bias correction) and evaluated on the evaluation images.
+   single-layer scores), and with the sub-additive terms kept as well ("pair terms unclipped",
+   which --pairwise does not ship), allocated at the tightest average weight bits, quantized by
+   the default post-training quantizer (GPTQ + bias correction), evaluated on the evaluation images.
 
 Reproduce: .venv/bin/python bench/bench_additivity.py   (about 30 minutes on 2 cores)
 """
@@ -121,6 +122,7 @@ def main() -> int:
     n = len(layers)
     free = [l.name for l in layers if len(target.layer_choices(l.order, n)) > 1]
     widths = sorted(target.weights.bits)[:2]
+    order = {l.name: l.order for l in layers}
 
     # 2. the pairwise profile: its ΔSMI additivity, and its pair terms for the allocation
     t0 = time.perf_counter()
@@ -143,17 +145,24 @@ def main() -> int:
 
     # 3. plain against pairwise InfoQ at the tightest sizes
     plain = dataclasses.replace(table, pairs={})
+    raw = {}  # every measured pair term, the sub-additive (negative) ones too: what --pairwise does not ship
+    for r in table.meta["pairwise"]["additivity"]:
+        wa, wb = r["w_bits"]
+        raw.setdefault(tuple(r["layers"]), {})[(wa, wb)] = (r["joint"] - r["sum_alone"]) / ((wa + wb) / 2)
+    unclipped = dataclasses.replace(table, pairs=raw)
     no_eval = dataclasses.replace(plan, evaluation=None)
     allocations = []
     for budget in (float(b) for b in args.budgets.split(",")):
-        for name, t in (("infoq", plain), ("infoq --pairwise", table)):
+        for name, t in (("infoq", plain), ("infoq --pairwise", table), ("pair terms unclipped", unclipped)):
             doc = stages.allocation_document(t, target, [f"{budget}bit"])
             qm = stages.quantize(model, target, doc, no_eval, ModelSource.of(args.model), ptq=PtqConfig(chosen=False))
             top1 = accuracy(qm.qmodel, ev_all.x, ev_all.y)
-            allocations.append({"method": name, "budget_bits": budget, "top1": top1,
+            used = sum(l.weight_params * e["w_bits"] for l, e in zip(layers, sorted(
+                doc["layers"], key=lambda e: order[e["name"]]))) / sum(l.weight_params for l in layers)
+            allocations.append({"method": name, "budget_bits": budget, "top1": top1, "avg_weight_bits": round(used, 4),
                                 "w_bits": {e["name"]: e["w_bits"] for e in doc["layers"]},
                                 "solve_seconds": doc["solver"].get("seconds"), "solver": doc["solver"]["status"]})
-            print(f"{name} at {budget} bits: top-1 {top1:.4f}", flush=True)
+            print(f"{name} at {budget} bits: top-1 {top1:.4f} at {used:.3f} bits", flush=True)
 
     summary = {}
     for kind in ("neighbours", "far"):

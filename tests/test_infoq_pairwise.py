@@ -42,13 +42,15 @@ def test_pairs_add_terms_and_leave_the_single_scores_alone(tables):
     assert all(set(t) == {(2, 2), (2, 3), (3, 2), (3, 3)} for t in paired.pairs.values())
     meta = paired.meta["pairwise"]
     assert meta["widths"] == [2, 3] and meta["pairs"] == len(paired.pairs)
-    # each term is (joint - the sum of each alone) at the later layer's observers, over the mean width
+    # each term is the super-additive part of (joint - the sum of each alone) at the later layer's
+    # observers, over the mean width
     for row in meta["additivity"]:
         a, b = row["layers"]
         wa, wb = row["w_bits"]
-        assert paired.pairs[(a, b)][(wa, wb)] == pytest.approx((row["joint"] - row["sum_alone"]) / ((wa + wb) / 2),
-                                                               rel=1e-12, abs=1e-15)
+        excess = max(row["joint"] - row["sum_alone"], 0.0)
+        assert paired.pairs[(a, b)][(wa, wb)] == pytest.approx(excess / ((wa + wb) / 2), rel=1e-12, abs=1e-15)
         assert row["joint"] > 0 and row["sum_alone"] > 0
+    assert meta["sub_additive_dropped"] == sum(r["joint"] < r["sum_alone"] for r in meta["additivity"])
     # the interaction is real: not every pair adds up
     assert any(abs(r["joint"] - r["sum_alone"]) > 0.05 * r["sum_alone"] for r in meta["additivity"])
 

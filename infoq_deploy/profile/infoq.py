@@ -25,9 +25,11 @@ Steps (DESIGN.md decisions where the paper is silent):
    0 (b = 8 is the baseline itself, wider is no perturbation worse than it; 32 = float).
 7. With ``pairwise=True`` (``--pairwise``): every pair of free layers (the target's
    ``layer_choices``) with both weights at each of the lowest two widths, at the later
-   layer's observers, against each alone there; ``(joint - sum alone) / baseline SMI`` over
-   the pair's mean width is the pair term (``SensitivityTable.pairs``) that the allocator's
-   quadratic program adds. The plain scores are unchanged; ``meta.pairwise.additivity``
+   layer's observers, against each alone there; ``max(joint - sum alone, 0) / baseline SMI``
+   over the pair's mean width is the pair term (``SensitivityTable.pairs``) that the
+   allocator's quadratic program adds. Sub-additive pairs score 0: ΔSMI cannot exceed the
+   SMI there is, so at the lowest widths pairs saturate, and their negative terms summed
+   over all pairs make every layer at the lowest width look cheapest. The plain scores are unchanged; ``meta.pairwise.additivity``
    keeps both sides of every pair for the additivity study (``bench/bench_additivity.py``).
 
 Forward passes are the cost: a perturbation at layer l leaves everything before l's
@@ -473,8 +475,12 @@ def profile_infoq(
                 joint = at_observers(b, state["pairs"][f"{a}|{b}"][f"{ba},{bb}"])
                 seen_at = "+".join(f"{node}:{''.join(kinds)}" for node, kinds in sorted(wanted_for(b).items()))
                 alone = at_observers(b, state["alone"][f"{a}|{ba}|{seen_at}"]) + at_observers(b, single_dsmi(b, "w", bb))
-                # the singles carry 1/b (Eq. 4); a pair's term is divided by the pair's mean width
-                terms[(ba, bb)] = (joint - alone) / ((ba + bb) / 2 if use_inverse_bits else 1.0)
+                # the singles carry 1/b (Eq. 4); a pair's term is divided by the pair's mean width.
+                # Only the super-additive part is kept: ΔSMI is bounded by the SMI there is, so two
+                # layers at the lowest widths saturate (joint < sum), and those negative terms, summed
+                # over every pair, made quantizing everything to the lowest width look cheapest
+                # (bench/results/additivity_cifar10-resnet20.json, the "raw" allocations)
+                terms[(ba, bb)] = max(joint - alone, 0.0) / ((ba + bb) / 2 if use_inverse_bits else 1.0)
                 additivity.append({"layers": [a, b], "w_bits": [ba, bb], "joint": joint, "sum_alone": alone})
         cross[(a, b)] = terms
 
@@ -547,8 +553,9 @@ def profile_infoq(
         **({"pairwise": {
             "widths": pair_widths,
             "pairs": len(pair_list),
-            "observers": "the later layer's (downstream of both); a term is (joint - a alone - b alone) / baseline SMI"
-                         + (", over the pair's mean width" if use_inverse_bits else ""),
+            "observers": "the later layer's (downstream of both); a term is max(joint - a alone - b alone, 0) / "
+                         "baseline SMI" + (", over the pair's mean width" if use_inverse_bits else ""),
+            "sub_additive_dropped": sum(1 for r in additivity if r["joint"] < r["sum_alone"]),
             # normalised ΔSMI of each pair quantized together against the sum of each alone: the additivity study
             "additivity": additivity,
         }} if pair_list else {}),

@@ -29,8 +29,9 @@ Steps (DESIGN.md decisions where the paper is silent):
    over the pair's mean width is the pair term (``SensitivityTable.pairs``) that the
    allocator's quadratic program adds. Sub-additive pairs score 0: ΔSMI cannot exceed the
    SMI there is, so at the lowest widths pairs saturate, and their negative terms summed
-   over all pairs make every layer at the lowest width look cheapest. The plain scores are unchanged; ``meta.pairwise.additivity``
-   keeps both sides of every pair for the additivity study (``bench/bench_additivity.py``).
+   over all pairs make every layer at the lowest width look cheapest. The plain scores are
+   unchanged; ``meta.pairwise.additivity`` keeps both sides of every pair for the
+   additivity study (``bench/bench_additivity.py``).
 
 Forward passes are the cost: a perturbation at layer l leaves everything before l's
 first call unchanged, so the 8-bit prefix is advanced once across the whole sweep and
@@ -221,7 +222,7 @@ def profile_infoq(
         seed=seed, n_proj=n_proj, k=k, encoder=encoder, use_inverse_bits=use_inverse_bits,
     )
     if pairwise:  # only then, so the keys of plain tables stay as they were
-        parts["pairwise"] = {"widths": w_bits[:PAIR_WIDTHS], "version": 1}
+        parts["pairwise"] = {"widths": w_bits[:PAIR_WIDTHS], "version": 2}  # 2: super-additive part only
     key = cache_key(parts)
     cache = ProfileCache(cache_dir, key)
     cached = cache.load_table()
@@ -439,9 +440,8 @@ def profile_infoq(
             wanted = wanted_for(b)
             frontier, cut = frontier_at(a)
             joint = {}
-            seen_at = "+".join(f"{node}:{''.join(kinds)}" for node, kinds in sorted(wanted.items()))
             for ba in pair_widths:
-                alone = f"{a}|{ba}|{seen_at}"  # a alone at b's observers (often shared by several b)
+                alone = f"{a}|{ba}|{_observers_key(wanted)}"  # a alone at b's observers (shared by several b)
                 if alone not in state["alone"]:
                     values, _ = measure(frontier, cut, wanted, Perturb(a, "w", ba), False)
                     state["alone"][alone] = {node: {kd: abs(base_smi[node][kd] - v[kd]) for kd in v}
@@ -473,13 +473,13 @@ def profile_infoq(
         for ba in pair_widths:
             for bb in pair_widths:
                 joint = at_observers(b, state["pairs"][f"{a}|{b}"][f"{ba},{bb}"])
-                seen_at = "+".join(f"{node}:{''.join(kinds)}" for node, kinds in sorted(wanted_for(b).items()))
-                alone = at_observers(b, state["alone"][f"{a}|{ba}|{seen_at}"]) + at_observers(b, single_dsmi(b, "w", bb))
+                alone = (at_observers(b, state["alone"][f"{a}|{ba}|{_observers_key(wanted_for(b))}"])
+                         + at_observers(b, single_dsmi(b, "w", bb)))
                 # the singles carry 1/b (Eq. 4); a pair's term is divided by the pair's mean width.
                 # Only the super-additive part is kept: ΔSMI is bounded by the SMI there is, so two
                 # layers at the lowest widths saturate (joint < sum), and those negative terms, summed
                 # over every pair, made quantizing everything to the lowest width look cheapest
-                # (bench/results/additivity_cifar10-resnet20.json, the "raw" allocations)
+                # (bench/results/additivity_cifar10-resnet20.json, "pair terms unclipped")
                 terms[(ba, bb)] = max(joint - alone, 0.0) / ((ba + bb) / 2 if use_inverse_bits else 1.0)
                 additivity.append({"layers": [a, b], "w_bits": [ba, bb], "joint": joint, "sum_alone": alone})
         cross[(a, b)] = terms
@@ -602,6 +602,11 @@ def _free_pairs(target, layers, runner: SuffixRunner) -> list[tuple[str, str]]:
     free = [l.name for l in layers if len({w for w, _ in target.layer_choices(l.order, n)}) > 1]
     free.sort(key=runner.cut)
     return [(a, b) for i, a in enumerate(free) for b in free[i + 1:]]
+
+
+def _observers_key(wanted: dict[str, tuple[str, ...]]) -> str:
+    """The observers (and kinds) a run measures, as a key: a layer alone is measured once per set."""
+    return "+".join(f"{node}:{''.join(kinds)}" for node, kinds in sorted(wanted.items()))
 
 
 def _progress(total: int, initial: int, enabled: bool, what: str):

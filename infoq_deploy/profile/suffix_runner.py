@@ -11,8 +11,9 @@ The runner is a small fx interpreter with the deployed quantizer built in: every
 quantizable layer (``layers.Layer``) runs with its weights fake-quantized to
 ``base_bits`` and its input activation fake-quantized to ``base_bits`` with the
 calibrated range, exactly as ``quantizer.quantize_weight`` / ``quantize_act`` define;
-any layers can be overridden (a ``Perturb``, or several together for pairwise terms). ``base_bits=32`` (or no activation
-ranges) gives the float model, which is how the runner is tested against ``gm(x)``.
+any layer can be overridden (a ``Perturb``, or several together for pairwise terms).
+``base_bits=32`` (or no activation ranges) gives the float model, which is how the runner
+is tested against ``gm(x)``.
 
 Frontier values are per batch (``list[dict[node_name, Tensor]]``); batches are fixed at
 construction so a resumed sweep evaluates the same operations on the same tensors and

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from infoq_deploy import stages
 from infoq_deploy.backends import ort_fusion
+from infoq_deploy.core import distributed
 from infoq_deploy.core.atomic import dumps, write_json
 from infoq_deploy.core.errors import UserError
 from infoq_deploy.core.outputs import claim_dir, claim_file
@@ -46,7 +47,16 @@ def claim_outputs(args) -> None:
         claim_dir(_checkpoint_dir(args), "--checkpoints")
 
 
+def _check_launch(command: str) -> None:
+    """Under torchrun only the stages that split their work may run: any other would run N times."""
+    if distributed.launched() and command not in distributed.DISTRIBUTED_COMMANDS:
+        raise UserError(f"{command if command.startswith('the ') else f'`{command}`'} does not run under torchrun (only "
+                        f"{' and '.join(distributed.DISTRIBUTED_COMMANDS)} split their work across processes); "
+                        "run it as one process")
+
+
 def run_subcommand(args) -> int:
+    _check_launch(args.command)
     claim_outputs(args)
     return globals()[f"cmd_{args.command}"](args)
 
@@ -94,6 +104,8 @@ def cmd_profile(args) -> int:
     plots_dir = _plots_dir(out)
     started = time.time() - 1  # plots this run wrote, not an earlier run's (file times are coarse)
     table = _profile(args, model, target, plots_dir=plots_dir)
+    if not distributed.world().main:  # under torchrun every rank holds the table; rank 0 writes it
+        return 0
     table.save(out)
     pairs = f", {len(table.pairs)} layer pairs" if table.pairs else ""
     print(f"wrote {out}: {len(table.layers)} layers{pairs}, method {table.meta.get('method')}")
@@ -243,6 +255,7 @@ def _run_and_print(cfg, as_json: bool) -> int:
 
 
 def cmd_run(args) -> int:
+    _check_launch("the one-command pipeline")
     if args.allocation is not None:
         if args.budget:
             raise UserError("--allocation gives the bit-widths, so --budget has nothing to do; pass one or the other")

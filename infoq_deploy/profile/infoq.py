@@ -45,6 +45,15 @@ every perturbed run at that observer, so ΔSMI is never projection noise, and no
 depends on the order in which the work is done. Partial results are written atomically
 per completed layer to ``<cache>/<key>.partial.json``; a killed run resumes there and
 ends with the same table as an uninterrupted one.
+
+Under ``torchrun`` (``core/distributed.py``) the work is split, not repeated: rank 0 alone runs
+the float pass, the activation calibration, the embedding, the projections and the baseline, and
+sends them to the others; the correlation runs, the sweep and the pair runs are split into
+contiguous runs of layers (pairs) of about equal suffix cost, one per rank; the ΔSMI values are
+gathered on every rank after each phase, rank 0 selects the observers for all, and rank 0 writes
+the table. Every run evaluates the same operations on the same tensors wherever it runs, so the
+table is the one a single process writes. Each rank checkpoints to its own partial file; a rerun,
+with any number of processes, starts from the union of them.
 """
 
 from __future__ import annotations
@@ -60,10 +69,11 @@ import numpy as np
 import torch
 
 from infoq_deploy import __version__
+from infoq_deploy.core import distributed
 from infoq_deploy.core.errors import UserError
 from infoq_deploy.core.quantizer import FLOAT_BITS
 from infoq_deploy.importing.deployable import deployable
-from infoq_deploy.profile.cache import ProfileCache, cache_key
+from infoq_deploy.profile.cache import ProfileCache, cache_key, merge_states
 from infoq_deploy.profile.embedding import embed, encoder_identity
 from infoq_deploy.profile.mse import calibrate_act_ranges
 from infoq_deploy.profile.observers import KINDS, correlate, find_candidates, layer_observers, measured_for, select
@@ -224,7 +234,8 @@ def profile_infoq(
     if pairwise:  # only then, so the keys of plain tables stay as they were
         parts["pairwise"] = {"widths": w_bits[:PAIR_WIDTHS], "version": 2}  # 2: super-additive part only
     key = cache_key(parts)
-    cache = ProfileCache(cache_dir, key)
+    w = distributed.world()
+    cache = ProfileCache(cache_dir, key, rank=w.rank if w.distributed else None)
     cached = cache.load_table()
     if cached is not None:
         cached.model, cached.target = model.spec, target.name
@@ -248,20 +259,26 @@ def profile_infoq(
     if float_runner.result_node is None or len(float_runner.placeholders) != 1:
         raise UserError(f"{model.spec} must take one input and return one tensor of logits to be profiled with InfoQ")
     t = time.perf_counter()
-    try:
-        logits = float_runner.run(float_runner.start(batches), 0, {"logits": float_runner.result_node}, check_finite=True)["logits"]
-    except NonFiniteError as exc:
-        raise UserError(
-            f"layer {exc.node} produces NaN or inf activations on the calibration data; "
-            "check the model's weights and the input normalisation"
-        ) from None
-    except RuntimeError as exc:
-        raise UserError(f"{model.spec} rejects the calibration inputs of shape {tuple(x.shape[1:])} ({exc}); "
-                        "pass data preprocessed for this model") from None
-    if logits.dim() != 2:
-        raise UserError(f"{model.spec} returns shape {tuple(logits.shape)}, not (batch, classes); InfoQ profiles classifiers")
+
+    def float_pass():
+        try:
+            logits = float_runner.run(float_runner.start(batches), 0, {"logits": float_runner.result_node},
+                                      check_finite=True)["logits"]
+        except NonFiniteError as exc:
+            raise UserError(
+                f"layer {exc.node} produces NaN or inf activations on the calibration data; "
+                "check the model's weights and the input normalisation"
+            ) from None
+        except RuntimeError as exc:
+            raise UserError(f"{model.spec} rejects the calibration inputs of shape {tuple(x.shape[1:])} ({exc}); "
+                            "pass data preprocessed for this model") from None
+        if logits.dim() != 2:
+            raise UserError(f"{model.spec} returns shape {tuple(logits.shape)}, not (batch, classes); "
+                            "InfoQ profiles classifiers")
+        return logits, calibrate_act_ranges(deployed.graph, layers, x, spec, batch_size=BATCH_SIZE)
+
+    logits, ranges = distributed.on_main(float_pass)
     num_classes = int(model.preprocess.num_classes or logits.shape[1])
-    ranges = calibrate_act_ranges(deployed.graph, layers, x, spec, batch_size=BATCH_SIZE)
     clock.forward += time.perf_counter() - t
 
     if data.y is not None:
@@ -270,10 +287,11 @@ def profile_infoq(
     else:
         labels_source = "predictions"
         y = _check_labels(logits.argmax(1), len(x), num_classes, k, data.source, "float model's predictions")
-        _note(f"{data.source} has no labels; using the float model's own predictions as Y (DESIGN.md)")
+        if w.main:
+            _note(f"{data.source} has no labels; using the float model's own predictions as Y (DESIGN.md)")
     y_t = torch.from_numpy(y)
 
-    emb = embed(x, encoder, BATCH_SIZE)
+    emb = distributed.on_main(lambda: embed(x, encoder, BATCH_SIZE))
     xe = emb.values
 
     runner = SuffixRunner(deployed.graph, layers, spec, ranges, BASE_BITS)
@@ -334,14 +352,24 @@ def profile_infoq(
         acc = float((out["__logits__"].argmax(1) == y_t).double().mean() * 100) if logits_too else None
         return values, acc
 
-    # ---- state: resumed from the partial file when one exists for this key
-    state = cache.load_partial() or {}
+    # ---- state: resumed from the partial files of this key (every rank's, merged on every rank)
+    state = merge_states(distributed.gather(lambda: cache.load_partial() or {}))
     resumed = bool(state)
     frontier0 = runner.start(batches)
+
+    # ---- directions and input projections of every candidate, drawn once (rank 0) for all
+    def draw():
+        for c in candidates:
+            l_dirs(c.node)
+            x_proj(c.node)
+        return theta_l, px
+
+    theta_l, px = distributed.on_main(draw)
     if "baseline" not in state:
-        values, acc = measure(frontier0, 0, {c.node: KINDS for c in candidates}, None, True)
+        values, acc = distributed.on_main(lambda: measure(frontier0, 0, {c.node: KINDS for c in candidates}, None, True))
         state = {"baseline": {"accuracy": acc, "smi": values}, "corr": {}, "sweep": {}}
-        cache.save_partial(state)
+        if w.main:
+            cache.save_partial(state)
     base_smi: dict[str, dict[str, float]] = state["baseline"]["smi"]
     base_acc: float = state["baseline"]["accuracy"]
 
@@ -349,11 +377,14 @@ def profile_infoq(
     low_a = [b for b in a_bits if b < BASE_BITS]
     corr_what, corr_bits = ("w", low_w[0]) if low_w else (("a", low_a[0]) if low_a else (None, None))
     corr_per_layer = 1 if corr_what else 0
-    total_runs = len(layers) * (corr_per_layer + len(low_w) + len(low_a) - corr_per_layer)
-    done_runs = len(state["corr"]) + sum(
-        len(low_w) + len(low_a) - corr_per_layer for name in names if name in state["sweep"]
+    # this rank's layers: the correlation runs and the sweep are split the same way
+    mine = distributed.shard(names, [len(runner.nodes) - runner.cut(name) for name in names], w)
+    layers_per_rank = distributed.gather(lambda: len(mine))
+    total_runs = len(mine) * (corr_per_layer + len(low_w) + len(low_a) - corr_per_layer)
+    done_runs = sum(1 for name in mine if name in state["corr"]) + sum(
+        len(low_w) + len(low_a) - corr_per_layer for name in mine if name in state["sweep"]
     )
-    bar = _progress(total_runs, done_runs, progress, model.spec)
+    bar = _progress(total_runs, done_runs, progress and w.main, model.spec)
 
     cursor = {"cut": 0, "frontier": frontier0}
 
@@ -369,24 +400,33 @@ def profile_infoq(
 
     # ---- correlation analysis: every layer at the lowest bit-width, all downstream candidates
     if corr_what:
-        for name in names:
-            if name in state["corr"]:
-                continue
-            frontier, cut = frontier_at(name)
-            wanted = {c.node: KINDS for c in measured_for(runner, name, candidates)}
-            values, acc = measure(frontier, cut, wanted, Perturb(name, corr_what, corr_bits), True)
-            dsmi = {node: {kd: abs(base_smi[node][kd] - v[kd]) for kd in v} for node, v in values.items()}
-            state["corr"][name] = {"accuracy": acc, "acc_drop": base_acc - acc, "dsmi": dsmi}
-            cache.save_partial(state)
-            bar.update(1)
+        def corr_runs():
+            for name in mine:
+                if name in state["corr"]:
+                    continue
+                frontier, cut = frontier_at(name)
+                wanted = {c.node: KINDS for c in measured_for(runner, name, candidates)}
+                values, acc = measure(frontier, cut, wanted, Perturb(name, corr_what, corr_bits), True)
+                dsmi = {node: {kd: abs(base_smi[node][kd] - v[kd]) for kd in v} for node, v in values.items()}
+                state["corr"][name] = {"accuracy": acc, "acc_drop": base_acc - acc, "dsmi": dsmi}
+                cache.save_partial(state)
+                bar.update(1)
+            return {name: state["corr"][name] for name in mine}
+
+        for part in distributed.gather(corr_runs):
+            state["corr"].update(part)
         acc_drop = {name: state["corr"][name]["acc_drop"] for name in names}
         dsmi_corr = {name: state["corr"][name]["dsmi"] for name in names}
-        correlations = correlate(runner, names, candidates, acc_drop, dsmi_corr)
-        selection = select(correlations, candidates)
+
+        def analyse():
+            correlations = correlate(runner, names, candidates, acc_drop, dsmi_corr)
+            return correlations, select(correlations, candidates)
+
+        correlations, selection = distributed.on_main(analyse)
     else:
         acc_drop, dsmi_corr, correlations = {}, {}, []
         selection = select([], candidates)
-    if selection.fallback and corr_what:
+    if selection.fallback and corr_what and w.main:
         _note(selection.note)
 
     obs_for = {name: layer_observers(runner, name, selection, candidates) for name in names}
@@ -401,23 +441,29 @@ def profile_infoq(
         return {node: tuple(kd for kd in KINDS if kd in s) for node, s in kinds_at.items()}
 
     # ---- the sweep: remaining (layer, bits) for weights and activations
-    for name in names:
-        if name in state["sweep"]:
-            continue
-        wanted = wanted_for(name)
-        entry: dict[str, dict[str, dict]] = {"w": {}, "a": {}}
-        frontier = None
-        for what, bits_list in (("w", low_w), ("a", low_a)):
-            for b in sorted(bits_list, reverse=True):
-                if what == corr_what and b == corr_bits:
-                    continue  # the correlation run is this entry: reused below, not rerun
-                if frontier is None:
-                    frontier, cut = frontier_at(name)
-                values, _ = measure(frontier, cut, wanted, Perturb(name, what, b), False)
-                entry[what][str(b)] = {node: {kd: abs(base_smi[node][kd] - v[kd]) for kd in v} for node, v in values.items()}
-                bar.update(1)
-        state["sweep"][name] = entry
-        cache.save_partial(state)
+    def sweep_runs():
+        for name in mine:
+            if name in state["sweep"]:
+                continue
+            wanted = wanted_for(name)
+            entry: dict[str, dict[str, dict]] = {"w": {}, "a": {}}
+            frontier = None
+            for what, bits_list in (("w", low_w), ("a", low_a)):
+                for b in sorted(bits_list, reverse=True):
+                    if what == corr_what and b == corr_bits:
+                        continue  # the correlation run is this entry: reused below, not rerun
+                    if frontier is None:
+                        frontier, cut = frontier_at(name)
+                    values, _ = measure(frontier, cut, wanted, Perturb(name, what, b), False)
+                    entry[what][str(b)] = {node: {kd: abs(base_smi[node][kd] - v[kd]) for kd in v}
+                                           for node, v in values.items()}
+                    bar.update(1)
+            state["sweep"][name] = entry
+            cache.save_partial(state)
+        return {name: state["sweep"][name] for name in mine}
+
+    for part in distributed.gather(sweep_runs):
+        state["sweep"].update(part)
     bar.close()
 
     def single_dsmi(name: str, what: str, b: int) -> dict:
@@ -432,27 +478,35 @@ def profile_infoq(
     if pair_list:
         state.setdefault("pairs", {})
         state.setdefault("alone", {})
-        todo = sum(1 for a, b in pair_list if f"{a}|{b}" not in state["pairs"])
-        bar = _progress(len(pair_list), len(pair_list) - todo, progress, f"{model.spec} pairs")
-        for a, b in pair_list:
-            if f"{a}|{b}" in state["pairs"]:
-                continue
-            wanted = wanted_for(b)
-            frontier, cut = frontier_at(a)
-            joint = {}
-            for ba in pair_widths:
-                alone = f"{a}|{ba}|{_observers_key(wanted)}"  # a alone at b's observers (shared by several b)
-                if alone not in state["alone"]:
-                    values, _ = measure(frontier, cut, wanted, Perturb(a, "w", ba), False)
-                    state["alone"][alone] = {node: {kd: abs(base_smi[node][kd] - v[kd]) for kd in v}
-                                             for node, v in values.items()}
-                for bb in pair_widths:
-                    values, _ = measure(frontier, cut, wanted, (Perturb(a, "w", ba), Perturb(b, "w", bb)), False)
-                    joint[f"{ba},{bb}"] = {node: {kd: abs(base_smi[node][kd] - v[kd]) for kd in v}
-                                           for node, v in values.items()}
-            state["pairs"][f"{a}|{b}"] = joint
-            cache.save_partial(state)
-            bar.update(1)
+        my_pairs = distributed.shard(pair_list, [len(runner.nodes) - runner.cut(a) for a, _ in pair_list], w)
+        todo = sum(1 for a, b in my_pairs if f"{a}|{b}" not in state["pairs"])
+        bar = _progress(len(my_pairs), len(my_pairs) - todo, progress and w.main, f"{model.spec} pairs")
+
+        def pair_runs():
+            for a, b in my_pairs:
+                if f"{a}|{b}" in state["pairs"]:
+                    continue
+                wanted = wanted_for(b)
+                frontier, cut = frontier_at(a)
+                joint = {}
+                for ba in pair_widths:
+                    alone = f"{a}|{ba}|{_observers_key(wanted)}"  # a alone at b's observers (shared by several b)
+                    if alone not in state["alone"]:
+                        values, _ = measure(frontier, cut, wanted, Perturb(a, "w", ba), False)
+                        state["alone"][alone] = {node: {kd: abs(base_smi[node][kd] - v[kd]) for kd in v}
+                                                 for node, v in values.items()}
+                    for bb in pair_widths:
+                        values, _ = measure(frontier, cut, wanted, (Perturb(a, "w", ba), Perturb(b, "w", bb)), False)
+                        joint[f"{ba},{bb}"] = {node: {kd: abs(base_smi[node][kd] - v[kd]) for kd in v}
+                                               for node, v in values.items()}
+                state["pairs"][f"{a}|{b}"] = joint
+                cache.save_partial(state)
+                bar.update(1)
+            return {"pairs": {f"{a}|{b}": state["pairs"][f"{a}|{b}"] for a, b in my_pairs}, "alone": state["alone"]}
+
+        for part in distributed.gather(pair_runs):
+            state["pairs"].update(part["pairs"])
+            state["alone"].update(part["alone"])
         bar.close()
 
     def at_observers(name: str, dsmi: dict) -> float:
@@ -559,7 +613,8 @@ def profile_infoq(
             # normalised ΔSMI of each pair quantized together against the sum of each alone: the additivity study
             "additivity": additivity,
         }} if pair_list else {}),
-        "timings": clock.to_json(total),
+        "timings": clock.to_json(total),  # rank 0's, under torchrun
+        **({"distributed": {"world_size": w.size, "layers_per_rank": layers_per_rank}} if w.distributed else {}),
         "resumed": resumed,
         "cache_key": key,
         "cache_hit": False,
@@ -568,13 +623,15 @@ def profile_infoq(
         model=model.spec, target=target.name, layers=layers, weights=weights, activations=activations, meta=meta,
         pairs=cross,
     )
-    cache.save_table(table)
-    if plots_dir is not None:
-        _plots(table, plots_dir)
+    if w.main:  # every rank holds the same table; one writes it
+        cache.save_table(table)
+        if plots_dir is not None:
+            _plots(table, plots_dir)
     return table
 
 
 profile = profile_infoq  # the entry point of profile/registry.py
+DISTRIBUTED = True  # splits its runs across torchrun's processes
 
 
 def notes(table: SensitivityTable) -> list[str]:

@@ -6,7 +6,8 @@ A method is one module of this package with
 
 taking the settings it understands as keyword arguments (``progress`` and ``plots_dir``
 are offered to every method; the command line passes only those a method's signature
-names), and optionally ``notes(table) -> list[str]``, lines for the run report. Adding a
+names), optionally ``notes(table) -> list[str]``, lines for the run report, and
+``DISTRIBUTED = True`` when it splits its work across ``torchrun``'s processes. Adding a
 method is that module plus one line in ``METHODS``; modules are imported on first use
 (InfoQ pulls in scipy and matplotlib).
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 
+from infoq_deploy.core import distributed
 from infoq_deploy.core.errors import UserError
 from infoq_deploy.core.registry import Entry, by_name, load
 
@@ -52,6 +54,9 @@ def run(name: str, model, target, data, **settings):
         raise UserError(f"--pairwise is a setting of --method infoq, not of {name}"
                         + (" (CLADO always measures pairs)" if name == "clado" else "")
                         + "; drop --pairwise or use --method infoq")
+    if distributed.launched() and not getattr(get(name), "DISTRIBUTED", False):
+        raise UserError(f"--method {name} does not split its work across processes; run it without torchrun "
+                        "(--method infoq does)")
     table = get(name).profile(model, target, data, **{k: v for k, v in settings.items() if accepts(name, k)})
     # the threshold rule simulated: allocate and quantize refuse the table for another one
     table.meta["scale_rule"] = target.scale_rule

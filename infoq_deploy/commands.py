@@ -360,6 +360,8 @@ def cmd_finetune(args) -> int:
     ckpt_dir = _checkpoint_dir(args)
     stages.finetune_quantized(qm, train, evaluation, cfg, ckpt_dir, resume=args.resume, progress=not args.json,
                               train_ref=train_ref, eval_ref=eval_ref)
+    if not distributed.world().main:  # under torchrun every rank ends with the same model; rank 0 writes it
+        return 0
     save_quantized(args.output, qm)
     if args.json:
         print(dumps(_quantized_summary(qm, args.output)), end="")

@@ -153,3 +153,24 @@ def shard(items: Sequence[T], costs: Sequence[float], w: World | None = None) ->
         bounds.append(best)
     bounds.append(len(items))
     return list(items[bounds[w.rank]:bounds[w.rank + 1]])
+
+
+def all_sum(values: Sequence[float]) -> list[float]:
+    """Each value summed over the ranks (float64), on every rank."""
+    w = world()
+    if not w.distributed:
+        return [float(v) for v in values]
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def barrier() -> None:
+    """Wait for every rank (rank 0 has written what the others are about to read)."""
+    if world().distributed:
+        import torch.distributed as dist
+
+        dist.barrier()

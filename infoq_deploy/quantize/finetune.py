@@ -34,6 +34,13 @@ optimizer as the weights. Choices, and why:
   both rates (1e-3 / 1e-2) diverged: 18.6% after one epoch.
 - The starting (calibrated, PTQ) model counts as epoch 0 when picking the best, so
   fine-tuning never hands back a model worse on the evaluation set than it got.
+- Under ``torchrun`` (``core/distributed.py``): DistributedDataParallel over the same
+  Brevitas model, so the learned scales are trained and all-reduced like every other
+  parameter. Every rank draws the same shuffle and augmentation and takes its contiguous
+  slice of each batch, its summed loss scaled by ranks / batch, so DDP's mean of the ranks'
+  gradients is the gradient of the whole batch: the same steps as one process, up to the
+  order of floating-point sums. Evaluation is split over the ranks and the counts summed;
+  rank 0 alone writes checkpoints.
 """
 
 from __future__ import annotations
@@ -49,10 +56,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from infoq_deploy.core import torch_files
+from infoq_deploy.core import distributed, torch_files
 from infoq_deploy.core.atomic import atomic_path
 from infoq_deploy.core.errors import UserError
-from infoq_deploy.core.evaluate import accuracy
+from infoq_deploy.core.evaluate import accuracy, predict
 from infoq_deploy.data.load import Dataset
 
 CHECKPOINT_FORMAT = "infoq-deploy/finetune-checkpoint/1"
@@ -232,39 +239,67 @@ def _device(model: nn.Module) -> torch.device:
     return torch.device("cpu") if p is None else p.device
 
 
-def _train_epoch(qmodel: nn.Module, opt: torch.optim.Optimizer, train: Dataset, cfg: FinetuneConfig,
+def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, train: Dataset, cfg: FinetuneConfig,
                  epoch: int, augment: str, progress: bool) -> tuple[float, float]:
+    """One epoch; ``model`` is the Brevitas model, or its DDP wrapper under torchrun."""
+    w = distributed.world()
     n = len(train)
     seed = _epoch_seed(cfg.seed, epoch)
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(n, generator=g)
-    device = _device(qmodel)
+    device = _device(model)
     total_loss, correct, seen = 0.0, 0, 0
     n_batches = math.ceil(n / cfg.batch_size)
     bar = tqdm(total=n_batches, desc=f"fine-tune epoch {epoch + 1}/{cfg.epochs}", unit="batch",
                disable=not progress, leave=False, dynamic_ncols=True, file=sys.stderr)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        qmodel.train()
+        model.train()
         for i in range(0, n, cfg.batch_size):
             idx = perm[i:i + cfg.batch_size]
             xb, yb = train.x[idx], train.y[idx]
             if augment == "crop-flip":
-                xb = crop_flip(xb, g)
+                xb = crop_flip(xb, g)  # the whole batch on every rank: the generator stays in step
+            split = w.distributed and len(idx) >= w.size
+            if split:  # this rank's slice; a batch smaller than the world is run whole by every rank
+                part = torch.arange(len(idx)).tensor_split(w.size)[w.rank]
+                xb, yb = xb[part], yb[part]
             xb, yb = xb.to(device), yb.to(device)
-            out = qmodel(xb)
+            out = model(xb)
             logits = out if isinstance(out, torch.Tensor) else out.value
-            loss = F.cross_entropy(logits, yb)
+            if split:  # DDP averages the ranks' gradients: ranks / batch makes that the whole batch's mean
+                loss = F.cross_entropy(logits, yb, reduction="sum") * (w.size / len(idx))
+                batch_loss = loss.item() * len(idx) / w.size
+            else:
+                loss = F.cross_entropy(logits, yb)
+                batch_loss = loss.item() * len(idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total_loss += loss.item() * len(idx)
-            correct += int((logits.detach().argmax(1) == yb).sum())
-            seen += len(idx)
+            if split or w.main:  # a batch every rank ran whole is counted once
+                total_loss += batch_loss
+                correct += int((logits.detach().argmax(1) == yb).sum())
+                seen += len(yb)
             bar.update(1)
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}")
+            bar.set_postfix(loss=f"{total_loss / max(seen, 1):.4f}", acc=f"{correct / max(seen, 1):.4f}")
     bar.close()
+    if w.distributed:
+        total_loss, correct, seen = distributed.all_sum([total_loss, correct, seen])
     return total_loss / seen, correct / seen
+
+
+def _accuracy(qmodel: nn.Module, data: Dataset) -> float:
+    """Top-1 on ``data``; under torchrun each rank predicts its contiguous share and the counts are summed."""
+    w = distributed.world()
+    if not w.distributed:
+        return accuracy(qmodel, data.x, data.y)
+    part = torch.arange(len(data)).tensor_split(w.size)[w.rank]
+    right = 0
+    if len(part):
+        x, y = data.x[part], data.y[part]
+        right = int((predict(qmodel, x).argmax(1) == y.to(_device(qmodel))).sum())
+    right, = distributed.all_sum([right])
+    return right / len(data)
 
 
 def _check_data(train: Dataset, eval: Dataset) -> None:
@@ -297,6 +332,7 @@ def finetune(qmodel: nn.Module, train: Dataset, eval: Dataset, cfg: FinetuneConf
     _settle_runtime_stats(qmodel)
     augment = _augment_mode(cfg, train.x)
 
+    w = distributed.world()
     if resume and last_path.is_file():
         ckpt = _load(last_path)
         _check_checkpoint(ckpt, last_path, identity, cfg)
@@ -313,19 +349,25 @@ def finetune(qmodel: nn.Module, train: Dataset, eval: Dataset, cfg: FinetuneConf
             raise UserError(f"{best_path} is missing although {last_path} is there; delete {ckpt_dir} to start over")
     else:
         opt = _optimizer(qmodel, cfg)
-        last_path.unlink(missing_ok=True)  # an older run's last.pt must not pair with this best.pt
         start_epoch, history = 0, []
-        start_acc = accuracy(qmodel, eval.x, eval.y)
+        start_acc = _accuracy(qmodel, eval)
         best_epoch, best_acc = 0, start_acc
-        _save({"format": CHECKPOINT_FORMAT, "identity": identity, "epoch": 0, "accuracy": best_acc,
-               "model": qmodel.state_dict()}, best_path)
+        distributed.barrier()  # every rank has looked for last.pt before rank 0 removes it
+        if w.main:
+            last_path.unlink(missing_ok=True)  # an older run's last.pt must not pair with this best.pt
+            _save({"format": CHECKPOINT_FORMAT, "identity": identity, "epoch": 0, "accuracy": best_acc,
+                   "model": qmodel.state_dict()}, best_path)
 
+    # under torchrun: DDP made after any load (Brevitas rebuilds its scale Parameters there);
+    # it starts every rank from rank 0's parameters and all-reduces the gradients
+    model = torch.nn.parallel.DistributedDataParallel(qmodel) if w.distributed else qmodel
+    progress = progress and w.main
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         for group in opt.param_groups:
             group["lr"] = cosine_lr(group["base_lr"], epoch, cfg.epochs)
-        loss, train_acc = _train_epoch(qmodel, opt, train, cfg, epoch, augment, progress)
-        eval_acc = accuracy(qmodel, eval.x, eval.y)
+        loss, train_acc = _train_epoch(model, opt, train, cfg, epoch, augment, progress)
+        eval_acc = _accuracy(qmodel, eval)
         history.append({"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "loss": loss, "train_acc": train_acc,
                         "eval_acc": eval_acc, "seconds": round(time.perf_counter() - t0, 3)})
         if progress:
@@ -333,8 +375,11 @@ def finetune(qmodel: nn.Module, train: Dataset, eval: Dataset, cfg: FinetuneConf
                        f"train acc {train_acc:.4f}, eval acc {eval_acc:.4f}", file=sys.stderr)
         if eval_acc > best_acc:
             best_epoch, best_acc = epoch + 1, eval_acc
-            _save({"format": CHECKPOINT_FORMAT, "identity": identity, "epoch": epoch + 1, "accuracy": eval_acc,
-                   "model": qmodel.state_dict()}, best_path)
+            if w.main:
+                _save({"format": CHECKPOINT_FORMAT, "identity": identity, "epoch": epoch + 1, "accuracy": eval_acc,
+                       "model": qmodel.state_dict()}, best_path)
+        if not w.main:
+            continue
         # last.pt after best.pt: a crash between the two leaves a last.pt that is
         # at most one epoch behind, never a best.pt older than last.pt claims.
         _save({
@@ -346,6 +391,7 @@ def finetune(qmodel: nn.Module, train: Dataset, eval: Dataset, cfg: FinetuneConf
             "history": history, "best_epoch": best_epoch, "best_accuracy": best_acc, "start_accuracy": start_acc,
         }, last_path)
 
+    distributed.barrier()  # rank 0 has written best.pt
     best = _load(best_path)
     qmodel.load_state_dict(best["model"])
     note = "the starting model stayed best on the evaluation set" if best_epoch == 0 else ""

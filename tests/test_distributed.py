@@ -1,5 +1,6 @@
-"""`torchrun -m infoq_deploy profile`: the sweep split over processes (gloo, CPU) writes the table one
-process writes, resumes after a killed rank, and a failure on one rank stops every rank in one sentence.
+"""torchrun: `profile` split over processes (gloo, CPU) writes the table one process writes, resumes
+after a killed rank, and a failure on one rank stops every rank in one sentence; `finetune` runs
+DistributedDataParallel and takes the steps one process takes.
 
 Runs real torchrun jobs of two local processes on the bundled Fashion-MNIST CNN (a few seconds each).
 """
@@ -190,3 +191,47 @@ def test_stages_that_do_not_split_refuse_torchrun_in_one_sentence(argv, says, tm
     assert r.returncode == 2 and "Traceback" not in r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and says in lines[0], r.stderr
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory):
+    """The default model at 4 bits (mse table: fine-tuning does not care where the bits came from)."""
+    tmp = tmp_path_factory.mktemp("quantized")
+    cache = tmp / "cache"
+    steps = [
+        ["profile", "zoo:fashion-cnn", "--target", "fpga-int", "--method", "mse", "--data", "builtin:fashion-mnist",
+         "-o", str(tmp / "mse.json")],
+        ["allocate", str(tmp / "mse.json"), "--target", "fpga-int", "--budget", "4bit", "-o", str(tmp / "alloc.json")],
+        ["quantize", "zoo:fashion-cnn", str(tmp / "alloc.json"), "--data", "builtin:fashion-mnist", "-o", str(tmp / "q.pt")],
+    ]
+    for argv in steps:
+        r = _run([sys.executable, "-m", "infoq_deploy", *argv], cache)
+        assert r.returncode == 0, r.stderr[-3000:]
+    return tmp / "q.pt"
+
+
+def test_finetune_under_torchrun_takes_the_one_process_steps(quantized, tmp_path):
+    import torch
+
+    runs = {}
+    for name, launcher in (("one", [sys.executable, "-m", "infoq_deploy"]), ("two", [*TORCHRUN, "-m", "infoq_deploy"])):
+        out, ck = tmp_path / f"{name}.pt", tmp_path / f"ck_{name}"
+        r = _run([*launcher, "finetune", str(quantized), "--epochs", "2", "--batch-size", "96", "-o", str(out),
+                  "--checkpoints", str(ck)], tmp_path / "cache")
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert r.stdout.count("wrote ") == 1
+        runs[name] = torch.load(ck / "last.pt", weights_only=True)
+    one, two = runs["one"], runs["two"]
+    # 500 training images in batches of 96: the last batch (20) is split 10/10 too
+    for h1, h2 in zip(one["history"], two["history"], strict=True):
+        assert h2["loss"] == pytest.approx(h1["loss"], rel=1e-5)
+        assert h2["train_acc"] == pytest.approx(h1["train_acc"], abs=1 / 500)
+        assert h2["eval_acc"] == pytest.approx(h1["eval_acc"], abs=1 / 500)
+    diffs = [float((one["model"][k] - two["model"][k]).abs().max())
+             for k in one["model"] if one["model"][k].is_floating_point()]
+    # the same steps, summed in another order: far closer than two epochs moved the weights
+    from infoq_deploy.quantize.file import load_quantized
+
+    start = load_quantized(quantized).qmodel.state_dict()
+    moved = max(float((one["model"][k] - start[k]).abs().max()) for k in one["model"] if one["model"][k].is_floating_point())
+    assert max(diffs) < 1e-3 and max(diffs) < moved / 20, (max(diffs), moved)

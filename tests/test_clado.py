@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -41,12 +42,14 @@ def test_pair_terms_are_the_joint_loss_change_minus_the_singles(clado):
     gm = stages.deployable(model).graph.eval()
     x, y = plan.calibration.x, plan.calibration.y
     spec = target.quant_spec()
-    (a, b), terms = next(iter(table.pairs.items()))
+    # the measured terms (meta.measured; the table holds them projected onto the PSD cone)
+    measured = table.meta["measured"]["pairs"][0]
+    (a, b), terms = measured["layers"], measured["w_bits"]
     q = lambda n, bits: quantize_weight(gm.get_submodule(n).weight.detach(), bits, spec)  # noqa: E731
     base = _loss(gm, x, y, {})
     d_a, d_b = _loss(gm, x, y, {a: q(a, 3)}) - base, _loss(gm, x, y, {b: q(b, 2)}) - base
     joint = _loss(gm, x, y, {a: q(a, 3), b: q(b, 2)}) - base
-    assert terms[(3, 2)] == pytest.approx(joint - d_a - d_b, abs=1e-5)
+    assert terms["3,2"] == pytest.approx(joint - d_a - d_b, abs=1e-5)
     assert table.meta["base_loss"] == pytest.approx(base, rel=1e-5)
     # singles are shifted so each layer's best width scores 0: the optimum is unchanged
     for part in (table.weights, table.activations):
@@ -55,7 +58,47 @@ def test_pair_terms_are_the_joint_loss_change_minus_the_singles(clado):
     free = {l.name for l in table.layers if l.order not in (0, len(table.layers) - 1)}
     assert {n for pair in table.pairs for n in pair} == free
     assert len(table.pairs) == len(free) * (len(free) - 1) // 2
-    assert any(v < 0 for t in table.pairs.values() for v in t.values()), "cross terms take both signs"
+    assert any(v < 0 for m in table.meta["measured"]["pairs"] for v in m["w_bits"].values()), \
+        "measured cross terms take both signs"
+
+
+def test_the_solved_matrix_is_the_measured_one_projected_onto_the_psd_cone(clado):
+    _, _, _, table = clado
+    free = sorted({n for pair in table.pairs for n in pair}, key=lambda n: next(l.order for l in table.layers if l.name == n))
+    widths = {n: sorted(table.weights[n]) for n in free}
+    index = [(n, b) for n in free for b in widths[n]]
+    pos = {k: i for i, k in enumerate(index)}
+
+    def matrix(singles, pairs):
+        g = np.zeros((len(index), len(index)))
+        for (n, b), i in pos.items():
+            g[i, i] = singles[n][b]
+        for (a, b), t in pairs.items():
+            for (wa, wb), v in t.items():
+                g[pos[(a, wa)], pos[(b, wb)]] = g[pos[(b, wb)], pos[(a, wa)]] = v / 2
+        return g
+
+    raw = table.meta["measured"]
+    raw_singles = {n: {int(b): v for b, v in d.items()} for n, d in raw["weights"].items()}
+    raw_pairs = {tuple(m["layers"]): {tuple(int(w) for w in k.split(",")): v for k, v in m["w_bits"].items()}
+                 for m in raw["pairs"]}
+    measured = matrix(raw_singles, raw_pairs)
+    solved = matrix(table.weights, table.pairs)
+    ev_m, ev_s = np.linalg.eigvalsh(measured), np.linalg.eigvalsh(solved)
+    assert table.meta["psd"]["negative_eigenvalues"] == int((ev_m < 0).sum()) > 0
+    # the solved singles are the projection's diagonal shifted per layer, which moves a layer's
+    # whole block by a constant: no longer exactly PSD, but only by those shifts
+    proj = measured
+    ev, vec = np.linalg.eigh(measured)
+    proj = (vec * np.clip(ev, 0, None)) @ vec.T
+    assert np.linalg.eigvalsh(proj).min() > -1e-9
+    for (a, b), t in table.pairs.items():
+        for (wa, wb), v in t.items():
+            assert v == pytest.approx(2 * proj[pos[(a, wa)], pos[(b, wb)]], abs=1e-12)
+    for n in free:
+        diag = {b: proj[pos[(n, b)], pos[(n, b)]] for b in widths[n]}
+        assert table.weights[n] == pytest.approx({b: v - min(diag.values()) for b, v in diag.items()}, abs=1e-12)
+    assert ev_s.min() > ev_m.min()
 
 
 def test_the_table_round_trips_and_allocates_within_budget(clado, tmp_path):

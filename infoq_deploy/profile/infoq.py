@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import resource
 import sys
 import time
 from dataclasses import asdict
@@ -115,6 +116,8 @@ class _Clock:
             "projection_s": round(self.project, 3),
             "mi_s": round(self.mi, 3),
             "estimator_over_forward": round((self.project + self.mi) / self.forward, 4) if self.forward > 0 else None,
+            # the process's peak resident memory so far (Linux reports KiB): model, data, frontiers, all of it
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         }
 
 
@@ -647,8 +650,15 @@ def notes(table: SensitivityTable) -> list[str]:
     if pw:
         out.append(f"InfoQ --pairwise: ΔSMI of {pw['pairs']} layer pairs quantized together at {pw['widths']}-bit "
                    "weights; the allocation solved the quadratic program with their cross terms")
+    tm = table.meta.get("timings", {})
     if table.meta.get("cache_hit"):
         out.append("sensitivity table taken from the profiling cache (same model, data and settings)")
+    elif tm.get("total_s") is not None:
+        dist = table.meta.get("distributed")
+        out.append(f"InfoQ profile: {tm['total_s']:.1f} s"
+                   + (f" on {dist['world_size']} processes" if dist else "")
+                   + f", estimators {tm.get('estimator_s', 0):.1f} s of it"
+                   + (f", peak memory {tm['peak_rss_mb']:.0f} MB" if tm.get("peak_rss_mb") is not None else ""))
     return out
 
 

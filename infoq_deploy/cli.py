@@ -117,6 +117,12 @@ def _model_args(p: argparse.ArgumentParser, positional_required: bool = True) ->
     p.add_argument("--data-root", help="where the zoo finds its weights (default ../shared/data)")
 
 
+def _device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", metavar="cpu|cuda|cuda:N|auto",
+                   help="where the torch work runs (default cpu; auto: a GPU when torch sees one); "
+                        "files are written from the CPU either way")
+
+
 def _profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", required=True, help="a target name (see `infoq-deploy targets`) or a .toml file")
     p.add_argument("--method", choices=profile_methods.names(), default=None,
@@ -130,6 +136,7 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder", default=None,
                    help="InfoQ: input embedding, a .onnx file or MODEL spec (default: pool-pca, no download)")
     p.add_argument("--no-inverse-bits", action="store_true", help="InfoQ: drop the 1/b factor of Eq. 4 (ablation)")
+    _device_arg(p)
     p.add_argument("--pairwise", action="store_true",
                    help="InfoQ: also measure every pair of free layers quantized together at the two lowest weight "
                         "widths, and allocate by the quadratic program (as CLADO does with the loss)")
@@ -198,6 +205,7 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     p.add_argument("--eval-size", type=COUNT, default=None, help="evaluation samples (default: all)")
     p.add_argument("--seed", type=SEED, default=0)
     _ptq_args(p)
+    _device_arg(p)
     p.add_argument("-o", "--output", required=True, help="quantized model file to write (.pt)")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
 
@@ -213,6 +221,7 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--checkpoints", help="checkpoint directory (default: checkpoints/ beside -o)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint of an interrupted run")
+    _device_arg(p)
     p.add_argument("-o", "--output", required=True, help="quantized model file to write (.pt)")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
 

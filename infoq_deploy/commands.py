@@ -10,7 +10,7 @@ from pathlib import Path
 
 from infoq_deploy import stages
 from infoq_deploy.backends import ort_fusion
-from infoq_deploy.core import distributed
+from infoq_deploy.core import devices, distributed
 from infoq_deploy.core.atomic import dumps, write_json
 from infoq_deploy.core.errors import UserError
 from infoq_deploy.core.outputs import claim_dir, claim_file
@@ -89,7 +89,8 @@ def _profile(args, model, target, plots_dir=None):
     data = None
     if args.data is not None:
         data = load_data(args.data, model.preprocess, limit=args.calib_size, seed=args.seed, labels=args.labels)
-    return stages.profile(model, target, data, method, plots_dir=plots_dir, **_method_settings(args))
+    return stages.profile(model, target, data, method, plots_dir=plots_dir, device=devices.resolve(args.device),
+                          **_method_settings(args))
 
 
 def _ptq(args) -> PtqConfig:
@@ -238,6 +239,7 @@ def _run_config(args, *, budgets: list[str], method: str, allocation: str | None
         progress=not args.json,
         allocation=allocation,
         infoq={k: v for k, v in _method_settings(args).items() if k != "seed"},
+        device=args.device,
     )
 
 
@@ -326,7 +328,7 @@ def cmd_quantize(args) -> int:
                          labels=args.labels, calib_size=args.calib_size, eval_size=args.eval_size, seed=args.seed)
     source = ModelSource.of(args.model, args.weights, args.input_shape, args.data_root)
     qm = stages.quantize(model, target, doc, plan, source, allocation_name=args.allocation, ptq=_ptq(args),
-                         progress=not args.json)
+                         progress=not args.json, device=devices.resolve(args.device))
     save_quantized(args.output, qm)
     if args.json:
         print(dumps(_quantized_summary(qm, args.output)), end="")
@@ -359,7 +361,7 @@ def cmd_finetune(args) -> int:
         cfg.lr = args.lr
     ckpt_dir = _checkpoint_dir(args)
     stages.finetune_quantized(qm, train, evaluation, cfg, ckpt_dir, resume=args.resume, progress=not args.json,
-                              train_ref=train_ref, eval_ref=eval_ref)
+                              train_ref=train_ref, eval_ref=eval_ref, device=devices.resolve(args.device))
     if not distributed.world().main:  # under torchrun every rank ends with the same model; rank 0 writes it
         return 0
     save_quantized(args.output, qm)

@@ -21,6 +21,7 @@ from pathlib import Path
 from infoq_deploy import __version__, stages
 from infoq_deploy.allocate.budgets import parse_budget
 from infoq_deploy.allocate.ilp import load_allocation
+from infoq_deploy.core import devices
 from infoq_deploy.core.atomic import dumps, write_json
 from infoq_deploy.core.errors import UserError
 from infoq_deploy.core.outputs import claim_dir, run_lock
@@ -67,6 +68,7 @@ class RunConfig:
     progress: bool = True
     allocation: str | None = None  # an allocation file: skip profiling and allocation
     infoq: dict = field(default_factory=dict)  # method settings (n_proj, k, encoder, use_inverse_bits); each method takes its own
+    device: str = "cpu"  # --device; not an input of the run: any device may resume it (core/devices.py)
     notes: list[str] = field(default_factory=list)
 
     def ptq_config(self):
@@ -121,6 +123,7 @@ def run(cfg: RunConfig) -> dict:
     target = stages.pin_target(stages.load_target(cfg.target), pins, cfg.no_pin).with_scale_rule(ptq.scale_rule)
     for text in cfg.budgets:  # fail on a typo before any expensive stage
         parse_budget(text)
+    devices.resolve(cfg.device)  # a typo or a missing GPU, before any expensive stage
     if cfg.allocation is None:
         profile_methods.get(cfg.method)
     consumers = stages.consumers_for(target.export, cfg.backend)
@@ -199,11 +202,12 @@ def _stages(cfg: RunConfig, target, model, plan, given, run_dir: Path, status: d
             consumers: tuple[str, ...]) -> dict:
     inputs = status["inputs"]
     calib = plan.calibration
+    device = devices.resolve(cfg.device)
     if given is not None:
         table, alloc_doc = None, given
     else:
         table = stages.profile(model, target, calib, cfg.method, seed=cfg.seed, progress=cfg.progress,
-                               plots_dir=run_dir / "profile", **cfg.infoq)
+                               plots_dir=run_dir / "profile", device=device, **cfg.infoq)
         cfg.notes.extend(profile_methods.notes(cfg.method, table))
     if table is not None:
         table.save(run_dir / "sensitivity.json")
@@ -216,7 +220,7 @@ def _stages(cfg: RunConfig, target, model, plan, given, run_dir: Path, status: d
 
     source = ModelSource.of(cfg.model, cfg.weights, cfg.input_shape, cfg.data_root)
     qm = stages.quantize(model, target, alloc_doc, plan, source, allocation_name=cfg.allocation or "the allocation",
-                         ptq=cfg.ptq_config(), progress=cfg.progress)
+                         ptq=cfg.ptq_config(), progress=cfg.progress, device=device)
     save_quantized(run_dir / "quantized.pt", qm)
     lap("quantize")
 
@@ -225,7 +229,7 @@ def _stages(cfg: RunConfig, target, model, plan, given, run_dir: Path, status: d
         if cfg.lr is not None:
             ft_cfg.lr = cfg.lr
         stages.finetune_quantized(qm, plan.train, plan.evaluation, ft_cfg, run_dir / "checkpoints",
-                                  resume=cfg.resume, progress=cfg.progress)
+                                  resume=cfg.resume, progress=cfg.progress, device=device)
         save_quantized(run_dir / "finetuned.pt", qm)
         lap("finetune")
     else:

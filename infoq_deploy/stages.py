@@ -147,10 +147,11 @@ def check_allocation(doc: dict, target: Target, model: ImportedModel, name: str 
 
 def quantize(model: ImportedModel, target: Target, allocation: dict, plan: DataPlan, source: ModelSource,
              *, allocation_name: str = "the allocation", ptq: PtqConfig | None = None,
-             progress: bool = False) -> QuantizedModel:
+             progress: bool = False, device: torch.device | str = "cpu") -> QuantizedModel:
     """The Brevitas model of ``allocation``, calibrated on ``plan.calibration`` and rounded by
     ``ptq`` (default `quantize.ptq.PtqConfig()`); float and post-training accuracy on
-    ``plan.evaluation`` when there is one."""
+    ``plan.evaluation`` when there is one. Calibration, PTQ and accuracy run on ``device``; the
+    model comes back on the CPU."""
     from infoq_deploy.core.evaluate import accuracy
     from infoq_deploy.export.writer import check_exportable
     from infoq_deploy.quantize import gptq
@@ -184,7 +185,7 @@ def quantize(model: ImportedModel, target: Target, allocation: dict, plan: DataP
             notes.append(f"GPTQ (the default --ptq) needs at least {short[0]} calibration samples for every layer "
                          f"here ({short[1]}); {done}; pass --calib-size {short[0]} or more for GPTQ on every layer")
     qmodel = build_quant_model(deployed.graph, deployed.layers, bits, target.quant_spec(),
-                               pool_inputs=target.activations.pool_inputs)
+                               pool_inputs=target.activations.pool_inputs).to(device)
     calibrate(qmodel, plan.calibration.x, progress=progress)
     check_exportable(qmodel, target.export)  # a format that cannot express the bits fails before training
     calibrated = time.perf_counter()
@@ -194,7 +195,9 @@ def quantize(model: ImportedModel, target: Target, allocation: dict, plan: DataP
     accuracies = {}
     if plan.evaluation is not None:
         ev = plan.evaluation
-        accuracies = {"float": accuracy(deployed.graph, ev.x, ev.y), "ptq": accuracy(qmodel, ev.x, ev.y)}
+        accuracies = {"float": accuracy(deployed.graph.to(device), ev.x, ev.y), "ptq": accuracy(qmodel, ev.x, ev.y)}
+        deployed.graph.cpu()
+    qmodel.cpu()
     model_info = inspect_json(deployed)
     model_info["float_model_params"] = inspect_json(model)["params"]
     model_info["calibration"] = {"source": plan.calibration.source, "n": len(plan.calibration)}
@@ -211,7 +214,7 @@ def quantize(model: ImportedModel, target: Target, allocation: dict, plan: DataP
 
 def finetune_quantized(qm: QuantizedModel, train: Dataset, evaluation: Dataset, cfg, ckpt_dir: str | Path, *,
                        resume: bool = False, progress: bool = True, train_ref: DataRef | None = None,
-                       eval_ref: DataRef | None = None) -> QuantizedModel:
+                       eval_ref: DataRef | None = None, device: torch.device | str = "cpu") -> QuantizedModel:
     """LSQ fine-tuning of ``qm`` in place (`infoq_deploy.quantize.finetune.finetune`); ``qm`` ends at its best checkpoint.
 
     When ``evaluation`` is not the set the earlier accuracies were measured on, float and
@@ -229,7 +232,8 @@ def finetune_quantized(qm: QuantizedModel, train: Dataset, evaluation: Dataset, 
     }
     before = qm.data.get("evaluation")
     same_eval = before is not None and before.sha256 == evaluation.sha256
-    result = finetune(qm.qmodel, train, evaluation, cfg, Path(ckpt_dir), identity, resume=resume, progress=progress)
+    result = finetune(qm.qmodel, train, evaluation, cfg, Path(ckpt_dir), identity, resume=resume, progress=progress,
+                      device=device)
     if cfg.epochs == 0:
         return qm
     if not same_eval:

@@ -66,7 +66,12 @@ def world(backend: str = "gloo") -> World:
         raise UserError("this torch build has no torch.distributed; run the command without torchrun")
     if not dist.is_initialized():
         try:
-            dist.init_process_group(backend=backend)
+            # the agent's store outlives a restart (torchrun --max-restarts): without a prefix per
+            # attempt, a restarted rank can read a dead rank's address from the attempt before
+            store, rank, size = next(dist.rendezvous("env://"))
+            attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+            dist.init_process_group(backend=backend, store=dist.PrefixStore(f"infoq-deploy/attempt-{attempt}", store),
+                                    rank=rank, world_size=size)
         except (RuntimeError, ValueError) as exc:
             raise UserError(f"could not join the torchrun process group ({' '.join(str(exc).split())[:200]}); "
                             "check torchrun's --rdzv/--master settings") from None

@@ -13,14 +13,18 @@ def _as_tensor(out) -> torch.Tensor:
 
 
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """Logits for ``x`` (N,...) in eval mode without gradients; the model's mode is restored."""
+    """Logits for ``x`` (N,...) in eval mode without gradients, on the CPU; each batch runs on
+    the model's device. The model's mode is restored."""
+    from infoq_deploy.core.devices import of
+
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     was_training = model.training
+    device = of(model)
     model.eval()
     try:
         with torch.no_grad():
-            outs = [_as_tensor(model(x[i:i + batch_size])).detach() for i in range(0, len(x), batch_size)]
+            outs = [_as_tensor(model(x[i:i + batch_size].to(device))).detach().cpu() for i in range(0, len(x), batch_size)]
     finally:
         model.train(was_training)
     if not outs:

@@ -182,7 +182,7 @@ class RangeObserver:
         # they stay out of the histogram, whose bins are charged the average rounding error
         t = t[t != 0].float()
         # negative values of an unsigned range clip to 0 (the first bin's left edge)
-        self.hist += torch.histc(t.clamp(lo, hi), bins=HIST_BINS, min=lo, max=hi).double()
+        self.hist += torch.histc(t.clamp(lo, hi), bins=HIST_BINS, min=lo, max=hi).double().cpu()
 
     def result(self) -> ActRange:
         if self.spec.scale_rule == "minmax":

@@ -58,6 +58,7 @@ with any number of processes, starts from the union of them.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import resource
@@ -222,8 +223,10 @@ def profile_infoq(
     cache_dir: str | Path | None = None,
     progress: bool = True,
     plots_dir: str | Path | None = None,
+    device: torch.device | str = "cpu",
 ) -> SensitivityTable:
-    """InfoQ sensitivity scores of ``model`` for ``target``'s bit-widths on calibration ``data``."""
+    """InfoQ sensitivity scores of ``model`` for ``target``'s bit-widths on calibration ``data``;
+    ``device`` runs the forward passes (``core/devices.py``), the estimators run on the CPU."""
     t_start = time.perf_counter()
     _check_settings(n_proj, k, seed)
     x = _check_data(model, data, k)
@@ -254,10 +257,12 @@ def profile_infoq(
     if not layers:
         raise UserError(f"{model.spec} has no quantizable layers (Conv or Linear); nothing to profile")
     clock = _Clock()
-    batches = split_batches(x, BATCH_SIZE)
+    dev = torch.device(device)
+    graph = deployed.graph if dev.type == "cpu" else copy.deepcopy(deployed.graph).to(dev)
+    batches = split_batches(x.to(dev), BATCH_SIZE)
 
     # ---- float pass: finite check, predictions; activation ranges (the deployed quantizer's)
-    float_runner = SuffixRunner(deployed.graph, layers, spec, None, FLOAT_BITS)
+    float_runner = SuffixRunner(graph, layers, spec, None, FLOAT_BITS)
     _check_weights(float_runner)
     if float_runner.result_node is None or len(float_runner.placeholders) != 1:
         raise UserError(f"{model.spec} must take one input and return one tensor of logits to be profiled with InfoQ")
@@ -278,7 +283,7 @@ def profile_infoq(
         if logits.dim() != 2:
             raise UserError(f"{model.spec} returns shape {tuple(logits.shape)}, not (batch, classes); "
                             "InfoQ profiles classifiers")
-        return logits, calibrate_act_ranges(deployed.graph, layers, x, spec, batch_size=BATCH_SIZE)
+        return logits.cpu(), calibrate_act_ranges(graph, layers, x, spec, batch_size=BATCH_SIZE)
 
     logits, ranges = distributed.on_main(float_pass)
     num_classes = int(model.preprocess.num_classes or logits.shape[1])
@@ -297,7 +302,7 @@ def profile_infoq(
     emb = distributed.on_main(lambda: embed(x, encoder, BATCH_SIZE))
     xe = emb.values
 
-    runner = SuffixRunner(deployed.graph, layers, spec, ranges, BASE_BITS)
+    runner = SuffixRunner(graph, layers, spec, ranges, BASE_BITS)
     candidates = find_candidates(runner, tuple(model.preprocess.input_shape))
     by_node = {c.node: c for c in candidates}
 
@@ -319,7 +324,7 @@ def profile_infoq(
         return px[node]
 
     def projector(node: str):
-        theta = l_dirs(node)
+        theta = l_dirs(node).to(dev)
 
         def fn(flat: torch.Tensor) -> torch.Tensor:
             t0 = time.perf_counter()
@@ -330,7 +335,7 @@ def profile_infoq(
         return fn
 
     def smi(node: str, proj: torch.Tensor, kinds) -> dict[str, float]:
-        pl = proj.double().numpy()
+        pl = proj.double().cpu().numpy()
         if not np.all(np.isfinite(pl)):
             raise UserError(f"observer {by_node[node].name} has NaN or inf activations; check the model's weights")
         pxn = x_proj(node) if "XL" in kinds else None
@@ -352,7 +357,7 @@ def profile_infoq(
         out = runner.run(frontier, start, taps, perturb)
         clock.forward += time.perf_counter() - t0 - (clock.project - p0)
         values = {node: smi(node, out[node], kinds) for node, kinds in wanted.items()}
-        acc = float((out["__logits__"].argmax(1) == y_t).double().mean() * 100) if logits_too else None
+        acc = float((out["__logits__"].argmax(1).cpu() == y_t).double().mean() * 100) if logits_too else None
         return values, acc
 
     # ---- state: resumed from the partial files of this key (every rank's, merged on every rank)
@@ -574,6 +579,7 @@ def profile_infoq(
             "weight_bits": w_bits,
             "act_bits": a_bits,
             "batch_size": BATCH_SIZE,
+            "device": str(dev),  # not in the cache key: any device computes this table (README, "devices")
             "estimators": {"XL": "KSG (Kraskov et al. 2003), sliced", "LY": "Ross (2014) mixed, sliced"},
         },
         "model_fingerprint": model.fingerprint,

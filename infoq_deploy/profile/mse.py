@@ -14,6 +14,7 @@ import torch
 import torch.fx
 
 from infoq_deploy import __version__
+from infoq_deploy.core import devices
 from infoq_deploy.core.errors import UserError
 from infoq_deploy.core.quantizer import FLOAT_BITS, ActRange, QuantSpec, RangeObserver, quantize_act, quantize_weight
 from infoq_deploy.importing.deployable import deployable
@@ -71,6 +72,7 @@ def weight_scores(gm: torch.fx.GraphModule, layers: list[Layer], bits: list[int]
 def layer_inputs(gm: torch.fx.GraphModule, layers: list[Layer], x: torch.Tensor, batch_size: int, fn) -> None:
     """Run ``x`` through ``gm`` and call ``fn(layer_name, input_batch)`` for every quantizable layer."""
     modules = dict(gm.named_modules())
+    device = devices.of(gm)
     handles = [
         modules[layer.name].register_forward_pre_hook(lambda m, args, name=layer.name: fn(name, args[0].detach()))
         for layer in layers
@@ -78,7 +80,7 @@ def layer_inputs(gm: torch.fx.GraphModule, layers: list[Layer], x: torch.Tensor,
     try:
         with torch.no_grad():
             for start in range(0, len(x), batch_size):
-                gm(x[start : start + batch_size])
+                gm(x[start : start + batch_size].to(device))
     finally:
         for h in handles:
             h.remove()

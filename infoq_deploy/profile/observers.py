@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from infoq_deploy.core import devices
 from infoq_deploy.profile.suffix_runner import SuffixRunner
 
 KINDS = ("XL", "LY")
@@ -67,7 +68,7 @@ def find_candidates(runner: SuffixRunner, input_shape: tuple[int, ...]) -> list[
     """Every candidate observer of the runner's graph, in topological order."""
     gm = runner.gm
     with torch.no_grad():
-        ShapeProp(gm).propagate(torch.zeros((1, *input_shape)))
+        ShapeProp(gm).propagate(torch.zeros((1, *input_shape), device=devices.of(gm)))
     layer_nodes = {node: layer for layer, node in runner.layer_node.items()}
     out: list[Candidate] = []
     for i, n in enumerate(runner.nodes):

@@ -54,6 +54,9 @@ def run(name: str, model, target, data, **settings):
         raise UserError(f"--pairwise is a setting of --method infoq, not of {name}"
                         + (" (CLADO always measures pairs)" if name == "clado" else "")
                         + "; drop --pairwise or use --method infoq")
+    device = settings.get("device")
+    if device is not None and str(device) != "cpu" and not accepts(name, "device"):
+        raise UserError(f"--method {name} runs on the CPU only; drop --device (--method infoq runs on a GPU)")
     if distributed.launched() and not getattr(get(name), "DISTRIBUTED", False):
         raise UserError(f"--method {name} does not split its work across processes; run it without torchrun "
                         "(--method infoq does)")

@@ -17,6 +17,8 @@ from brevitas.graph.calibrate import bias_correction_mode
 from torch import nn
 from tqdm import tqdm
 
+from infoq_deploy.core import devices
+
 
 def apply(qmodel: nn.Module, x: torch.Tensor, *, batch_size: int = 256, progress: bool = False) -> None:
     """Correct the biases of the calibrated ``qmodel`` over ``x``, in place."""
@@ -25,5 +27,5 @@ def apply(qmodel: nn.Module, x: torch.Tensor, *, batch_size: int = 256, progress
     with torch.no_grad(), bias_correction_mode(qmodel, skip_if_no_bias=True):
         for start in tqdm(range(0, x.shape[0], batch_size), desc="bias correction", unit="batch",
                           disable=not progress, leave=False, dynamic_ncols=True, file=sys.stderr):
-            qmodel(x[start : start + batch_size])
+            qmodel(x[start : start + batch_size].to(devices.of(qmodel)))
     qmodel.train(was_training)

@@ -39,7 +39,6 @@ records, per join, the (bits, scale) of every input, which `verify` checks in th
 from __future__ import annotations
 
 import copy
-import math
 import numbers
 import operator
 import sys
@@ -64,6 +63,7 @@ from brevitas.quant_tensor import QuantTensor
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from infoq_deploy.core import devices
 from infoq_deploy.core.errors import UserError
 from infoq_deploy.core.quantizer import FLOAT_BITS, QuantSpec, RangeObserver, weight_threshold
 from infoq_deploy.importing.joins import is_tensor, keeps_grid, plan_joins
@@ -496,6 +496,7 @@ def calibrate(qmodel: nn.Module, x: Tensor, batch_size: int = 256, progress: boo
         return hook
 
     handles = [getattr(owner, attr).register_forward_hook(record(name)) for name, (owner, attr) in sites.items()]
+    device = devices.of(qmodel)
     was_training = qmodel.training
     passes = 2 if spec.scale_rule != "minmax" else 1
     try:
@@ -509,7 +510,7 @@ def calibrate(qmodel: nn.Module, x: Tensor, batch_size: int = 256, progress: boo
                         o.start_histogram()
                 for start in range(0, x.shape[0], batch_size):
                     batch = x[start : start + batch_size]
-                    qmodel(batch)
+                    qmodel(batch.to(device))
                     bar.update(len(batch))
     finally:
         for handle in handles:

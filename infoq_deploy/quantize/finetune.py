@@ -297,7 +297,7 @@ def _accuracy(qmodel: nn.Module, data: Dataset) -> float:
     right = 0
     if len(part):
         x, y = data.x[part], data.y[part]
-        right = int((predict(qmodel, x).argmax(1) == y.to(_device(qmodel))).sum())
+        right = int((predict(qmodel, x).argmax(1) == y).sum())
     right, = distributed.all_sum([right])
     return right / len(data)
 
@@ -315,12 +315,14 @@ def _check_data(train: Dataset, eval: Dataset) -> None:
 
 
 def finetune(qmodel: nn.Module, train: Dataset, eval: Dataset, cfg: FinetuneConfig, ckpt_dir: Path,
-             identity: dict, resume: bool = False, progress: bool = True) -> FinetuneResult:
+             identity: dict, resume: bool = False, progress: bool = True,
+             device: torch.device | str = "cpu") -> FinetuneResult:
     """Fine-tune ``qmodel`` in place; on return it holds the best weights seen on ``eval``.
 
     ``ckpt_dir/last.pt`` is written after every epoch and ``ckpt_dir/best.pt`` whenever
     eval accuracy improves. ``resume=True`` continues from ``last.pt`` when there is one
-    (starting fresh otherwise); the result equals that of an uninterrupted run.
+    (starting fresh otherwise); the result equals that of an uninterrupted run. Training runs on
+    ``device`` (``core/devices.py``); ``qmodel`` is handed back on the CPU.
     """
     cfg.validate()
     if cfg.epochs == 0:
@@ -331,6 +333,8 @@ def finetune(qmodel: nn.Module, train: Dataset, eval: Dataset, cfg: FinetuneConf
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
     _settle_runtime_stats(qmodel)
     augment = _augment_mode(cfg, train.x)
+    device = torch.device(device)
+    qmodel.to(device)  # before the optimizer: its state lives on its parameters' device
 
     w = distributed.world()
     if resume and last_path.is_file():
@@ -339,6 +343,7 @@ def finetune(qmodel: nn.Module, train: Dataset, eval: Dataset, cfg: FinetuneConf
         # Brevitas rebuilds its quantizers (new scale Parameters) on load_state_dict,
         # so the optimizer must be made after loading, never before.
         qmodel.load_state_dict(ckpt["model"])
+        qmodel.to(device)  # the scale Parameters Brevitas rebuilt in the load
         opt = _optimizer(qmodel, cfg)
         opt.load_state_dict(ckpt["optimizer"])  # also restores each group's base_lr
         start_epoch = int(ckpt["epoch"])
@@ -360,7 +365,8 @@ def finetune(qmodel: nn.Module, train: Dataset, eval: Dataset, cfg: FinetuneConf
 
     # under torchrun: DDP made after any load (Brevitas rebuilds its scale Parameters there);
     # it starts every rank from rank 0's parameters and all-reduces the gradients
-    model = torch.nn.parallel.DistributedDataParallel(qmodel) if w.distributed else qmodel
+    model = torch.nn.parallel.DistributedDataParallel(
+        qmodel, device_ids=[device.index] if device.type == "cuda" else None) if w.distributed else qmodel
     progress = progress and w.main
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
@@ -394,6 +400,7 @@ def finetune(qmodel: nn.Module, train: Dataset, eval: Dataset, cfg: FinetuneConf
     distributed.barrier()  # rank 0 has written best.pt
     best = _load(best_path)
     qmodel.load_state_dict(best["model"])
+    qmodel.cpu()
     note = "the starting model stayed best on the evaluation set" if best_epoch == 0 else ""
     return FinetuneResult(epochs_run=len(history), best_epoch=best_epoch, best_accuracy=best_acc, history=history,
                           checkpoint=best_path, start_accuracy=start_acc, resumed_from=start_epoch, note=note)

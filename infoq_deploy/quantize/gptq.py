@@ -24,6 +24,7 @@ from brevitas.nn.quant_layer import QuantWeightBiasInputOutputLayer
 from torch import nn
 from tqdm import tqdm
 
+from infoq_deploy.core import devices
 from infoq_deploy.core.errors import UserError
 from infoq_deploy.importing.layers import Layer
 
@@ -84,6 +85,7 @@ def apply(qmodel: nn.Module, x: torch.Tensor, *, skip: set[str] = frozenset(), b
     """Round every integer-weight layer of the calibrated ``qmodel`` but those named in ``skip``
     by GPTQ over ``x``, in place."""
     was_training = qmodel.training
+    device = devices.of(qmodel)
     qmodel.eval()
     with torch.no_grad(), warnings.catch_warnings():
         # Brevitas warns on a failed Cholesky and leaves that layer round-to-nearest; make it ours
@@ -95,7 +97,7 @@ def apply(qmodel: nn.Module, x: torch.Tensor, *, skip: set[str] = frozenset(), b
                 for _ in tqdm(range(gptq.num_layers), desc="GPTQ", unit="layer", disable=not progress, leave=False,
                               dynamic_ncols=True, file=sys.stderr):
                     for start in range(0, x.shape[0], batch_size):
-                        gptq.model(x[start : start + batch_size])
+                        gptq.model(x[start : start + batch_size].to(device))
                     gptq.update()
         except UserWarning as w:
             if "inverse of the Hessian" in str(w):

@@ -14,7 +14,6 @@ nodes excluded so that integer weights stay integer.
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.transformation.base import Transformation

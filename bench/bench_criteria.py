@@ -9,6 +9,11 @@ same evaluation set. Uniform precision puts every free layer at each whole bit-w
 Writes JSON (accuracy and size per method and budget, search cost per method: wall time,
 passes, calibration samples) and a plot of top-1 against average weight bits.
 
+With ``--bitops B1,B2,...`` weights and activations are allocated together: activations take
+the same widths as the weights, and each budget is the BitOps (MACs x weight bits x activation
+bits, first and last layer at w8/a8) of every free layer at wB/aB; uniform wB/aB beside them
+where B is one of the widths. The plot is then top-1 against GBitOps.
+
 Reproduce: .venv/bin/python bench/bench_criteria.py   (the bundled default model; a few minutes)
            .venv/bin/python bench/bench_criteria.py --model zoo:cifar10-resnet20 \\
                --data ../shared/data/cifar10/train.tar.gz --eval-data ../shared/data/cifar10/test
@@ -49,13 +54,13 @@ def weights_only(target, widths=None):
                                activations=dataclasses.replace(target.activations, bits=(8,)))
 
 
-def uniform_doc(doc: dict, layers, target, w: int) -> dict:
+def uniform_doc(doc: dict, layers, target, w: int, a: int = 8) -> dict:
     doc = copy.deepcopy(doc)
     n = len(layers)
     order = {layer.name: layer.order for layer in layers}
     for entry in doc["layers"]:
         choices = target.layer_choices(order[entry["name"]], n)
-        entry["w_bits"], entry["a_bits"] = choices[0] if len(choices) == 1 else (w, 8)
+        entry["w_bits"], entry["a_bits"] = choices[0] if len(choices) == 1 else (w, a)
     return recost(doc, layers, target)
 
 
@@ -90,6 +95,9 @@ def main() -> int:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--widths", default=None,
                     help="weight widths every method chooses from (default fpga-int's 2..8; CLADO's paper uses 2,4,8)")
+    ap.add_argument("--bitops", default=None,
+                    help="weights and activations under BitOps budgets equal to uniform wB/aB for each B listed "
+                         "(replaces --budgets)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/criteria_<model>.json)")
     args = ap.parse_args()
@@ -104,8 +112,20 @@ def main() -> int:
     layers = stages.deployable(model).layers
     widths = None if args.widths is None else sorted({int(w) for w in args.widths.split(",")})
     target = weights_only(stages.load_target("fpga-int"), widths)
+    if args.bitops:  # activations at the weights' widths, allocated with them
+        target = dataclasses.replace(target, activations=dataclasses.replace(target.activations,
+                                                                              bits=tuple(target.weights.bits)))
     float_acc = accuracy(stages.deployable(model).graph, ev.x, ev.y)
-    budgets = [float(b) for b in args.budgets.split(",")]
+    budgets = [float(b) for b in (args.bitops or args.budgets).split(",")]
+
+    def budget_text(b: float) -> str:
+        if not args.bitops:
+            return f"{b}bit"
+        n = len(layers)
+        ops = sum(layer.macs * w * a for layer in layers
+                  for w, a in [(8, 8) if len(target.layer_choices(layer.order, n)) == 1 else (b, b)])
+        return f"{ops / 1e9:.9f}GBOPs"
+
     ptq = PtqConfig(chosen=False)
     rows, costs = [], {}
 
@@ -115,7 +135,9 @@ def main() -> int:
         acc = accuracy(qm.qmodel, ev.x, ev.y)
         rows.append({"method": method, "budget": budget, "avg_weight_bits": round(avg_w(qm.allocation, layers), 4),
                      "size_bytes": qm.allocation["cost"]["size_bytes"], "top1": acc,
-                     "w_bits": [e["w_bits"] for e in qm.allocation["layers"]], "ptq": qm.ptq,
+                     "bitops": qm.allocation["cost"].get("bitops"),
+                     "w_bits": [e["w_bits"] for e in qm.allocation["layers"]],
+                     "a_bits": [e["a_bits"] for e in qm.allocation["layers"]], "ptq": qm.ptq,
                      "seconds": round(time.perf_counter() - t0, 1)})
         print(f"{method} {budget}: {acc:.4f} at {rows[-1]['avg_weight_bits']} bits", flush=True)
 
@@ -135,20 +157,24 @@ def main() -> int:
         print(f"profiled {method}: {costs[method]}", flush=True)
         for b in budgets:
             t1 = time.perf_counter()
-            doc = stages.allocation_document(table, target, [f"{b}bit"])
+            doc = stages.allocation_document(table, target, [budget_text(b)])
             costs[method].setdefault("allocate_seconds", []).append(round(time.perf_counter() - t1, 2))
             evaluate(method, b, doc)
     cache.cleanup()
     for w in sorted(w for w in target.weights.bits if int(min(budgets)) <= w <= max(budgets)):
-        evaluate("uniform", float(w), uniform_doc(doc, layers, target, w))
+        evaluate("uniform", float(w), uniform_doc(doc, layers, target, w, w if args.bitops else 8))
 
     result = {
-        "benchmark": "sensitivity criteria side by side, weights only (activations 8 bits), fpga-int quantizer, "
-                     "the default post-training quantizer (GPTQ + bias correction), no fine-tuning",
+        "benchmark": "sensitivity criteria side by side, "
+                     + ("weights and activations under BitOps budgets (uniform wB/aB)" if args.bitops
+                        else "weights only (activations 8 bits)")
+                     + ", fpga-int quantizer, the default post-training quantizer (GPTQ + bias correction), "
+                       "no fine-tuning",
         "command": f"{Path(sys.executable).name} bench/bench_criteria.py --model {args.model} --data {args.data} "
                    f"--eval-data {args.eval_data} --calib-size {args.calib_size}"
                    + (f" --eval-size {args.eval_size}" if args.eval_size else "")
-                   + f" --budgets {args.budgets} --methods {args.methods}"
+                   + (f" --bitops {args.bitops}" if args.bitops else f" --budgets {args.budgets}")
+                   + f" --methods {args.methods}"
                    + (f" --widths {args.widths}" if args.widths else "") + f" --seed {args.seed}",
         "weight_widths": sorted(target.weights.bits),
         "tool_version": __version__, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(),
@@ -166,11 +192,13 @@ def main() -> int:
 
 def plot(doc: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    bitops = "--bitops" in doc["command"]
     for method in dict.fromkeys(r["method"] for r in doc["results"]):
-        pts = sorted((r["avg_weight_bits"], 100 * r["top1"]) for r in doc["results"] if r["method"] == method)
+        pts = sorted((r["bitops"] / 1e9 if bitops else r["avg_weight_bits"], 100 * r["top1"])
+                     for r in doc["results"] if r["method"] == method)
         ax.plot(*zip(*pts), marker="o", linestyle="--" if method == "uniform" else "-", label=method)
     ax.axhline(100 * doc["accuracy_float"], color="k", lw=0.8, label="float")
-    ax.set_xlabel("average weight bits (activations 8)")
+    ax.set_xlabel("GBitOps per image (weights and activations)" if bitops else "average weight bits (activations 8)")
     ax.set_ylabel("top-1 (%)")
     ax.set_title(f"{doc['model']}: post-training, GPTQ + bias correction")
     ax.grid(alpha=0.3)

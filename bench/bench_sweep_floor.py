@@ -89,7 +89,7 @@ def floor_seconds(model, calib, runs: int) -> tuple[float, int]:
     return total, n
 
 
-def cli_profile(launcher: list[str], args, target: Path, out: Path, cache: Path) -> tuple[float, int]:
+def cli_profile(launcher: list[str], args, target: Path, out: Path, cache: Path) -> float:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["INFOQ_DEPLOY_CACHE"] = str(cache)
     cmd = [*launcher, "profile", args.model, "--target", str(target), "--data", str(args.data),
@@ -99,7 +99,7 @@ def cli_profile(launcher: list[str], args, target: Path, out: Path, cache: Path)
     wall = time.perf_counter() - t0
     if r.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
-    return wall, r.returncode
+    return wall
 
 
 def scores_only(path: Path) -> dict:
@@ -167,8 +167,8 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             tfile = target_file(w_bits, a_bits, tmp / "fpga-int-bench.toml")
-            one_wall, _ = cli_profile([sys.executable, "-m", "infoq_deploy"], args, tfile, tmp / "one.json", tmp / "c1")
-            dist_wall, _ = cli_profile([sys.executable, "-m", "torch.distributed.run", "--standalone",
+            one_wall = cli_profile([sys.executable, "-m", "infoq_deploy"], args, tfile, tmp / "one.json", tmp / "c1")
+            dist_wall = cli_profile([sys.executable, "-m", "torch.distributed.run", "--standalone",
                                         "--nproc-per-node", str(args.torchrun), "-m", "infoq_deploy"],
                                        args, tfile, tmp / "two.json", tmp / "c2")
             identical = scores_only(tmp / "one.json") == scores_only(tmp / "two.json")

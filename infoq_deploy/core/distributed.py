@@ -2,10 +2,11 @@
 
 ``torchrun --nproc-per-node N -m infoq_deploy profile ...`` (or ``finetune``) starts N copies of the
 command with ``RANK``/``WORLD_SIZE``/``MASTER_ADDR`` in the environment; ``world()`` joins them in a
-process group on first use (gloo on CPU, nccl when the stage runs on CUDA), and is a world of one
-otherwise, so a stage's code is the same whether or not it is distributed.
+gloo process group on first use, and is a world of one otherwise, so a stage's code is the same
+whether or not it is distributed. Gloo also all-reduces CUDA tensors (DDP on GPUs), more slowly
+than NCCL, which would need each rank's device set before the group exists.
 
-The collectives carry Python objects (``all_gather_object``/``broadcast_object_list``): what the
+The collectives carry Python objects (``all_gather_object``): what the
 stages exchange is small (ΔSMI values per run, activation ranges, a selection of observers), never
 activations. A ``UserError`` (or a crash) on one rank must not leave the others waiting for it at
 the next collective until gloo's timeout, so every exchange carries an error slot: ``on_main`` and
@@ -52,7 +53,7 @@ def launched() -> bool:
         return False
 
 
-def world(backend: str = "gloo") -> World:
+def world() -> World:
     """This process's rank and the number of processes; joins the process group on first call."""
     global _WORLD
     if _WORLD is not None:
@@ -70,7 +71,7 @@ def world(backend: str = "gloo") -> World:
             # attempt, a restarted rank can read a dead rank's address from the attempt before
             store, rank, size = next(dist.rendezvous("env://"))
             attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-            dist.init_process_group(backend=backend, store=dist.PrefixStore(f"infoq-deploy/attempt-{attempt}", store),
+            dist.init_process_group(backend="gloo", store=dist.PrefixStore(f"infoq-deploy/attempt-{attempt}", store),
                                     rank=rank, world_size=size)
         except (RuntimeError, ValueError) as exc:
             raise UserError(f"could not join the torchrun process group ({' '.join(str(exc).split())[:200]}); "

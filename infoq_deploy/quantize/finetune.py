@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from infoq_deploy.core import distributed, torch_files
+from infoq_deploy.core import devices, distributed, torch_files
 from infoq_deploy.core.atomic import atomic_path
 from infoq_deploy.core.errors import UserError
 from infoq_deploy.core.evaluate import accuracy, predict
@@ -234,11 +234,6 @@ def _check_checkpoint(ckpt: dict, path: Path, identity: dict, cfg: FinetuneConfi
 
 # ---------------------------------------------------------------- training
 
-def _device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return torch.device("cpu") if p is None else p.device
-
-
 def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, train: Dataset, cfg: FinetuneConfig,
                  epoch: int, augment: str, progress: bool) -> tuple[float, float]:
     """One epoch; ``model`` is the Brevitas model, or its DDP wrapper under torchrun."""
@@ -247,7 +242,7 @@ def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, train: Dataset, c
     seed = _epoch_seed(cfg.seed, epoch)
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(n, generator=g)
-    device = _device(model)
+    device = devices.of(model)
     total_loss, correct, seen = 0.0, 0, 0
     n_batches = math.ceil(n / cfg.batch_size)
     bar = tqdm(total=n_batches, desc=f"fine-tune epoch {epoch + 1}/{cfg.epochs}", unit="batch",

@@ -160,7 +160,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verify-size", type=COUNT, default=None, help="held-out samples the exported graph is run on (default: all)")
     p.add_argument("--consumer-size", type=COUNT, default=200,
                    help="of those, samples run through the consumer flow's own simulation (hls4ml's C simulation; default 200)")
-    p.add_argument("--backend", choices=backend_registry.names(),
+    p.add_argument("--backend", choices=backend_registry.flow_names(),
                    help="the consumer flow that checks the exported file, before profiling (whether it takes the "
                         "model) and in verify: hls4ml or finn for fpga-int, or the format's reference executor "
                         "(qonnx, ort) alone; default: the format's pipeline consumers (qonnx: hls4ml)")
@@ -239,7 +239,7 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     p.add_argument("--eval-size", type=COUNT, default=None, help="samples drawn from --eval-data (default: all)")
     p.add_argument("--verify-size", type=COUNT, default=None, help="class-balanced samples to run (default: all)")
     p.add_argument("--format", choices=export_formats.names(), help="the file's format (default: the target's)")
-    p.add_argument("--backend", choices=backend_registry.names(),
+    p.add_argument("--backend", choices=backend_registry.flow_names(),
                    help="the program that runs the file: the format's reference executor (qonnx, ort) only, or "
                         "that and a consumer flow (hls4ml's C simulation, FINN's hardware layers); default: the "
                         "reference and the format's pipeline consumers (qonnx: hls4ml)")

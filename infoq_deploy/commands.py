@@ -409,6 +409,10 @@ def cmd_verify(args) -> int:
         print(f"  top-1 agreement {_agreement(r)} (need >= {_pct(0.995)}); exported accuracy "
               f"{_pct(r['accuracy'])}, Brevitas {_pct(r['reference_accuracy'])}")
         print(f"  logits: mean |diff| {r['mean_abs_diff']:.4g} (tolerance {r['tolerance']:.4g}), max {r['max_abs_diff']:.4g}")
+        if r.get("reference_check"):
+            c = r["reference_check"]
+            same = "identical" if c["identical"] else f"max |diff| {c['max_abs_diff']:.4g}"
+            print(f"  run by {r['runner']}; {c['backend']} on the first {c['n_inputs']}: {same} ({c['seconds']:.1f} s)")
         in_graph = {k: tuple(v) for k, v in r["bits_in_graph"].items()}
         carried = sum(in_graph.get(name) == pair for name, pair in qm.bits.items())
         print(f"  bits: {carried}/{len(qm.bits)} layers carry their allocated (w_bits, a_bits) in the graph")

@@ -17,14 +17,24 @@ from infoq_deploy.core.registry import Entry, by_name, load
 
 BACKENDS = by_name(
     Entry("qonnx", "infoq_deploy.backends.qonnx_exec", "qonnx's reference executor, after qonnx cleanup"),
+    Entry("qonnx-ort", "infoq_deploy.backends.qonnx_ort", "QONNX in one ONNX Runtime session, each Quant as the standard ops qonnx computes it with"),
     Entry("ort", "infoq_deploy.backends.ort", "ONNX Runtime on the CPU, default graph optimizations"),
     Entry("hls4ml", "infoq_deploy.backends.hls4ml_csim", "hls4ml 1.3's C simulation (g++) of its documented QONNX flow"),
     Entry("finn", "infoq_deploy.backends.finn_exec", "FINN (finn-plus 1.6): QONNX front end, streamlining, hardware layers, FINN's execution"),
 )
 
 
+# runners verify picks for a format (its FAST_BACKEND), not flows a user names with --backend
+INTERNAL = ("qonnx-ort",)
+
+
 def names() -> list[str]:
     return list(BACKENDS)
+
+
+def flow_names() -> list[str]:
+    """The back ends `--backend` offers."""
+    return [n for n in BACKENDS if n not in INTERNAL]
 
 
 def get(name: str):

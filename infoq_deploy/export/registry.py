@@ -3,6 +3,8 @@
 A format is one module of this package with
 
     BACKEND: str                      # the back end (backends/registry.py) that runs its files in `verify`
+    FAST_BACKEND: str | None          # optional: one computing the same faster; `verify` runs all inputs
+                                      # there and a sample on BACKEND (verify/check.py, REFERENCE_SAMPLE)
     CONSUMERS: tuple[str, ...]        # back ends of the flows that take its files (`verify --backend`)
     PIPELINE_CONSUMERS: tuple[str, ...]  # those of them `verify` runs unasked (the pipeline's verify)
     QUANT_OP: str                     # the ONNX node that ends a quantizer in its graphs

@@ -25,6 +25,9 @@ from infoq_deploy.export.passes.quant_on_grid import QuantOnGrid
 from infoq_deploy.export.passes.shortcut_to_conv import ShortcutToConv
 
 BACKEND = "qonnx"
+# the same arithmetic in one ONNX Runtime session (backends/qonnx_ort.py): verify runs every
+# input there and checks a sample against qonnx's executor, which is minutes per batch on ImageNet models
+FAST_BACKEND = "qonnx-ort"
 CONSUMERS = ("hls4ml", "finn")
 # FINN rounds ties up where the file rounds them to even (backends/finn_exec.py), and on a
 # deep network at 4 bits the flips add up past the check's tolerance: FINN runs on request

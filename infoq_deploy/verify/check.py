@@ -53,6 +53,7 @@ from infoq_deploy.importing.layers import QUANTIZABLE
 from infoq_deploy.quantize.brevitas_model import JOIN_INPUTS_KEY, act_quant_params, read_bits
 
 MIN_AGREEMENT = 0.995
+REFERENCE_SAMPLE = 8  # inputs the format's own back end also runs when a faster one ran them all
 QUANT_ERROR_FRACTION = 0.5
 RUNTIME_RTOL = 1e-2
 _COMPUTE_OPS = ("Conv", "Gemm", "MatMul")
@@ -81,6 +82,9 @@ class VerifyResult:
     # float op; a speed finding, not a correctness one, so it does not fail the check
     ort_float: dict[str, str] | None = None
     ort_integer_ops: dict[str, int] | None = None
+    runner: str | None = None  # the back end that ran every input
+    # when that is the format's fast runner: the format's own back end on a sample, against it
+    reference_check: dict | None = None
 
     @property
     def ok(self) -> bool:
@@ -371,11 +375,21 @@ def verify_export(
     xs = x.detach().cpu().float()
     ref = _run_brevitas(qmodel, xs, size)
     quant_error = float(np.abs(ref.astype(np.float64) - _run_brevitas(qmodel, xs, size, quantized=False)).mean())
-    out = run_batched(model, xs.numpy(), size, formats.get(fmt).BACKEND).reshape(ref.shape)
+    module = formats.get(fmt)
+    runner = getattr(module, "FAST_BACKEND", None) or module.BACKEND
+    out = run_batched(model, xs.numpy(), size, runner).reshape(ref.shape)
     diff = np.abs(out.astype(np.float64) - ref.astype(np.float64))
     pred, ref_pred = out.argmax(axis=1), ref.argmax(axis=1)
     labels = None if y is None else y.detach().cpu().numpy()
     tolerance = max(QUANT_ERROR_FRACTION * quant_error, RUNTIME_RTOL * float(np.abs(ref).mean()))
+    reference_check = None
+    if runner != module.BACKEND:
+        reference_check = _reference_check(model, xs.numpy(), out, module.BACKEND, size, tolerance)
+        if not reference_check["ok"]:
+            mismatches.append(
+                f"{runner} and {module.BACKEND} run the file differently (mean |logit diff| "
+                f"{reference_check['mean_abs_diff']:.3g} on {reference_check['n_inputs']} inputs, allowed "
+                f"{tolerance:.3g}); verify with --backend {module.BACKEND} and report this as a bug")
     judged, judged_on, ties = top1_agreement(ref, out, tolerance)
     return VerifyResult(
         fmt=fmt,
@@ -395,7 +409,23 @@ def verify_export(
         seconds=time.perf_counter() - start,
         ort_float=ort_float,
         ort_integer_ops=ort_ops,
+        runner=runner,
+        reference_check=reference_check,
     )
+
+
+def _reference_check(model, x: np.ndarray, out: np.ndarray, backend: str, size: int, tolerance: float) -> dict:
+    """The format's own back end on the first `REFERENCE_SAMPLE` inputs, against the fast runner's outputs.
+
+    The fast runner is meant to compute exactly what the reference does; the check allows what
+    the model check allows (a step at a rounding boundary), and says whether the runs are identical."""
+    n = min(len(x), REFERENCE_SAMPLE)
+    start = time.perf_counter()
+    ref = run_batched(model, x[:n], min(size, n), backend).reshape(out[:n].shape)
+    diff = np.abs(ref.astype(np.float64) - out[:n].astype(np.float64))
+    return {"backend": backend, "n_inputs": n, "identical": bool(np.array_equal(ref, out[:n])),
+            "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+            "ok": bool(diff.mean() <= tolerance), "seconds": round(time.perf_counter() - start, 3)}
 
 
 def ort_fusion(model, fmt, qmodel, expected) -> tuple[dict[str, str], dict[str, int]]:

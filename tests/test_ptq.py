@@ -231,3 +231,42 @@ def test_the_default_rounds_to_nearest_only_the_layers_gptq_is_short_of_samples_
     full = stages.quantize(model, target, doc, dataclasses.replace(plan, evaluation=None), source,
                            ptq=PtqConfig(chosen=False))
     assert full.ptq == PtqConfig("gptq", True).to_json() and not any("GPTQ" in n for n in full.notes)
+
+
+class _ChannelsLast(torch.nn.Module):
+    """ConvNeXt's pattern: a Linear layer over a 4-D channels-last map."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.mix = torch.nn.Linear(16, 16)
+        self.head = torch.nn.Linear(16 * 8 * 8, 10)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x)).permute(0, 2, 3, 1)
+        y = torch.relu(self.mix(y)).permute(0, 3, 1, 2)
+        return self.head(y.flatten(1))
+
+
+def test_gptq_takes_a_linear_layer_on_a_4d_channels_last_input():
+    from infoq_deploy.importing.layers import build_layer_table
+    from infoq_deploy.quantize import gptq
+    from infoq_deploy.quantize.brevitas_model import build_quant_model, calibrate
+
+    torch.manual_seed(0)
+    gm = torch.fx.symbolic_trace(_ChannelsLast().eval())
+    layers = build_layer_table(gm, (3, 8, 8))
+    bits = {layer.name: (3, 8) for layer in layers}
+    x = torch.randn(64, 3, 8, 8)
+    models = []
+    for rounding in ("nearest", "gptq"):
+        qmodel = build_quant_model(gm, layers, bits, QuantSpec())
+        calibrate(qmodel, x)
+        if rounding == "gptq":
+            gptq.apply(qmodel, x)  # Brevitas alone: "shape [-1, 24] is invalid" (it sums 8 + 16)
+        models.append(qmodel.eval())
+    rtn, rounded = models
+    assert not torch.equal(rtn.mix.quant_weight().int(), rounded.mix.quant_weight().int())
+    with torch.no_grad():
+        ref = gm(x)
+        assert ((rounded(x) - ref) ** 2).mean() < ((rtn(x) - ref) ** 2).mean()

@@ -154,7 +154,7 @@ def exact_precision(wrapped) -> tuple[int, int]:
             wq, xq = quant_of.get(node.input[1]), quant_of.get(node.input[0])
             if wq is None or xq is None:
                 continue
-            w, (ws, _, _), (xs, xbits, xsigned) = wrapped.get_initializer(wq.input[0]), _quant_params(wrapped, wq), _quant_params(wrapped, xq)
+            w, (ws, _, _), (xs, xbits, _) = wrapped.get_initializer(wq.input[0]), _quant_params(wrapped, wq), _quant_params(wrapped, xq)
             if w is None or ws is None or xs is None or xbits is None:
                 continue
             w_int = np.abs(np.round(w / ws))

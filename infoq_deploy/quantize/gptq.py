@@ -19,7 +19,7 @@ import sys
 import warnings
 
 import torch
-from brevitas.graph.gptq import gptq_mode
+from brevitas.graph.gptq import GPTQ, gptq_mode
 from brevitas.nn.quant_layer import QuantWeightBiasInputOutputLayer
 from torch import nn
 from tqdm import tqdm
@@ -69,6 +69,18 @@ def check_samples(layers: list[Layer], integer: set[str], n: int) -> None:
                         "samples (--calib-size, or more --data) or use --ptq minmax")
 
 
+class _GPTQ(GPTQ):
+    """Brevitas's GPTQ, with a Linear layer's input folded to 3-D (batch, rows, features) first:
+    Brevitas flattens it by the *sum* of the trailing sizes, right only for 3-D inputs, and
+    ConvNeXt's Linear layers read 4-D channels-last maps (a reshape error, issue #14)."""
+
+    def process_input(self, inp):
+        x = inp[0]
+        if isinstance(self.layer, nn.Linear) and type(x) is torch.Tensor and x.dim() > 3:
+            inp = (x.reshape(x.shape[0], -1, x.shape[-1]), *inp[1:])
+        return super().process_input(inp)
+
+
 class _gptq_skipping(gptq_mode):
     """Brevitas's `gptq_mode`, leaving the modules in ``skip`` rounded to nearest (it has no such option)."""
 
@@ -93,7 +105,7 @@ def apply(qmodel: nn.Module, x: torch.Tensor, *, skip: set[str] = frozenset(), b
         try:
             skipped = {id(qmodel.get_submodule(name)) for name in skip}
             with _gptq_skipping(qmodel, skipped, create_weight_orig=False, use_quant_activations=True,
-                                act_order=act_order) as gptq:
+                                act_order=act_order, gptq_class=_GPTQ) as gptq:
                 for _ in tqdm(range(gptq.num_layers), desc="GPTQ", unit="layer", disable=not progress, leave=False,
                               dynamic_ncols=True, file=sys.stderr):
                     for start in range(0, x.shape[0], batch_size):

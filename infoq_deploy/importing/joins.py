@@ -51,8 +51,24 @@ def is_tensor(node) -> bool:
     return True
 
 
+def is_constant(node) -> bool:
+    """An fx value computed from parameters and buffers alone (a ViT's position embedding, its
+    class token expanded to the batch): it does not change with the input."""
+    if not isinstance(node, torch.fx.Node):
+        return True
+    if node.op == "get_attr":
+        return True
+    if node.op in ("placeholder", "call_module", "output"):
+        return False
+    # sizes read from the input (the batch a class token is expanded to) do not make it vary
+    return all(is_constant(a) for a in node.all_input_nodes if is_tensor(a))
+
+
 def join_inputs(node: torch.fx.Node) -> list[torch.fx.Node] | None:
-    """The tensor inputs of a residual add / concatenation node, or None if it is not one."""
+    """The tensor inputs of a residual add / concatenation node, or None if it is not one.
+
+    An add or concatenation with a constant (a position embedding, a class token) is not a
+    join of branches: it is a bias on one tensor, and stays in float like a layer's bias."""
     if node.op == "call_function" and node.target in ADD_FUNCTIONS:
         ins = list(node.args[:2])
     elif node.op == "call_method" and node.target in ("add", "add_"):
@@ -61,7 +77,7 @@ def join_inputs(node: torch.fx.Node) -> list[torch.fx.Node] | None:
         ins = list(node.args[0]) if node.args else list(node.kwargs.get("tensors", ()))
     else:
         return None
-    if len(ins) < 2 or not all(is_tensor(a) for a in ins):
+    if len(ins) < 2 or not all(is_tensor(a) for a in ins) or any(is_constant(a) for a in ins):
         return None
     return ins
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from infoq_deploy.core import torch_files
 from infoq_deploy.core.errors import UserError
+from infoq_deploy.importing.attention import split_attention
 from infoq_deploy.importing.layers import build_layer_table
 from infoq_deploy.importing.model import ImportedModel, Preprocess
 from infoq_deploy.models.cifar_resnet import WEIGHT_FILES as CIFAR_WEIGHTS
@@ -361,7 +362,7 @@ def load_model(
         )
 
     module = module.float().eval()
-    gm = module if isinstance(module, torch.fx.GraphModule) else _trace(module, spec)
+    gm = module if isinstance(module, torch.fx.GraphModule) else _trace(split_attention(module), spec)
     gm.eval()
     layers = build_layer_table(gm, pre.input_shape)
     if pre.num_classes is None:

@@ -163,13 +163,19 @@ def _is_fixed_rewrite(g: OnnxGraph, node, fmt: str) -> bool:
     return arr is not None and scale is not None and np.all(scale == 1) and np.isin(arr, (0, 1)).all()
 
 
+def _activation_product(g: OnnxGraph, node) -> bool:
+    """A MatMul of two activations (attention's query x key, weights x value): it holds no layer's weight."""
+    return node.op_type == "MatMul" and not g.is_param(node.input[1])
+
+
 def match_layers(g: OnnxGraph, fmt: str, qmodel: nn.Module) -> tuple[list[tuple[object, str, nn.Module]], list[str]]:
     """Pair each Conv/Gemm/MatMul node of the graph with the layer it computes, by identity: the
     weight it holds equals the layer's (as trained or as quantized integers). Exporters order
     nodes their own way (torchvision's ResNet downsample convolutions, for one), so position
     proves nothing. A node whose weight is no layer's is paired with the next unpaired layer of
     its shape and reported, so a graph from another model fails with reasons."""
-    compute = [n for n in g.nodes if n.op_type in _COMPUTE_OPS and not _is_fixed_rewrite(g, n, fmt)]
+    compute = [n for n in g.nodes if n.op_type in _COMPUTE_OPS and not _is_fixed_rewrite(g, n, fmt)
+               and not _activation_product(g, n)]
     calls = _layer_calls(qmodel)
     problems = []
     if len(compute) != len(calls):

@@ -1,0 +1,191 @@
+"""The coverage matrix (issue #14): torchvision classification architectures x every shipped
+target, each cell one `infoq-deploy` command as a user types it, recorded with its outcome:
+the run (budget used, bits carried, verification by the target's consumer, stage times) or
+the one-sentence refusal; a traceback or a timeout is a failure of ours.
+
+Weights: no registry package here ships torchvision's ImageNet weights, so each model is
+torchvision's own random initialisation (seed 0) with its BatchNorm statistics re-estimated
+on 32 calibration images (a forward pass in train mode, no gradient): without that, a random
+network's activations shrink layer after layer (ShuffleNet's classifier input reaches 1e-10)
+and the run measures that, not the tool. Accuracies of such models mean nothing and are not
+reported; what a cell shows is whether each stage takes the architecture and whether the file
+runs in the consumer as the quantized model does.
+
+Per cell (`--budget` per target: 5bit on fpga-int and mcu-int, 4x on edge-cpu-ort, whose
+integer layers are all 7-bit): `--method mse` (the cheap proxy; the profile is not the object
+here), 16 calibration images from ../shared/data/imagenet/sample1000, 16 evaluation images
+from val1300, the target's default consumer (fpga-int: hls4ml's C simulation, which refuses
+most ImageNet graphs before profiling, naming the layer and operator; mcu-int and edge-cpu-ort:
+ONNX Runtime). A budget refused because the pinned 8-bit first/last layers alone exceed it is
+run again with `--no-pin`, as that refusal says, and both are recorded.
+
+InfoQ column: `infoq-deploy profile --method infoq` per architecture on edge-cpu-ort (its
+choices are w7/a8 or float, the cheapest sweep) with 40 labelled CIFAR-10 test images (4 per
+class; InfoQ's label term needs k+1 = 4 images in at least two classes, which ImageNet's
+one-image-per-class sample1000 never has), resized by the model's own preprocessing.
+
+Reproduce: .venv/bin/python bench/bench_torchvision_matrix.py   (writes bench/results/torchvision_matrix.json;
+--archs / --targets run a subset and merge it into the file)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+
+from machine import machine_info  # bench/machine.py (the script's folder is on sys.path)
+
+from infoq_deploy import __version__
+from infoq_deploy.core.atomic import write_json
+from infoq_deploy.data.load import load_data
+from infoq_deploy.importing.sources import IMAGENET
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "results" / "torchvision_matrix.json"
+EXE = str(Path(sys.executable).with_name("infoq-deploy"))
+ARCHS = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "regnet_x_400mf",
+         "shufflenet_v2_x0_5", "squeezenet1_1", "densenet121", "convnext_tiny", "vit_b_16"]
+BUDGETS = {"fpga-int": "5bit", "mcu-int": "5bit", "edge-cpu-ort": "4x"}
+TIMEOUT = 1800
+VERIFY_KEYS = ("ok", "runner", "agreement", "agreement_all", "top1_judged_on", "ties", "n_inputs", "mean_abs_diff",
+               "max_abs_diff", "tolerance", "reference_check", "mismatches", "consumers", "ort_float")
+
+
+def weights(arch: str, calib: Path, folder: Path) -> Path:
+    """torchvision's random initialisation (seed 0), BatchNorm statistics re-estimated on 32 images."""
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(arch, weights=None)
+    x = load_data(calib, IMAGENET, limit=32, seed=0).x
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # a plain average over the batches seen
+    model.train()
+    with torch.no_grad():
+        for start in range(0, len(x), 8):
+            model(x[start:start + 8])
+    path = folder / f"{arch}.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def run(argv: list[str], cwd: Path, env: dict) -> tuple[int, float, str]:
+    start = time.perf_counter()
+    try:
+        done = subprocess.run([EXE, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+        code, err = done.returncode, done.stderr
+    except subprocess.TimeoutExpired as exc:
+        code, err = "timeout", (exc.stderr or b"").decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
+    lines = [l for l in err.replace("\r", "\n").splitlines() if l.strip()]
+    traceback = any(l.startswith("Traceback") for l in lines)
+    last = lines[-1] if lines else ""
+    return code, round(time.perf_counter() - start, 1), ("traceback: " + last) if traceback else last
+
+
+def cell(arch: str, target: str, wfile: Path, data: Path, tmp: Path, env: dict, shown: str) -> dict:
+    out = tmp / f"{arch}-{target}"
+    argv = [f"torchvision:{arch}", "--weights", str(wfile), "--target", target, "--budget", BUDGETS[target],
+            "--method", "mse", "--data", str(data / "imagenet" / "sample1000"), "--calib-size", "16",
+            "--eval-data", str(data / "imagenet" / "val1300"), "--eval-size", "16", "-o", out.name, "--json"]
+    code, wall, last = run(argv, tmp, env)
+    result = {"command": _shown(argv, data, wfile, shown), "exit": code, "wall_seconds": wall}
+    if code == 2 and "--no-pin" in last:
+        result["refused"] = last
+        argv += ["--no-pin"]
+        code, wall, last = run(argv, tmp, env)
+        result["rerun"] = {"command": _shown(argv, data, wfile, shown), "exit": code, "wall_seconds": wall}
+        target_doc = result["rerun"]
+    else:
+        target_doc = result
+    report = out / "report.json"
+    if code == 0 and report.is_file():
+        doc = json.loads(report.read_text())
+        alloc, verify = doc["allocation"], doc["verify"] or {}
+        cost = alloc["cost"]
+        wanted = {l["name"]: [l["w_bits"], l["a_bits"]] for l in alloc["layers"]}
+        target_doc.update(
+            outcome="verified" if verify.get("ok") else "verification failed",
+            budget={k: alloc["budgets"][0][k] for k in ("text", "metric", "limit", "used")},
+            avg_weight_bits=cost["avg_weight_bits"], compression=cost["compression"], layers=len(wanted),
+            layers_carrying_their_bits=sum(verify.get("bits_in_graph", {}).get(n) == b for n, b in wanted.items()),
+            verify={k: verify.get(k) for k in VERIFY_KEYS if k in verify}, timings=doc["timings"])
+    else:
+        target_doc.update(outcome="timeout" if code == "timeout" else
+                          "traceback" if last.startswith("traceback") else "refused", message=last)
+    return result
+
+
+def infoq_cell(arch: str, wfile: Path, data: Path, tmp: Path, env: dict, shown: str) -> dict:
+    argv = ["profile", f"torchvision:{arch}", "--weights", str(wfile), "--target", "edge-cpu-ort", "--method", "infoq",
+            "--data", str(data / "cifar10" / "test"), "--calib-size", "40", "-o", f"{arch}-infoq.json"]
+    code, wall, last = run(argv, tmp, env)
+    result = {"command": _shown(argv, data, wfile, shown), "exit": code, "wall_seconds": wall}
+    table = tmp / f"{arch}-infoq.json"
+    if code == 0 and table.is_file():
+        doc = json.loads(table.read_text())
+        meta = doc.get("meta", {})
+        result.update(outcome="profiled", layers=len(doc.get("layers", doc.get("weights", {}))),
+                      observers=meta.get("observers"), labels=meta.get("labels"))
+    else:
+        result.update(outcome="timeout" if code == "timeout" else
+                      "traceback" if last.startswith("traceback") else "refused", message=last)
+    return result
+
+
+def _shown(argv: list[str], data: Path, wfile: Path, shown: str) -> str:
+    text = "infoq-deploy " + " ".join(argv)
+    return text.replace(str(data), "../shared/data").replace(str(wfile), shown)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-root", default=str(HERE.parent.parent / "shared" / "data"))
+    ap.add_argument("--archs", default=",".join(ARCHS))
+    ap.add_argument("--targets", default=",".join(BUDGETS))
+    ap.add_argument("--no-infoq", action="store_true", help="skip the InfoQ profile column")
+    args = ap.parse_args()
+    data = Path(args.data_root)
+    doc = json.loads(OUT.read_text()) if OUT.is_file() else {"cells": {}, "infoq": {}}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        env = dict(os.environ, INFOQ_DEPLOY_CACHE=str(tmp / "cache"))
+        for arch in args.archs.split(","):
+            wfile = weights(arch, data / "imagenet" / "sample1000", tmp)
+            shown = f"{arch}-bn32.pt"
+            for target in args.targets.split(","):
+                doc["cells"].setdefault(arch, {})[target] = c = cell(arch, target, wfile, data, tmp, env, shown)
+                print(f"{arch} {target}: {c.get('rerun', c)['outcome']} ({c['wall_seconds']} s)", flush=True)
+                _write(doc)
+            if not args.no_infoq:
+                doc["infoq"][arch] = c = infoq_cell(arch, wfile, data, tmp, env, shown)
+                print(f"{arch} infoq: {c['outcome']} ({c['wall_seconds']} s)", flush=True)
+                _write(doc)
+    return 0
+
+
+def _write(doc: dict) -> None:
+    doc.update({
+        "benchmark": "torchvision classification architectures x shipped targets through the whole pipeline "
+                     "(random weights, BatchNorm re-estimated), verified by each target's consumer",
+        "command": "python bench/bench_torchvision_matrix.py",
+        "budgets": BUDGETS,
+        "weights": f"torchvision random init (seed 0), BatchNorm statistics re-estimated on 32 sample1000 images, "
+                   f"saved as ARCH-bn32.pt; torchvision {torchvision.__version__}",
+        "tool_version": __version__,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine_info(),
+    })
+    write_json(OUT, doc)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -7,7 +7,8 @@ Weights: no registry package here ships torchvision's ImageNet weights, so each 
 torchvision's own random initialisation (seed 0) with its BatchNorm statistics re-estimated
 on 32 calibration images (a forward pass in train mode, no gradient): without that, a random
 network's activations shrink layer after layer (ShuffleNet's classifier input reaches 1e-10)
-and the run measures that, not the tool. Accuracies of such models mean nothing and are not
+and the run measures that, not the tool. A Linear layer torchvision initialises to zero (ViT's
+classifier) is drawn from N(0, 0.01^2) instead, else every logit is its bias. Accuracies of such models mean nothing and are not
 reported; what a cell shows is whether each stage takes the architecture and whether the file
 runs in the consumer as the quantized model does.
 
@@ -16,7 +17,9 @@ integer layers are all 7-bit): `--method mse` (the cheap proxy; the profile is n
 here), 16 calibration images from ../shared/data/imagenet/sample1000, 16 evaluation images
 from val1300, the target's default consumer (fpga-int: hls4ml's C simulation, which refuses
 most ImageNet graphs before profiling, naming the layer and operator; mcu-int and edge-cpu-ort:
-ONNX Runtime). A budget refused because the pinned 8-bit first/last layers alone exceed it is
+ONNX Runtime), and a fourth column, fpga-int with `--backend qonnx`: the same file checked by
+qonnx's semantics alone (run whole in ONNX Runtime, qonnx's executor on a sample), which says
+whether the file is right where hls4ml cannot take it. A budget refused because the pinned 8-bit first/last layers alone exceed it is
 run again with `--no-pin`, as that refusal says, and both are recorded.
 
 InfoQ column: `infoq-deploy profile --method infoq` per architecture on edge-cpu-ort (its
@@ -25,7 +28,7 @@ class; InfoQ's label term needs k+1 = 4 images in at least two classes, which Im
 one-image-per-class sample1000 never has), resized by the model's own preprocessing.
 
 Reproduce: .venv/bin/python bench/bench_torchvision_matrix.py   (writes bench/results/torchvision_matrix.json;
---archs / --targets run a subset and merge it into the file)
+--archs / --columns run a subset and merge it into the file)
 """
 
 from __future__ import annotations
@@ -55,6 +58,10 @@ EXE = str(Path(sys.executable).with_name("infoq-deploy"))
 ARCHS = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "regnet_x_400mf",
          "shufflenet_v2_x0_5", "squeezenet1_1", "densenet121", "convnext_tiny", "vit_b_16"]
 BUDGETS = {"fpga-int": "5bit", "mcu-int": "5bit", "edge-cpu-ort": "4x"}
+# column -> (target, extra arguments): each target with its default consumer, and fpga-int's file
+# checked by qonnx's executor alone where hls4ml refuses the graph (is the file right, whoever takes it)
+COLUMNS = {"fpga-int": ("fpga-int", []), "fpga-int+qonnx": ("fpga-int", ["--backend", "qonnx"]),
+           "mcu-int": ("mcu-int", []), "edge-cpu-ort": ("edge-cpu-ort", [])}
 TIMEOUT = 1800
 VERIFY_KEYS = ("ok", "runner", "agreement", "agreement_all", "top1_judged_on", "ties", "n_inputs", "mean_abs_diff",
                "max_abs_diff", "tolerance", "reference_check", "mismatches", "consumers", "ort_float")
@@ -64,6 +71,9 @@ def weights(arch: str, calib: Path, folder: Path) -> Path:
     """torchvision's random initialisation (seed 0), BatchNorm statistics re-estimated on 32 images."""
     torch.manual_seed(0)
     model = torchvision.models.get_model(arch, weights=None)
+    for m in model.modules():  # ViT's classifier starts at zero: every logit would be its bias
+        if isinstance(m, torch.nn.Linear) and not m.weight.any():
+            torch.nn.init.normal_(m.weight, std=0.01)
     x = load_data(calib, IMAGENET, limit=32, seed=0).x
     for m in model.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
@@ -91,9 +101,10 @@ def run(argv: list[str], cwd: Path, env: dict) -> tuple[int, float, str]:
     return code, round(time.perf_counter() - start, 1), ("traceback: " + last) if traceback else last
 
 
-def cell(arch: str, target: str, wfile: Path, data: Path, tmp: Path, env: dict, shown: str) -> dict:
-    out = tmp / f"{arch}-{target}"
-    argv = [f"torchvision:{arch}", "--weights", str(wfile), "--target", target, "--budget", BUDGETS[target],
+def cell(arch: str, column: str, wfile: Path, data: Path, tmp: Path, env: dict, shown: str) -> dict:
+    target, extra = COLUMNS[column]
+    out = tmp / f"{arch}-{column}"
+    argv = [f"torchvision:{arch}", "--weights", str(wfile), "--target", target, "--budget", BUDGETS[target], *extra,
             "--method", "mse", "--data", str(data / "imagenet" / "sample1000"), "--calib-size", "16",
             "--eval-data", str(data / "imagenet" / "val1300"), "--eval-size", "16", "-o", out.name, "--json"]
     code, wall, last = run(argv, tmp, env)
@@ -150,7 +161,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-root", default=str(HERE.parent.parent / "shared" / "data"))
     ap.add_argument("--archs", default=",".join(ARCHS))
-    ap.add_argument("--targets", default=",".join(BUDGETS))
+    ap.add_argument("--columns", default=",".join(COLUMNS), help=f"of {', '.join(COLUMNS)}")
     ap.add_argument("--no-infoq", action="store_true", help="skip the InfoQ profile column")
     args = ap.parse_args()
     data = Path(args.data_root)
@@ -161,9 +172,9 @@ def main() -> int:
         for arch in args.archs.split(","):
             wfile = weights(arch, data / "imagenet" / "sample1000", tmp)
             shown = f"{arch}-bn32.pt"
-            for target in args.targets.split(","):
-                doc["cells"].setdefault(arch, {})[target] = c = cell(arch, target, wfile, data, tmp, env, shown)
-                print(f"{arch} {target}: {c.get('rerun', c)['outcome']} ({c['wall_seconds']} s)", flush=True)
+            for column in args.columns.split(","):
+                doc["cells"].setdefault(arch, {})[column] = c = cell(arch, column, wfile, data, tmp, env, shown)
+                print(f"{arch} {column}: {c.get('rerun', c)['outcome']} ({c['wall_seconds']} s)", flush=True)
                 _write(doc)
             if not args.no_infoq:
                 doc["infoq"][arch] = c = infoq_cell(arch, wfile, data, tmp, env, shown)
@@ -178,8 +189,10 @@ def _write(doc: dict) -> None:
                      "(random weights, BatchNorm re-estimated), verified by each target's consumer",
         "command": "python bench/bench_torchvision_matrix.py",
         "budgets": BUDGETS,
-        "weights": f"torchvision random init (seed 0), BatchNorm statistics re-estimated on 32 sample1000 images, "
-                   f"saved as ARCH-bn32.pt; torchvision {torchvision.__version__}",
+        "columns": {k: " ".join(["--target", t, *e]) for k, (t, e) in COLUMNS.items()},
+        "weights": f"torchvision random init (seed 0; zero-initialised Linear weights drawn from N(0, 0.01^2)), "
+                   f"BatchNorm statistics re-estimated on 32 sample1000 images, saved as ARCH-bn32.pt; "
+                   f"torchvision {torchvision.__version__}",
         "tool_version": __version__,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine_info(),

@@ -15,6 +15,7 @@ from qonnx.util.cleanup import cleanup_model
 
 from infoq_deploy.export.graph import OnnxGraph
 from infoq_deploy.export.passes.bias_to_batchnorm import BiasToBatchNorm
+from infoq_deploy.export.passes.fold_constants import FoldConstantsOnce
 from infoq_deploy.export.passes.gemm_as_matmul import GemmAsMatMul
 from infoq_deploy.export.passes.gap_to_sum_conv import GlobalAveragePoolToSumConv
 from infoq_deploy.export.passes.linear_as_conv import LinearAsConv
@@ -47,7 +48,8 @@ PASSES = (MergeDuplicateNodes, ShortcutToConv, GlobalAveragePoolToSumConv, Quant
 
 def write(qmodel, example, path) -> None:
     export_qonnx(qmodel, example, export_path=str(path), dynamo=False, opset_version=ONNX_OPSET)
-    model = cleanup_model(ModelWrapper(str(path)))
+    # our one-pass folder first: qonnx's, inside cleanup_model, folds a node per call (passes/fold_constants.py)
+    model = cleanup_model(ModelWrapper(str(path)).transform(FoldConstantsOnce()))
     for rewrite in PASSES:
         model = model.transform(rewrite())
     # the bias Quant nodes the passes left behind, and the tensors only they read

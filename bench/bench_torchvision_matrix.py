@@ -163,32 +163,35 @@ def main() -> int:
     ap.add_argument("--archs", default=",".join(ARCHS))
     ap.add_argument("--columns", default=",".join(COLUMNS), help=f"of {', '.join(COLUMNS)}")
     ap.add_argument("--no-infoq", action="store_true", help="skip the InfoQ profile column")
+    ap.add_argument("--out", default=str(OUT), help=f"result file, merged into when it exists (default {OUT})")
     args = ap.parse_args()
     data = Path(args.data_root)
-    doc = json.loads(OUT.read_text()) if OUT.is_file() else {"cells": {}, "infoq": {}}
+    out = Path(args.out)
+    doc = json.loads(out.read_text()) if out.is_file() else {"cells": {}, "infoq": {}}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         env = dict(os.environ, INFOQ_DEPLOY_CACHE=str(tmp / "cache"))
         archs = args.archs.split(",")
         wfiles = {arch: weights(arch, data / "imagenet" / "sample1000", tmp) for arch in archs}
         for arch in archs:  # every pipeline cell first, the slower InfoQ column after
-            for column in args.columns.split(","):
+            for column in filter(None, args.columns.split(",")):
                 doc["cells"].setdefault(arch, {})[column] = c = cell(arch, column, wfiles[arch], data, tmp, env,
                                                                      f"{arch}-bn32.pt")
                 print(f"{arch} {column}: {c.get('rerun', c)['outcome']} ({c['wall_seconds']} s)", flush=True)
-                _write(doc)
+                _write(doc, out)
         for arch in [] if args.no_infoq else archs:
             doc["infoq"][arch] = c = infoq_cell(arch, wfiles[arch], data, tmp, env, f"{arch}-bn32.pt")
             print(f"{arch} infoq: {c['outcome']} ({c['wall_seconds']} s)", flush=True)
-            _write(doc)
+            _write(doc, out)
     return 0
 
 
-def _write(doc: dict) -> None:
+def _write(doc: dict, out: Path) -> None:
     doc.update({
         "benchmark": "torchvision classification architectures x shipped targets through the whole pipeline "
                      "(random weights, BatchNorm re-estimated), verified by each target's consumer",
-        "command": "python bench/bench_torchvision_matrix.py",
+        "command": "python bench/bench_torchvision_matrix.py" + "".join(
+            f" {a}" for a in sys.argv[1:]),
         "budgets": BUDGETS,
         "columns": {k: " ".join(["--target", t, *e]) for k, (t, e) in COLUMNS.items()},
         "weights": f"torchvision random init (seed 0; zero-initialised Linear weights drawn from N(0, 0.01^2)), "
@@ -198,7 +201,7 @@ def _write(doc: dict) -> None:
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine_info(),
     })
-    write_json(OUT, doc)
+    write_json(out, doc)
 
 
 if __name__ == "__main__":

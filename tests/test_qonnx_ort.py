@@ -71,7 +71,9 @@ def test_verify_runs_every_input_fast_and_checks_a_sample_with_qonnx(tiny, expor
     assert result.runner == "qonnx-ort"
     rc = result.reference_check
     assert rc["backend"] == "qonnx" and rc["n_inputs"] == check.REFERENCE_SAMPLE
-    assert rc["identical"] and rc["ok"] and result.ok
+    # the same ops; only the kernels' float summation order may differ (qonnx runs each node in a
+    # session of its own, with ORT's default optimizations)
+    assert rc["ok"] and rc["max_abs_diff"] < 1e-6 and result.ok
 
 
 def test_verify_fails_when_the_fast_runner_departs_from_qonnx(tiny, exported, monkeypatch):  # noqa: F811

@@ -16,7 +16,8 @@ from onnx import numpy_helper
 from infoq_deploy.backends import registry
 
 
-def _chunks(x: np.ndarray, size: int):
+def chunks(x: np.ndarray, size: int):
+    """(batch of ``size``, zero-padded at the end; how many of its inputs are real)."""
     for start in range(0, x.shape[0], size):
         part = x[start : start + size]
         pad = size - part.shape[0]
@@ -52,7 +53,7 @@ def rebatch(model: onnx.ModelProto, size: int) -> onnx.ModelProto:
 
 def _execute(model: onnx.ModelProto, x: np.ndarray, size: int, backend: str) -> np.ndarray:
     run = registry.get(backend).session(model)
-    return np.concatenate([run(part)[:n] for part, n in _chunks(x, size)])
+    return np.concatenate([run(part)[:n] for part, n in chunks(x, size)])
 
 
 def run_batched(model: onnx.ModelProto, x: np.ndarray, size: int, backend: str) -> np.ndarray:

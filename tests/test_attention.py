@@ -71,7 +71,7 @@ def test_a_vit_runs_end_to_end_and_verifies(tmp_path, quadrant_data, monkeypatch
     monkeypatch.setenv("INFOQ_DEPLOY_CACHE", str(tmp_path / "cache"))
     run_dir = tmp_path / "run"
     code = main([TINY_VIT, "--input-shape", "1,8,8", "--data", quadrant_data, "--target", target, "--budget", budget,
-                 "--method", "mse", "-o", str(run_dir), *extra])
+                 "--method", "mse", "--ptq", "minmax", "--no-bias-correction", "-o", str(run_dir), *extra])
     assert code == 0
     report = json.loads((run_dir / "report.json").read_text())
     verify, alloc = report["verify"], report["allocation"]

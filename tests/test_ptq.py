@@ -248,9 +248,9 @@ class _ChannelsLast(torch.nn.Module):
         return self.head(y.flatten(1))
 
 
-def test_gptq_takes_a_linear_layer_on_a_4d_channels_last_input():
+def test_gptq_and_bias_correction_take_a_linear_layer_on_a_4d_channels_last_input():
     from infoq_deploy.importing.layers import build_layer_table
-    from infoq_deploy.quantize import gptq
+    from infoq_deploy.quantize import bias_correction, gptq
     from infoq_deploy.quantize.brevitas_model import build_quant_model, calibrate
 
     torch.manual_seed(0)
@@ -266,6 +266,9 @@ def test_gptq_takes_a_linear_layer_on_a_4d_channels_last_input():
             gptq.apply(qmodel, x)  # Brevitas alone: "shape [-1, 24] is invalid" (it sums 8 + 16)
         models.append(qmodel.eval())
     rtn, rounded = models
+    before = rounded.mix.bias.detach().clone()
+    bias_correction.apply(rounded, x)  # Brevitas alone: "size of tensor a (16) must match ... (8)"
+    assert rounded.mix.bias.shape == before.shape and not torch.equal(rounded.mix.bias, before)
     assert not torch.equal(rtn.mix.quant_weight().int(), rounded.mix.quant_weight().int())
     with torch.no_grad():
         ref = gm(x)

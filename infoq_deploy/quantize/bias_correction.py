@@ -20,11 +20,19 @@ from tqdm import tqdm
 from infoq_deploy.core import devices
 
 
+def _channel_dim(inp: torch.Tensor, module: nn.Module) -> int:
+    """Where a layer's output channels are: last for a Linear at any rank (Brevitas says so only for
+    3-D inputs and takes dim 1 of ConvNeXt's 4-D channels-last maps, issue #14), 1 for a conv."""
+    return inp.dim() - 1 if isinstance(module, nn.Linear) else 1
+
+
 def apply(qmodel: nn.Module, x: torch.Tensor, *, batch_size: int = 256, progress: bool = False) -> None:
     """Correct the biases of the calibrated ``qmodel`` over ``x``, in place."""
     was_training = qmodel.training
     qmodel.eval()
-    with torch.no_grad(), bias_correction_mode(qmodel, skip_if_no_bias=True):
+    mode = bias_correction_mode(qmodel, skip_if_no_bias=True)
+    mode.bias_correction.channel_dim = _channel_dim  # its hooks look the method up on the instance
+    with torch.no_grad(), mode:
         for start in tqdm(range(0, x.shape[0], batch_size), desc="bias correction", unit="batch",
                           disable=not progress, leave=False, dynamic_ncols=True, file=sys.stderr):
             qmodel(x[start : start + batch_size].to(devices.of(qmodel)))

@@ -112,6 +112,7 @@ def cell(arch: str, column: str, wfile: Path, data: Path, tmp: Path, env: dict, 
     if code == 2 and "--no-pin" in last:
         result["refused"] = last
         argv = [a if a != out.name else f"{out.name}-no-pin" for a in argv] + ["--no-pin"]
+        out = out.with_name(f"{out.name}-no-pin")
         code, wall, last = run(argv, tmp, env)
         result["rerun"] = {"command": _shown(argv, data, wfile, shown), "exit": code, "wall_seconds": wall}
         target_doc = result["rerun"]

@@ -49,7 +49,7 @@ def quant_as_standard_ops(model: onnx.ModelProto) -> onnx.ModelProto:
     new_nodes, new_inits = [], []
     for node in graph.node:
         if node.op_type not in QUANT_OPS:
-            new_nodes.append(node)
+            new_nodes.append(onnx.NodeProto.FromString(node.SerializeToString()))  # outlives the clear below
             continue
         mode = _attr(node, "rounding_mode", b"ROUND")
         mode = mode.decode() if isinstance(mode, bytes) else str(mode)

@@ -10,8 +10,8 @@ leaves them too.
 
 Why not qonnx's FoldConstants (which `cleanup_model` runs): it folds one node per call and,
 for each, allocates every tensor of the graph and re-infers every shape; an ImageNet graph
-with channel shuffles (ShuffleNet: a Shape/Gather/Concat chain per shuffle) spent three and a
-half minutes there. After this pass qonnx's finds nothing left to fold. Values are computed by
+with channel shuffles (ShuffleNet: a Shape/Gather/Concat chain per shuffle) spent minutes
+there. After this pass qonnx's finds nothing left to fold. Values are computed by
 ONNX's reference evaluator, node by node, as qonnx computes them (shape and index arithmetic).
 """
 

@@ -6,7 +6,7 @@ the one-sentence refusal; a traceback or a timeout is a failure of ours.
 Weights: no registry package here ships torchvision's ImageNet weights, so each model is
 torchvision's own random initialisation (seed 0) with its BatchNorm statistics re-estimated
 on 32 calibration images (a forward pass in train mode, no gradient): without that, a random
-network's activations shrink layer after layer (ShuffleNet's classifier input reaches 1e-10)
+network's activations shrink layer after layer (ShuffleNet's classifier input nears zero)
 and the run measures that, not the tool. A Linear layer torchvision initialises to zero (ViT's
 classifier) is drawn from N(0, 0.01^2) instead, else every logit is its bias. Accuracies of such models mean nothing and are not
 reported; what a cell shows is whether each stage takes the architecture and whether the file
@@ -94,7 +94,8 @@ def run(argv: list[str], cwd: Path, env: dict) -> tuple[int, float, str]:
         done = subprocess.run([EXE, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
         code, err = done.returncode, done.stderr
     except subprocess.TimeoutExpired as exc:
-        code, err = "timeout", (exc.stderr or b"").decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
+        err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+        code = "timeout"
     lines = [l for l in err.replace("\r", "\n").splitlines() if l.strip()]
     traceback = any(l.startswith("Traceback") for l in lines)
     last = lines[-1] if lines else ""

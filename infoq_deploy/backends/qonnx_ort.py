@@ -28,13 +28,6 @@ from infoq_deploy.core.errors import UserError
 QUANT_OPS = ("Quant",)
 
 
-def _attr(node, name: str, default):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
 def quant_as_standard_ops(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` with every Quant node replaced by Div, Add, Clip, Round, Sub, Mul (in place; returned).
 
@@ -51,7 +44,8 @@ def quant_as_standard_ops(model: onnx.ModelProto) -> onnx.ModelProto:
         if node.op_type not in QUANT_OPS:
             new_nodes.append(onnx.NodeProto.FromString(node.SerializeToString()))  # outlives the clear below
             continue
-        mode = _attr(node, "rounding_mode", b"ROUND")
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        mode = attrs.get("rounding_mode", b"ROUND")
         mode = mode.decode() if isinstance(mode, bytes) else str(mode)
         if mode.upper() not in ("ROUND", "HALF_EVEN"):
             raise UserError(f"Quant node {node.name} rounds by {mode}, which has no standard ONNX op; "
@@ -60,7 +54,7 @@ def quant_as_standard_ops(model: onnx.ModelProto) -> onnx.ModelProto:
         if bits is None:
             raise UserError(f"Quant node {node.name} has no constant bit width; verify it with --backend qonnx")
         bits = int(np.asarray(bits).reshape(-1)[0])
-        signed, narrow = bool(_attr(node, "signed", 1)), bool(_attr(node, "narrow", 0))
+        signed, narrow = bool(attrs.get("signed", 1)), bool(attrs.get("narrow", 0))
         if bits == 1 and signed:
             raise UserError(f"Quant node {node.name} is bipolar (1 bit, signed); verify it with --backend qonnx")
         x, scale, zero = node.input[0], node.input[1], node.input[2]

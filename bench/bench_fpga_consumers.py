@@ -10,7 +10,7 @@ execution of the same file on the first N of the class-balanced verification ima
 ``--backends finn`` the same file goes through FINN's front end, streamlining and conversion
 to hardware layers (infoq_deploy/backends/finn_exec.py), and FINN executes the result.
 
-Reproduce: .venv/bin/python bench/bench_fpga_consumers.py [--models fashion,resnet20,resnet56]
+Reproduce: .venv/bin/python bench/bench_fpga_consumers.py [--models fashion,resnet20,resnet56]  (rows merge into --out)
            (writes bench/results/fpga_consumers.json; about 40 minutes on 2 cores, most of it
            the ResNet C simulations)
            .venv/bin/python bench/bench_fpga_consumers.py --backends finn --models fashion,resnet20 --inputs 300 \
@@ -54,7 +54,11 @@ def main() -> int:
     ap.add_argument("--inputs", type=int, help="inputs per model (default: 1000, ResNet-56 300)")
     ap.add_argument("--out", default=str(HERE / "results" / "fpga_consumers.json"))
     args = ap.parse_args()
-    results = {}
+    out = Path(args.out)
+    previous = json.loads(out.read_text()) if out.is_file() else {}
+    # models not run this time keep their earlier rows, with the command that produced them
+    results = previous.get("results", {})
+    commands = previous.get("commands", {})
     for key in args.models.split(","):
         spec, opts, n = MODELS[key]
         n = args.inputs or n
@@ -85,6 +89,7 @@ def main() -> int:
             "our_verification": {k: verify["result"][k] for k in ("ok", "agreement", "n_inputs", "mismatches")},
             "ops_in_file": dict(Counter(node.op_type for node in graph.graph.node)),
         }
+        commands[key] = " ".join(["python bench/bench_fpga_consumers.py", *sys.argv[1:]])
         for backend, check in checks.items():
             results[key][backend] = check["result"]
             results[key][f"{backend}_wall_seconds"] = check["wall_seconds"]
@@ -95,11 +100,15 @@ def main() -> int:
                 seconds = check["result"].get("seconds_per_input")
                 results[key]["estimated_seconds_per_input"] = each
                 results[key]["measured_seconds_per_mac"] = None if not seconds else seconds * hls4ml_csim.SECONDS_PER_MAC / each
-    write_json(Path(args.out), {
+        _write(out, results, commands)
+    return 0
+
+
+def _write(out: Path, results: dict, commands: dict) -> None:
+    write_json(out, {
         "benchmark": "the fpga-int QONNX export through the FPGA flows (hls4ml 1.3 C simulation, FINN hardware "
                      "layers), each against qonnx's execution of the same file",
-        "command": f"python bench/bench_fpga_consumers.py --backends {args.backends} --models {args.models}"
-                   + (f" --inputs {args.inputs}" if args.inputs else "") + (f" --out {args.out}" if args.out != ap.get_default("out") else ""),
+        "commands": commands,  # per model: the command that produced its row
         "tool_version": __version__,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine_info(),
@@ -107,11 +116,11 @@ def main() -> int:
             "hls4ml": "qonnx cleanup, ConvertToChannelsLastAndClean, GemmToMatMul, cleanup, "
                       "config_from_onnx_model(granularity='name'), convert_from_onnx_model(Vitis, io_stream), compile, predict",
             "finn": "finn-plus 1.6.1: step_qonnx_to_finn (max_multithreshold_bit_width 16), step_resnet_tidy, "
-                    "step_resnet_streamline, step_convert_to_hw (default config), finn.core.onnx_exec",
+                    "step_resnet_streamline with RoundAndClipThresholds sending ties to even "
+                    "(infoq_deploy/backends/finn_rounding.py), step_convert_to_hw (default config), finn.core.onnx_exec",
         },
         "results": results,
     })
-    return 0
 
 
 if __name__ == "__main__":

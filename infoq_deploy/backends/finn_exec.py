@@ -9,7 +9,13 @@ that nothing below needs:
    ``max_multithreshold_bit_width`` raised from 8 to ``MULTITHRESHOLD_BITS``, so the lossless
    accumulator quantizer in front of the average pool (export/passes/quant_on_grid.py) becomes
    a threshold layer too; FINN then maps it to its Requant layer.
-2. ``step_resnet_tidy`` and ``step_resnet_streamline`` (``StreamlinePlus``, conv lowering).
+2. ``step_resnet_tidy`` and ``step_resnet_streamline`` (``StreamlinePlus``, conv lowering),
+   with FINN's ``RoundAndClipThresholds`` replaced by ``finn_rounding.RoundThresholdsHalfToEven``:
+   FINN's thresholds round a value exactly half-way between two levels up, whatever the Quant
+   node's ``rounding_mode``; the file (and qonnx, hls4ml, Brevitas) rounds it to even. On
+   power-of-two scales such ties are common, so without it FINN's result differs from the
+   file's by a step at each (docs/upstream/README.md, "FINN rounds ties up"). A FINN build
+   takes it as a custom step in place of ``step_resnet_streamline``'s rounding.
 3. ``step_convert_to_hw`` with the default build config (thresholds kept inside the MVAUs,
    Requant from 9 bits up, the first Transpose left as is).
 
@@ -17,12 +23,6 @@ The result must consist of FINN hardware layers only (domain ``finn.custom_op.fp
 anything else is a refusal that names the node. FINN's execution of that graph (each hardware
 layer's Python model, the reference its C++ and RTL simulations are tested against) is
 compared with qonnx's execution of the exported file.
-
-FINN's thresholds round a value exactly half-way between two levels up; the QONNX Quant node
-(and qonnx, hls4ml, Brevitas) rounds it to even. Such ties are common on power-of-two scales,
-so FINN's result differs from the file's by one quantization step on those values: the check
-in `verify/consumer.py` states the logit tolerance instead of claiming bit-exactness
-(docs/upstream/README.md, "FINN rounds ties up").
 """
 
 from __future__ import annotations
@@ -89,13 +89,22 @@ def _resnet_streamline(model):
     from qonnx.transformation.lower_convs_to_matmul import LowerConvsToMatMul
     import finn.transformation.streamline.absorb as absorb
     from finn.transformation.streamline.reorder import MoveMulPastAdd
+    from finn.transformation.streamline.round_thresholds import RoundAndClipThresholds
     from finn.transformation.streamline.streamline_plus import StreamlinePlus
 
+    from infoq_deploy.backends.finn_rounding import RoundThresholdsHalfToEven
+
+    rounding = RoundThresholdsHalfToEven()  # one instance: it remembers the thresholds it has rounded
+
+    def streamline_plus():
+        return ComposedTransformation([rounding if isinstance(t, RoundAndClipThresholds) else t
+                                       for t in StreamlinePlus().transformations])
+
     model = model.transform(ComposedTransformation([MoveMulPastAdd(), absorb.AbsorbScalarBiasIntoMultiThreshold()]))
-    model = model.transform(StreamlinePlus())
+    model = model.transform(streamline_plus())
     model = model.transform(ComposedTransformation([
         LowerConvsToMatMul(), absorb.AbsorbAddIntoMultiThreshold(), absorb.AbsorbTransposeIntoMultiThreshold()]))
-    return model.transform(StreamlinePlus())
+    return model.transform(streamline_plus())
 
 
 def _convert_to_hw(model):

@@ -67,9 +67,12 @@ def measured_drops(deployed, layers, free, spec, calib_x, ev, bits_list, batch=5
 
     base_acc, base_loss = score(runner.run(f0, 0, {"l": runner.result_node})["l"])
     out = {b: {} for b in bits_list}
+    frontier, at = f0, 0
     for name in free:
         cut = runner.cut(name)
-        frontier = runner.advance(f0, 0, cut)
+        if cut < at:  # layers come in graph order; start over should one not
+            frontier, at = f0, 0
+        frontier, at = runner.advance(frontier, at, cut), cut  # the prefix is computed once, not per layer
         for b in bits_list:
             acc, loss = score(runner.run(frontier, cut, {"l": runner.result_node}, Perturb(name, "w", b))["l"])
             out[b][name] = {"top1_drop": base_acc - acc, "loss_increase": loss - base_loss}
@@ -87,6 +90,8 @@ def rho(scores: dict[str, float], truth: dict[str, dict], key: str) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="zoo:cifar10-resnet20")
+    ap.add_argument("--weights", default=None, help="weights file for --model (as infoq-deploy's --weights)")
+    ap.add_argument("--input-shape", default=None, help="C,H,W for a file.py:factory model")
     ap.add_argument("--data", default=str(DATA / "cifar10" / "train.tar.gz"))
     ap.add_argument("--eval-data", default=str(DATA / "cifar10" / "test"))
     ap.add_argument("--eval-size", type=int, default=4000, help="evaluation images (class-stratified)")
@@ -98,11 +103,13 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0, help="calibration draw")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    slug = args.model.split(":")[-1].replace("/", "_")
+    slug = args.model.split(":")[-1].replace("/", "_") if not args.model.endswith(":build") else \
+        Path(args.model.split(":")[0]).stem
     out = Path(args.out or HERE / "results" / f"ranking_{slug}.json")
     started = time.perf_counter()
 
-    model = stages.load_model(args.model, data_root=str(DATA))
+    shape = tuple(int(v) for v in args.input_shape.split(",")) if args.input_shape else None
+    model = stages.load_model(args.model, weights=args.weights, input_shape=shape, data_root=str(DATA))
     sizes = sorted(int(s) for s in args.calib_sizes.split(","))
     plan = stages.plan_datasets(model.preprocess, data=args.data, eval_data=args.eval_data,
                                 calib_size=sizes[-1], eval_size=args.eval_size, seed=args.seed)
@@ -159,7 +166,10 @@ def main() -> int:
     result = {
         "benchmark": "layer ranking: each criterion's score at a width against the measured single-layer drop "
                      "(round to nearest, the target's quantizer, all else at the 8-bit baseline), Spearman",
-        "command": f"{Path(sys.executable).name} bench/bench_ranking.py --model {args.model} --calib-sizes {args.calib_sizes} "
+        "command": f"{Path(sys.executable).name} bench/bench_ranking.py --model {args.model} "
+                   + (f"--weights {args.weights} " if args.weights else "")
+                   + (f"--input-shape {args.input_shape} " if args.input_shape else "")
+                   + f"--calib-sizes {args.calib_sizes} "
                    f"--n-proj {args.n_proj} --proj-seeds {args.proj_seeds} --bits {args.bits} --rivals {args.rivals} "
                    f"--seed {args.seed}" + (f" --eval-size {args.eval_size}" if args.eval_size else ""),
         "tool_version": __version__, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(),

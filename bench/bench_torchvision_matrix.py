@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -54,6 +55,7 @@ from infoq_deploy.importing.sources import IMAGENET
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "torchvision_matrix.json"
+INFOQ_OUT = HERE / "results" / "torchvision_matrix_infoq.json"  # the InfoQ column's runs (committed separately)
 EXE = str(Path(sys.executable).with_name("infoq-deploy"))
 ARCHS = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "regnet_x_400mf",
          "shufflenet_v2_x0_5", "squeezenet1_1", "densenet121", "convnext_tiny", "vit_b_16"]
@@ -166,7 +168,11 @@ def main() -> int:
     ap.add_argument("--columns", default=",".join(COLUMNS), help=f"of {', '.join(COLUMNS)}")
     ap.add_argument("--no-infoq", action="store_true", help="skip the InfoQ profile column")
     ap.add_argument("--out", default=str(OUT), help=f"result file, merged into when it exists (default {OUT})")
+    ap.add_argument("--table", action="store_true", help="print the README's markdown table from the result files and stop")
     args = ap.parse_args()
+    if args.table:
+        print(table(json.loads(Path(args.out).read_text()), json.loads(INFOQ_OUT.read_text())["infoq"]), end="")
+        return 0
     data = Path(args.data_root)
     out = Path(args.out)
     doc = json.loads(out.read_text()) if out.is_file() else {"cells": {}, "infoq": {}}
@@ -186,6 +192,39 @@ def main() -> int:
             print(f"{arch} infoq: {c['outcome']} ({c['wall_seconds']} s)", flush=True)
             _write(doc, out)
     return 0
+
+
+def _cell_text(c: dict) -> str:
+    r = c.get("rerun", c)
+    pin = " (`--no-pin`)" if "rerun" in c else ""
+    if r.get("outcome") == "verified":
+        v = r["verify"]
+        agreement = "not judged" if v.get("agreement") is None else f"{100 * v['agreement']:.0f}% of {v.get('top1_judged_on')}"
+        ref = v.get("reference_check")
+        extra = "" if not ref else f"; qonnx on {ref['n_inputs']}: " + (
+            "identical" if ref["identical"] else f"max diff {ref['max_abs_diff']:.2g}")
+        return (f"verified{pin}: {r['avg_weight_bits']:.2f} b/w, {r['layers_carrying_their_bits']}/{r['layers']} layers, "
+                f"top-1 {agreement}{extra}; {r['wall_seconds']:.0f} s")
+    message = r.get("message", "")
+    hls = re.search(r"cannot take (.*?) \(node [^:]*: (.*?)\)(?: \(and (\d+) more)?", message)
+    if hls:
+        more = f", +{hls.group(3)} more" if hls.group(3) else ""
+        return f"refused by hls4ml before profiling: {hls.group(1)} ({hls.group(2).split(';')[0]}{more})"
+    return f"{r.get('outcome')}{pin}: {message.replace('infoq-deploy: error: ', '')[:160]}"
+
+
+def table(doc: dict, infoq: dict) -> str:
+    """The README's matrix: one row per architecture, a cell per column, then the InfoQ column."""
+    lines = ["| architecture | " + " | ".join(COLUMNS) + " | InfoQ profile |", "|---" * (len(COLUMNS) + 2) + "|"]
+    for arch in ARCHS:
+        cells = doc["cells"].get(arch, {})
+        c = infoq.get(arch)
+        profile = "not run" if c is None else (
+            f"profiled, {c['wall_seconds']:.0f} s" if c["outcome"] == "profiled"
+            else f"{c['outcome']}: {c.get('message', '').replace('infoq-deploy: error: ', '')[:140]}")
+        lines.append(f"| {arch} | " + " | ".join(_cell_text(cells[k]) if k in cells else "not run" for k in COLUMNS)
+                     + f" | {profile} |")
+    return "\n".join(lines) + "\n"
 
 
 def _write(doc: dict, out: Path) -> None:

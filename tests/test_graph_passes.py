@@ -54,3 +54,34 @@ def test_shape_arithmetic_folds_and_an_unknown_shape_is_not_a_scalar():
     assert ops == ["Reshape", "Relu", "Reshape"], ops  # Shape(u) folded from u's shape, not from "no shape"
     assert list(folded.get_initializer(folded.graph.node[2].input[1])) == [2, -1]
     assert np.array_equal(ort.session(folded.model)(x), np.maximum(x, 0).reshape(2, 4))
+
+
+def test_a_gemm_of_a_quantized_constant_becomes_matmul_in_one_pass():
+    """Gemm(x, Quant(W), b), transB, per-row weight scale: one MatMul of the transposed constant
+    (per-column scale as a vector, the form hls4ml takes) and an Add, the same numbers."""
+    from qonnx.core.onnx_exec import execute_onnx
+    from qonnx.util.cleanup import cleanup_model
+
+    from infoq_deploy.export.passes.gemm_as_matmul import GemmAsMatMul
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(3, 5)).astype(np.float32)
+    scale = (np.abs(w).max(1, keepdims=True) / 7).astype(np.float32)  # (N, 1): one scale per output
+    inits = [numpy_helper.from_array(v, n) for n, v in (
+        ("w", w), ("s", scale), ("z", np.array(0.0, np.float32)), ("bits", np.array(4.0, np.float32)),
+        ("b", rng.normal(size=3).astype(np.float32)))]
+    nodes = [helper.make_node("Quant", ["w", "s", "z", "bits"], ["wq"], domain="qonnx.custom_op.general",
+                              signed=1, narrow=0, rounding_mode="ROUND"),
+             helper.make_node("Gemm", ["x", "wq", "b"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], inits)
+    model = cleanup_model(ModelWrapper(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])))
+    x = rng.normal(size=(2, 5)).astype(np.float32)
+    run = lambda m: execute_onnx(m, {m.graph.input[0].name: x})[m.graph.output[0].name]  # noqa: E731
+    before = run(model)
+    rewritten, _ = GemmAsMatMul().apply(model)
+    assert [n.op_type for n in rewritten.graph.node] == ["Quant", "MatMul", "Add"]  # no Transpose left to fold
+    quant = rewritten.graph.node[0]
+    assert rewritten.get_initializer(quant.input[0]).shape == (5, 3)
+    assert rewritten.get_initializer(quant.input[1]).shape == (3,)
+    assert np.array_equal(run(rewritten), before)

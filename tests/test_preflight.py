@@ -63,3 +63,21 @@ def test_hls4ml_lists_what_it_cannot_take():
     found = hls4ml_csim.unsupported(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
     ops = {op: why for _, op, why in found}
     assert set(ops) == {"MaxPool", "Erf"} and "stride" in ops["MaxPool"] and "no handler" in ops["Erf"]
+
+
+@needs_hls4ml
+def test_hls4ml_grouped_convolutions_are_listed_depthwise_ones_are_not():
+    """hls4ml reads any group but 1 as depthwise and stops on a grouped conv ("Depth multiplier
+    must be an integer", after the whole pipeline on RegNet); the list names it before."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.zeros(shape, np.float32), name)
+             for name, shape in (("w_grouped", (8, 4, 3, 3)), ("w_depthwise", (8, 1, 3, 3)))]
+    nodes = [helper.make_node("Conv", ["x", "w_grouped"], ["g"], name="grouped", group=2, pads=[1] * 4),
+             helper.make_node("Conv", ["g", "w_depthwise"], ["y"], name="depthwise", group=8, pads=[1] * 4)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 6, 6])], inits)
+    found = hls4ml_csim.unsupported(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+    assert [(node, op) for node, op, _ in found] == [("grouped", "Conv")]
+    assert "2 groups of 4 input channels" in found[0][2]

@@ -121,6 +121,8 @@ def unsupported(model: onnx.ModelProto) -> list[tuple[str, str, str]]:
     for node in model.graph.node:
         if _CONVERTED.get(node.op_type, node.op_type) not in known:
             out.append((node.name, node.op_type, "hls4ml's ONNX front end has no handler for it"))
+        elif node.op_type == "Conv" and (why := _grouped(model, node)):
+            out.append((node.name, node.op_type, why))
         elif node.op_type in _POOLS:
             attrs = {a.name: list(a.ints) for a in node.attribute if a.ints}
             kernel, strides = attrs.get("kernel_shape", []), attrs.get("strides", [1] * len(attrs.get("kernel_shape", [])))
@@ -130,6 +132,28 @@ def unsupported(model: onnx.ModelProto) -> list[tuple[str, str, str]]:
             elif any(attrs.get("pads", [])):
                 out.append((node.name, node.op_type, "padding, which hls4ml's io_stream pool does not take"))
     return out
+
+
+def _grouped(model: onnx.ModelProto, node) -> str | None:
+    """Why hls4ml cannot take this Conv's groups (None: it can). Its ONNX handler reads any
+    group other than 1 as depthwise with a depth multiplier of groups / input channels and
+    stops when that is not a whole number (``converters/onnx/convolution.py``): a grouped
+    convolution between the two (RegNet's, ResNeXt's) ends there, after the whole pipeline."""
+    group = next((a.i for a in node.attribute if a.name == "group"), 1)
+    if group == 1:
+        return None
+    inits = {i.name: i for i in model.graph.initializer}
+    weight = node.input[1]
+    producer = next((n for n in model.graph.node if weight in n.output), None)
+    if weight not in inits and producer is not None and producer.op_type == "Quant":
+        weight = producer.input[0]
+    if weight not in inits:
+        return None  # no constant weight to read the channels from: hls4ml's own check decides
+    per_group = list(inits[weight].dims)[1]
+    if per_group == 1:
+        return None  # depthwise: one input channel per group
+    return (f"a convolution in {group} groups of {per_group} input channels; hls4ml's Conv takes one group "
+            "or depthwise (one channel per group)")
 
 
 def _quant_params(wrapped, node):

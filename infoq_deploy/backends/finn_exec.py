@@ -15,7 +15,7 @@ that nothing below needs:
    node's ``rounding_mode``; the file (and qonnx, hls4ml, Brevitas) rounds it to even. On
    power-of-two scales such ties are common, so without it FINN's result differs from the
    file's by a step at each (docs/upstream/README.md, "FINN rounds ties up"). A FINN build
-   takes it as a custom step in place of ``step_resnet_streamline``'s rounding.
+   takes it as a custom step: ``step_resnet_streamline`` below in place of FINN's.
 3. ``step_convert_to_hw`` with the default build config (thresholds kept inside the MVAUs,
    Requant from 9 bits up, the first Transpose left as is).
 
@@ -105,6 +105,13 @@ def _resnet_streamline(model):
     model = model.transform(ComposedTransformation([
         LowerConvsToMatMul(), absorb.AbsorbAddIntoMultiThreshold(), absorb.AbsorbTransposeIntoMultiThreshold()]))
     return model.transform(streamline_plus())
+
+
+def step_resnet_streamline(model, cfg=None):
+    """A drop-in for FINN's ``custom_step_library.resnet.step_resnet_streamline`` in a FINN build
+    (``DataflowBuildConfig(steps=[..., step_resnet_streamline, ...])``): the same passes, with
+    ties rounded to even as the file says (module docstring, step 2)."""
+    return _resnet_streamline(model)
 
 
 def _convert_to_hw(model):

@@ -30,8 +30,8 @@ BACKEND = "qonnx"
 # input there and checks a sample against qonnx's executor, which is minutes per batch on ImageNet models
 FAST_BACKEND = "qonnx-ort"
 CONSUMERS = ("hls4ml", "finn")
-# FINN rounds ties up where the file rounds them to even (backends/finn_exec.py), and on a
-# deep network at 4 bits the flips add up past the check's tolerance: FINN runs on request
+# FINN reproduces the file bit for bit too (backends/finn_rounding.py), but its conversion
+# takes minutes on a ResNet (222 s on ResNet-20, bench/results/fpga_consumers_finn.json): on request
 PIPELINE_CONSUMERS = ("hls4ml",)
 QUANT_OP = "Quant"
 ONNX_OPSET = 13

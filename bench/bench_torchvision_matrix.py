@@ -206,6 +206,8 @@ def _cell_text(c: dict) -> str:
         return (f"verified{pin}: {r['avg_weight_bits']:.2f} b/w, {r['layers_carrying_their_bits']}/{r['layers']} layers, "
                 f"top-1 {agreement}{extra}; {r['wall_seconds']:.0f} s")
     message = r.get("message", "")
+    if r.get("outcome") == "timeout":
+        return f"timeout: stopped at {r['wall_seconds']:.0f} s (the bench's limit per cell)"
     hls = re.search(r"cannot take (.*?) \(node [^:]*: (.*?)\)(?: \(and (\d+) more)?", message)
     if hls:
         more = f", +{hls.group(3)} more" if hls.group(3) else ""

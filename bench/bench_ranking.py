@@ -103,8 +103,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0, help="calibration draw")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    slug = args.model.split(":")[-1].replace("/", "_") if not args.model.endswith(":build") else \
-        Path(args.model.split(":")[0]).stem
+    # zoo:NAME -> NAME; path/to/file.py:factory -> file
+    slug = Path(args.model.split(".py:")[0]).stem if ".py:" in args.model else args.model.split(":")[-1].replace("/", "_")
     out = Path(args.out or HERE / "results" / f"ranking_{slug}.json")
     started = time.perf_counter()
 

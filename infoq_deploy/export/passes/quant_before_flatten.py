@@ -9,6 +9,7 @@ the Quant first, the Transpose moves through it and is absorbed into the MatMul 
 from __future__ import annotations
 
 from qonnx.transformation.base import Transformation
+from qonnx.transformation.infer_shapes import InferShapes
 
 from infoq_deploy.export.passes.swap import quant_before
 
@@ -19,15 +20,23 @@ def _per_tensor(model, quant) -> bool:
 
 
 class QuantBeforeFlatten(Transformation):
+    """Every such pair in one pass, shapes inferred once: a transformer has a reshape and a
+    quantizer per attention head split, and a pass per pair copied the model each time."""
+
     def apply(self, model):
         graph = model.graph
         outputs = {o.name for o in graph.output}
+        pairs = []
         for node in graph.node:
             if node.op_type not in ("Flatten", "Reshape") or node.output[0] in outputs:
                 continue
             users = model.find_consumers(node.output[0]) or []
             if len(users) != 1 or users[0].op_type != "Quant" or not _per_tensor(model, users[0]):
                 continue
-            quant = users[0]
-            return quant_before(model, node, quant), True
-        return model, False
+            pairs.append((node, users[0]))
+        if not pairs:
+            return model, False
+        for node, quant in pairs:  # each swap touches only its own pair's tensors
+            model = quant_before(model, node, quant, infer_shapes=False)
+        # again: a swap can make a new pair (Reshape -> Quant -> Reshape -> Quant)
+        return model.transform(InferShapes()), True

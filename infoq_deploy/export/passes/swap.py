@@ -9,8 +9,9 @@ from __future__ import annotations
 from qonnx.transformation.infer_shapes import InferShapes
 
 
-def quant_before(model, node, quant):
-    """``node``'s single reader ``quant`` moved in front of it; shapes inferred anew."""
+def quant_before(model, node, quant, infer_shapes: bool = True):
+    """``node``'s single reader ``quant`` moved in front of it; shapes inferred anew unless the
+    caller swaps several and infers once (each inference copies the whole model)."""
     graph = model.graph
     x, between, quantized = node.input[0], node.output[0], quant.output[0]
     quant.input[0], quant.output[0] = x, between  # x -> Quant -> between -> node -> quantized
@@ -20,4 +21,4 @@ def quant_before(model, node, quant):
     for info in list(graph.value_info):
         if info.name in (between, quantized):
             graph.value_info.remove(info)  # shapes changed
-    return model.transform(InferShapes())
+    return model.transform(InferShapes()) if infer_shapes else model

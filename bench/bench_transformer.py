@@ -9,7 +9,7 @@ DINOv2 weights, in the ONNX file of a saliency tool). The probe makes it a class
 accuracy means something, so profiles, rankings and quantized accuracies measured on it are
 about a trained transformer, not random weights.
 
-Writes the model's weights (backbone and probe, 87 MB, not committed) to --weights-out and
+Writes the model's weights (backbone and probe, not committed) to --weights-out and
 the probe's measurements to bench/results/transformer_dinov2_probe.json. Then, for instance:
 
     .venv/bin/python bench/bench_ranking.py --model bench/models/dinov2_small.py:build \\

@@ -41,7 +41,7 @@ from machine import machine_info  # bench/machine.py (the script's folder is on 
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
 from infoq_deploy import __version__
-from infoq_deploy.allocate.costs import model_cost
+from infoq_deploy.allocate.costs import model_cost, unfused
 from infoq_deploy.measure_target import measure, write_target
 from infoq_deploy.backends.ort_fusion import fusion
 from infoq_deploy.core.atomic import write_json
@@ -160,6 +160,8 @@ def run_model(key: str, rounds: int, tmp: Path) -> dict:
             "integer_layers": sum(all(b < 32 for b in v) for v in bits.values()), "layers": len(bits),
             "ort_integer_ops": ort_ops,
             "ort_float": ort_float,
+            # the integer layers the layer table says ORT runs in float (no quantizer reads their output)
+            "predicted_unfused": sorted(unfused(model.layers, [bits[l.name] for l in model.layers])),
             "predicted_ms": model_cost("latency", model.layers, bits, target) if tgt is target else None,
             "_ref": ref,
         }

@@ -7,8 +7,12 @@ scaled to the unprofiled run's time, and the rest of the graph (pools, adds, lay
 the input quantizer) is the whole-graph time minus the layers'. The new target is the old one
 with its [latency] table pointing at this file, so every stage after it (allocate, quantize,
 the report) costs this model with its own numbers.
-What a uniform build cannot see: a mixed allocation's boundaries (an integer layer whose
-output a float layer reads has no output quantizer, and ORT runs it in float).
+A uniform build cannot see a mixed allocation's boundaries: an integer layer whose output a
+float layer reads has no output quantizer, and ORT runs it in float, dequantizing its weights on
+every run. Two more builds, every other layer integer (even, then odd positions), measure that
+time for each integer layer the layer table predicts unfused and ORT indeed runs in float: its
+float kernel plus the DequantizeLinear nodes of its input, weights and bias and the
+QuantizeLinear of its input (``unfused_layers``; costs.unfused_latency).
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from infoq_deploy.export.writer import export_model
 from infoq_deploy.importing.deployable import deployable
 from infoq_deploy.importing.model import ImportedModel
 from infoq_deploy.quantize.brevitas_model import build_quant_model, calibrate
-from infoq_deploy.verify.check import match_layers
+from infoq_deploy.allocate.costs import integer, unfused
+from infoq_deploy.verify.check import match_layers, ort_fusion
 
 
 def measure(target: Target, model: ImportedModel, calibration: torch.Tensor | None, *, runs: int = 30,
@@ -78,6 +83,7 @@ def measure(target: Target, model: ImportedModel, calibration: torch.Tensor | No
             profiled_totals[key] = profiled_total
             rows += [{"layer": layer.name, "w_bits": w_bits, "a_bits": a_bits, "ms": times[node_of[layer.name]]}
                      for layer in deployed.layers]
+        unfused_rows = _unfused_rows(target, deployed, calibration, example, Path(tmp), runs, warmup)
     generic = json.loads(Path(target.latency.source).read_text()) if Path(target.latency.source).is_file() else {}
     return {
         "format": LATENCY_FORMAT,
@@ -101,7 +107,54 @@ def measure(target: Target, model: ImportedModel, calibration: torch.Tensor | No
             {"kind": e.kind, "w_bits": e.w_bits, "a_bits": e.a_bits, "ns_per_mac": e.ns_per_mac, "overhead_ns": e.overhead_ns}
             for e in target.latency.entries],
         "layers": rows,
+        "unfused_layers": unfused_rows,
     }
+
+
+def _unfused_rows(target, deployed, calibration, example, tmp: Path, runs: int, warmup: int) -> list[dict]:
+    """Each integer layer's time where ORT runs it in float, from builds with every other layer integer."""
+    float_pair = next((p for p in target.choices() if not integer(*p) and p[1] >= 32), None)
+    if float_pair is None:
+        return []
+    rows = []
+    for w_bits, a_bits in (p for p in target.choices() if integer(*p)):
+        for parity in (0, 1):
+            bits = {l.name: (w_bits, a_bits) if l.order % 2 == parity else float_pair for l in deployed.layers}
+            predicted = unfused(deployed.layers, [bits[l.name] for l in deployed.layers])
+            if not predicted:
+                continue
+            qmodel = build_quant_model(deployed.graph, deployed.layers, bits, target.quant_spec(),
+                                       pool_inputs=target.activations.pool_inputs)
+            calibrate(qmodel, calibration)
+            path = tmp / f"unfused_w{w_bits}a{a_bits}_{parity}.onnx"
+            export_model(qmodel, example, target.export, path)
+            onnx_model = onnx.load(str(path))
+            ran_float, _ = ort_fusion(onnx_model, target.export, qmodel, bits)
+            pairs, _ = match_layers(OnnxGraph(onnx_model), target.export, qmodel)
+            nodes = {name: _with_quantizers(onnx_model, node) for node, name, _ in pairs
+                     if name in predicted and name in ran_float}
+            if not nodes:
+                continue
+            profiled, profiled_total = node_ms(onnx_model, set().union(*nodes.values()), example.numpy(), runs, warmup)
+            scale = graph_ms(onnx_model, example.numpy(), runs, warmup) / profiled_total
+            rows += [{"layer": name, "w_bits": w_bits, "a_bits": a_bits,
+                      "ms": scale * sum(profiled.get(n, 0.0) for n in names)} for name, names in nodes.items()]
+    return rows
+
+
+def _with_quantizers(model: onnx.ModelProto, node) -> set[str]:
+    """``node`` and the DequantizeLinear nodes it reads, with the QuantizeLinear before each."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    names = {node.name}
+    for tensor in node.input:
+        dq = producer.get(tensor)
+        if dq is None or dq.op_type != "DequantizeLinear":
+            continue
+        names.add(dq.name)
+        q = producer.get(dq.input[0])
+        if q is not None and q.op_type == "QuantizeLinear":
+            names.add(q.name)
+    return names
 
 
 def write_target(target: Target, doc: dict, out: str | os.PathLike) -> tuple[Path, Path]:

@@ -496,3 +496,46 @@ def test_allocation_file_not_json_or_missing(tmp_path):
     path.write_text("{")
     with pytest.raises(UserError, match="not valid JSON"):
         load_allocation(path)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_boundary_costs_optimal_against_brute_force(seed):
+    """On a runtime that runs an integer layer in float when a float layer reads it (ORT), the
+    latency row's extra variables (allocate/ilp.py) give exactly the optimum of brute force over
+    `model_cost`, which prices every unfused layer at its measured (or float) time."""
+    from infoq_deploy.allocate.costs import unfused
+
+    rng = np.random.default_rng(seed)
+    n = 7
+    names = [f"l{i}" for i in range(n)]
+    # a chain with a skip: each layer read by the next, some also through a "join" group
+    readers = []
+    for i in range(n - 1):
+        groups = [(names[i + 1],)]
+        if i + 2 < n and rng.random() < 0.5:
+            groups.append(tuple(names[i + 2:]))
+        readers.append(tuple(groups))
+    readers.append(())
+    layers = [Layer(names[i], "conv", 1000, 8, int(rng.integers(10**4, 10**6)), (1,), (1,), i, readers=readers[i])
+              for i in range(n)]
+    pairs = ((7, 8), (32, 32))
+    entries = tuple(LatencyEntry(k, w, a, float(rng.uniform(0.01, 1.0)), float(rng.uniform(0, 5000)))
+                    for k in KINDS for w, a in pairs)
+    measured = tuple((l.name, 7, 8, float(rng.uniform(0.1, 2.0))) for l in layers if rng.random() < 0.5)
+    t = Target(name="edge-like", description="test", export="qcdq", metrics=("size", "latency"),
+               weights=WeightQuant((7, 32), "per-channel", "float"),
+               activations=ActQuant((8, 32), "float", "auto", pool_inputs=True), pin_first=None, pin_last=None,
+               pairs=pairs, latency=LatencyTable(entries=entries, source="test", unfused_ms=measured), path="<test>")
+    s_w = {l.name: {7: float(rng.uniform(0, 1)), 32: 0.0} for l in layers}
+    s_a = {l.name: {8: float(rng.uniform(0, 1)), 32: 0.0} for l in layers}
+    every = list(itertools.product(pairs, repeat=n))
+    costs = [model_cost("latency", layers, bits, t) for bits in every]
+    assert any(unfused(layers, bits) for bits in every)
+    limit = float(np.quantile(costs, 0.3))
+    best = min((sum(s_w[l.name][w] + s_a[l.name][a] for l, (w, a) in zip(layers, bits)), c)
+               for bits, c in zip(every, costs) if c <= limit * (1 + TOL))
+    a = allocate(layers, s_w, s_a, t, [parse_budget(f"{limit!r}ms")])
+    chosen = [(d["w_bits"], d["a_bits"]) for d in a.layers]
+    assert model_cost("latency", layers, chosen, t) <= limit * (1 + TOL)
+    assert a.cost["latency_ms"] == pytest.approx(model_cost("latency", layers, chosen, t))
+    assert sum(s_w[l.name][w] + s_a[l.name][a] for l, (w, a) in zip(layers, chosen)) == pytest.approx(best[0], abs=1e-9)

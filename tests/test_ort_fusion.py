@@ -127,3 +127,27 @@ def test_resnet20_every_integer_layer_is_an_integer_kernel(tmp_path):
     assert result.integer_ops.get("QLinearAdd") == 9, result.integer_ops
     ours = verify_export(path, "qcdq", qmodel, data.x, data.y, allocation=allocation)
     assert ours.ok, (ours.mismatches, ours.agreement, ours.mean_abs_diff, ours.tolerance)
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("pattern", ["every other", "first half"])
+def test_the_layer_table_predicts_which_integer_layers_ort_runs_in_float(pattern, tmp_path):
+    """Mixed allocations: an integer layer whose output a float layer reads (no quantizer) runs in
+    float; the layer table's reader groups (importing/layers.py) say which, and ORT agrees."""
+    from infoq_deploy.allocate.costs import unfused
+    from infoq_deploy.verify.check import ort_fusion
+
+    if not (DATA / "cifar10-resnet").exists():
+        pytest.fail(f"real data missing: {DATA / 'cifar10-resnet'}; these tests need the shared data folder")
+    model = deployable(load_model("zoo:cifar10-resnet20", data_root=DATA))
+    n = len(model.layers)
+    is_int = (lambda l: l.order % 2 == 0) if pattern == "every other" else (lambda l: l.order < n // 2)
+    allocation = {l.name: INTEGER if is_int(l) else (32, 32) for l in model.layers}
+    qmodel = build_quant_model(model.graph, model.layers, allocation, TARGET.quant_spec(), pool_inputs=True)
+    calibrate(qmodel, torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    path = tmp_path / "mixed.onnx"
+    export_model(qmodel, torch.zeros(1, 3, 32, 32), "qcdq", path)
+    ran_float, _ = ort_fusion(onnx.load(str(path)), "qcdq", qmodel, allocation)
+    predicted = unfused(model.layers, [allocation[l.name] for l in model.layers])
+    assert predicted  # both patterns leave some integer layer without an output quantizer
+    assert predicted == {name for name in ran_float if not name.startswith("add ")}

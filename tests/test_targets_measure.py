@@ -45,6 +45,27 @@ def test_the_measured_target_costs_the_model_with_its_own_layer_times(measured):
     assert doc["model_overhead_ms"] == max(doc["provenance"]["rest_of_graph_ms"].values())
 
 
+def test_integer_layers_left_in_float_are_measured_and_costed(measured):
+    """Every other layer integer: an integer layer a float layer reads has no output quantizer
+    and ORT runs it in float; the table holds that time, measured so, and the cost uses it."""
+    from infoq_deploy.allocate.costs import layer_cost, unfused
+
+    target = load_target(str(measured))
+    doc = json.loads(measured.with_suffix(".latency.json").read_text())
+    layers = deployable(load_model(TINY, input_shape=(1, 8, 8))).layers
+    integer, fp = target.choices()
+    expected = set()
+    for parity in (0, 1):
+        expected |= unfused(layers, [integer if l.order % 2 == parity else fp for l in layers])
+    assert {r["layer"] for r in doc["unfused_layers"]} == expected and "fc" not in expected
+    assert all(r["ms"] > 0 and (r["w_bits"], r["a_bits"]) == integer for r in doc["unfused_layers"])
+    bits = [integer if l.order % 2 == 0 else fp for l in layers]
+    left = unfused(layers, bits)
+    by_layer = {r["layer"]: r["ms"] for r in doc["unfused_layers"]}
+    want = sum(by_layer[l.name] if l.name in left else layer_cost("latency", l, *b, target) for l, b in zip(layers, bits))
+    assert model_cost("latency", layers, bits, target) == pytest.approx(want + doc["model_overhead_ms"])
+
+
 def test_another_model_is_refused_with_a_measured_table(measured, tmp_path, capsys):
     other = tmp_path / "s.json"
     assert main(["profile", TINY, "--input-shape", "1,6,6", "--target", str(measured), "--method", "mse",

@@ -5,7 +5,11 @@
 - "bitops": sum of MACs x w_bits x a_bits (per sample).
 - "latency": milliseconds, macs * ns_per_mac + overhead_ns from the target's table, or the
   layer's own measured time when the table was measured on this model (plus, once per model,
-  that measurement's rest of the graph).
+  that measurement's rest of the graph). On a target whose runtime fuses a layer into an
+  integer kernel only when quantizers alone read its output (``pool_inputs``: ONNX Runtime),
+  an integer layer that its readers leave unquantized (`unfused`) runs in float with its
+  quantizers around it: its time measured so on this model when the table has it, else its
+  float time (a lower bound: the quantizers' own time is not in the generic table).
 - "luts", "brams": FINN's LUT and BRAM_18K estimates of the layer's hardware (its sliding
   window and its MVAU/VVAU) at the folding FINN's SetFolding picks for the target's cycles
   per frame (fpga_resources.py).
@@ -16,7 +20,9 @@
   their average over all weights (biases excluded), i.e. the "3.5bit" budget.
 
 Every layer term is linear in the layer's choice, which is what lets the allocator
-state budgets as linear constraints (a maximum, as for cycles, is one constraint per layer).
+state budgets as linear constraints (a maximum, as for cycles, is one constraint per layer);
+the latency of an unfused layer depends on its readers' choices too, which the allocator
+states with one extra variable per such layer (allocate/ilp.py).
 """
 
 from __future__ import annotations
@@ -60,6 +66,30 @@ def layer_cost(metric: str, layer: Layer, w_bits: int, a_bits: int, target=None,
     raise ValueError(f"unknown cost metric {metric!r}; expected one of {COST_METRICS}")
 
 
+def integer(w_bits: int, a_bits: int) -> bool:
+    return w_bits < FP32_BITS and a_bits < FP32_BITS
+
+
+def boundaries_modelled(target) -> bool:
+    """Whether ``target``'s runtime runs an integer layer in float when its output is not quantized."""
+    return target is not None and getattr(target.activations, "pool_inputs", False)
+
+
+def unfused(layers: Sequence[Layer], pairs: Sequence[tuple[int, int]]) -> set[str]:
+    """The integer layers some reader group leaves unquantized (no layer in it quantizes its input)."""
+    quantized_input = {l.name for l, (_, a) in zip(layers, pairs) if a < FP32_BITS}
+    return {l.name for l, (w, a) in zip(layers, pairs)
+            if integer(w, a) and any(not (set(group) & quantized_input) for group in l.readers)}
+
+
+def unfused_latency(layer: Layer, w_bits: int, a_bits: int, target) -> float:
+    """An integer layer's time when ORT leaves it in float (module docstring, "latency")."""
+    measured = target.latency.unfused(layer.name, w_bits, a_bits)
+    if measured is not None:
+        return measured
+    return layer_cost("latency", layer, FP32_BITS, FP32_BITS, target)
+
+
 def model_cost(metric: str, layers: Sequence[Layer], bits: Bits, target=None) -> float:
     """``metric`` of the whole model; ``bits`` is (w, a) per layer, in layer order or by name."""
     pairs = [bits[l.name] for l in layers] if isinstance(bits, Mapping) else list(bits)
@@ -67,6 +97,10 @@ def model_cost(metric: str, layers: Sequence[Layer], bits: Bits, target=None) ->
         raise ValueError(f"{len(pairs)} bit pairs for {len(layers)} layers")
     last = max(l.order for l in layers)
     terms = [layer_cost(metric, l, w, a, target, last=l.order == last) for l, (w, a) in zip(layers, pairs)]
+    if metric == "latency" and boundaries_modelled(target):
+        left = unfused(layers, pairs)
+        terms = [unfused_latency(l, w, a, target) if l.name in left else t
+                 for l, (w, a), t in zip(layers, pairs, terms)]
     if metric in MAX_METRICS:
         return max(terms)
     total = sum(terms)

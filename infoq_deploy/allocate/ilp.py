@@ -17,7 +17,7 @@ import math
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,8 @@ import pulp
 
 from infoq_deploy.allocate.budgets import Budget, describe_best, folded_for, parse_budget, resolve_budget, size_mb
 from infoq_deploy.allocate.costs import (
-    MAX_METRICS, fp32_size_bytes, layer_cost, model_constant, model_cost, total_weight_params)
+    MAX_METRICS, boundaries_modelled, fp32_size_bytes, integer, layer_cost, model_constant, model_cost,
+    total_weight_params, unfused_latency)
 from infoq_deploy.allocate.fpga_resources import why_not as fpga_why_not
 from infoq_deploy.core.errors import UserError
 from infoq_deploy.core.targets import FPGA_METRICS
@@ -182,6 +183,23 @@ class _Row:
     coef: list[list[float]]
     rhs: float
     best: float | None = None  # for a maximum: max over layers of the layer's cheapest choice
+    # latency where the runtime runs an unfused integer layer in float (costs.unfused): per
+    # (layer i, choice k) an extra cost paid when some group of i's readers has no choice with a
+    # quantized input: (i, k, extra, [[(j, c), ...] per group: the reader choices that quantize])
+    boundary: list[tuple[int, int, float, list[list[tuple[int, int]]]]] = field(default_factory=list)
+
+    def lower(self) -> list[list[float]]:
+        """Per (layer, choice) the least it can add to the row (a negative boundary cost included)."""
+        low = [list(c) for c in self.coef]
+        for i, k, extra, _ in self.boundary:
+            low[i][k] += min(0.0, extra)
+        return low
+
+    def total(self, pick: list[int]) -> float:
+        """The row's value for one choice per layer, boundary costs included."""
+        value = sum(self.coef[i][k] for i, k in enumerate(pick))
+        return value + sum(extra for i, k, extra, groups in self.boundary
+                           if pick[i] == k and any(all(pick[j] != c for j, c in g) for g in groups))
 
 
 def _budget_row(b: Budget, layers, choices, target) -> _Row:
@@ -195,7 +213,25 @@ def _budget_row(b: Budget, layers, choices, target) -> _Row:
         coef[0] = [c + model_constant(b.metric, target) for c in coef[0]]
     # the average weight bit-width is linear once multiplied out by the total weight count
     rhs = b.limit * total_weight_params(layers) if b.metric == "wbits" else b.limit
-    return _Row(coef, rhs)
+    boundary = _boundary(layers, choices, target) if b.metric == "latency" and boundaries_modelled(target) else []
+    return _Row(coef, rhs, boundary=boundary)
+
+
+def _boundary(layers, choices, target) -> list:
+    index = {l.name: i for i, l in enumerate(layers)}
+    out = []
+    for i, (layer, cs) in enumerate(zip(layers, choices)):
+        if not layer.readers:
+            continue
+        groups = [[(index[name], c) for name in group if name in index
+                   for c, (_, a) in enumerate(choices[index[name]]) if a < _FLOAT_BITS] for group in layer.readers]
+        for k, (w, a) in enumerate(cs):
+            if not integer(w, a):
+                continue
+            extra = unfused_latency(layer, w, a, target) - layer_cost("latency", layer, w, a, target)
+            if extra:
+                out.append((i, k, extra, groups))
+    return out
 
 
 def _used(b: Budget, layers, bits, target) -> float:
@@ -235,7 +271,7 @@ def _joint_message(budgets, rows, layers, target) -> str:
 
 def _best(row: _Row) -> float:
     """The lowest value of the row's metric any allocation reaches, budgets apart."""
-    return row.best if row.best is not None else sum(min(c) for c in row.coef)
+    return row.best if row.best is not None else sum(min(c) for c in row.lower())
 
 
 def _base(b: Budget, row_total: float, layers) -> float:
@@ -275,8 +311,9 @@ def _solve(score: list[list[float]], rows: list[_Row], cross=None, w_of=None) ->
                 default=0.0) or 1.0
     weight = _objective(score, scale)
     cross = {key: {kl: c / scale for kl, c in t.items()} for key, t in cross.items()}
-    # dominance assumes each layer's score stands alone; with pair terms only the fit test holds
-    keep = _undominated(weight, rows, dominance=not cross)
+    # dominance assumes each layer's score and costs stand alone; with pair terms or boundary
+    # costs only the fit test holds
+    keep = _undominated(weight, rows, dominance=not cross and not any(row.boundary for row in rows))
     if not all(keep):  # some layer has no choice that fits every budget together
         return [], "Infeasible", 0.0
     rhs = [1.0] * len(rows)
@@ -289,7 +326,7 @@ def _solve(score: list[list[float]], rows: list[_Row], cross=None, w_of=None) ->
         if status != "Optimal":
             return [], status, seconds
         pick = [kept[_picked(xs)] for kept, xs in zip(keep, x)]
-        over = [sum(row.coef[i][k] for i, k in enumerate(pick)) / row.rhs - 1 for row in rows]
+        over = [row.total(pick) / row.rhs - 1 for row in rows]
         if all(o <= REL_TOL for o in over):
             return pick, status, seconds
         # CBC's feasibility tolerance let a row exceed its limit by ~1e-7: tighten only that row
@@ -313,10 +350,11 @@ def _undominated(weight: list[list[float]], rows: list[_Row], dominance: bool = 
     with every other layer at its cheapest, and a choice another one beats in the objective
     (tie-break included) while costing no more in any budget: swapping it in never hurts.
     The ILP stays exact; CBC needs ~1.5x less time on the benchmark problem."""
-    slack = np.array([row.rhs * (1 + REL_TOL) - sum(min(c) for c in row.coef) for row in rows])
+    lower = [row.lower() for row in rows]
+    slack = np.array([row.rhs * (1 + REL_TOL) - sum(min(c) for c in low) for row, low in zip(rows, lower)])
     keep = []
     for i, w in enumerate(weight):
-        cost = np.array([row.coef[i] for row in rows]).T.reshape(len(w), len(rows))  # choices x budgets
+        cost = np.array([low[i] for low in lower]).T.reshape(len(w), len(rows))  # choices x budgets
         fits = np.all(cost - cost.min(axis=0) <= slack, axis=1)
         w = np.asarray(w)
         # better[d, k]: d is strictly better (or equal and listed first) in the objective than k
@@ -359,10 +397,34 @@ def _build(weight: list[list[float]], rows: list[_Row], rhs: list[float], keep: 
     prob.setObjective(pulp.LpAffineExpression(terms))
     for i, xs in enumerate(x):
         prob.addConstraint(pulp.LpAffineExpression([(v, 1) for v in xs]) == 1, f"one_choice_{i}")
+    where = {(i, k): v for i, k, v in pairs}
     for j, row in enumerate(rows):
         # budget rows scaled to a right-hand side of 1, for the same reason as the objective
-        expr = pulp.LpAffineExpression([(v, row.coef[i][k] / row.rhs) for i, k, v in pairs])
-        prob.addConstraint(expr <= rhs[j], f"budget_{j}")
+        terms = [(v, row.coef[i][k] / row.rhs) for i, k, v in pairs]
+        # an unfused integer layer's extra time (of either sign), u = 1 exactly when x_ik = 1 and
+        # some reader group has no quantizing choice. The row presses u down where the extra is
+        # positive: u >= x_ik - (that group's quantizing choices), u >= 0 suffice; up where it is
+        # negative: u <= x_ik and u <= sum over groups of (1 - h_g), with h_g >= each of the
+        # group's quantizing choices (h_g is 1 when one is picked)
+        for n, (i, k, extra, groups) in enumerate(row.boundary):
+            if (i, k) not in where:
+                continue
+            u = var(f"u_{j}_{n}", lowBound=0, upBound=1)
+            x_ik = where[(i, k)]
+            if extra > 0:
+                for g in groups:
+                    readers = [(where[key], 1) for key in g if key in where]
+                    prob.addConstraint(pulp.LpAffineExpression([(u, 1), (x_ik, -1)] + readers) >= 0)
+            else:
+                prob.addConstraint(pulp.LpAffineExpression([(u, 1), (x_ik, -1)]) <= 0)
+                h = [var(f"h_{j}_{n}_{m}", lowBound=0, upBound=1) for m in range(len(groups))]
+                for h_g, g in zip(h, groups):
+                    for key in g:
+                        if key in where:
+                            prob.addConstraint(pulp.LpAffineExpression([(h_g, 1), (where[key], -1)]) >= 0)
+                prob.addConstraint(pulp.LpAffineExpression([(u, 1)] + [(h_g, 1) for h_g in h]) <= len(groups))
+            terms.append((u, extra / row.rhs))
+        prob.addConstraint(pulp.LpAffineExpression(terms) <= rhs[j], f"budget_{j}")
     return prob, x
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import importlib.util
 import time
+from collections import Counter
 
 import numpy as np
 import onnx
@@ -212,6 +213,7 @@ def session(model: onnx.ModelProto):
 
     run.build_seconds = time.perf_counter() - start
     run.precision = None
+    run.graph_ops = dict(Counter(node.op_type for node in wrapped.graph.node))
     return run
 
 

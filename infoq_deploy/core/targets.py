@@ -79,12 +79,17 @@ class LatencyTable:
     layer_ms: tuple[tuple[str, int, int, float], ...] = ()  # (layer, w_bits, a_bits, ms), one model's
     model_overhead_ms: float = 0.0
     model_fingerprint: str | None = None  # the model the layer times were measured on
+    # (layer, w_bits, a_bits, ms): an integer layer's time where ORT ran it in float, because a
+    # float layer reads its output (measured on one model; costs.unfused_latency)
+    unfused_ms: tuple[tuple[str, int, int, float], ...] = ()
     _index: dict = field(init=False, repr=False, compare=False)
     _layers: dict = field(init=False, repr=False, compare=False)
+    _unfused: dict = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_index", {(e.kind, e.w_bits, e.a_bits): e for e in self.entries})
         object.__setattr__(self, "_layers", {(n, w, a): ms for n, w, a, ms in self.layer_ms})
+        object.__setattr__(self, "_unfused", {(n, w, a): ms for n, w, a, ms in self.unfused_ms})
 
     def lookup(self, kind: str, w_bits: int, a_bits: int) -> LatencyEntry:
         return self._index[(kind, w_bits, a_bits)]
@@ -92,6 +97,10 @@ class LatencyTable:
     def measured(self, layer: str, w_bits: int, a_bits: int) -> float | None:
         """The layer's measured time in ms, when this table was measured on its model."""
         return self._layers.get((layer, w_bits, a_bits))
+
+    def unfused(self, layer: str, w_bits: int, a_bits: int) -> float | None:
+        """The layer's measured time in ms as an integer layer ORT left in float, if measured."""
+        return self._unfused.get((layer, w_bits, a_bits))
 
 
 @dataclass(frozen=True)
@@ -432,7 +441,7 @@ def _load_latency(c: _Checker, lat: dict, directory: Path, choices: tuple[tuple[
         if not isinstance(doc, dict):
             raise jc.fail("(top level)", "must be a JSON object")
         jc.keys(doc, "", {"format", "entries"}, {"model", "provenance", "measurements", "layers", "model_overhead_ms",
-                                                 "model_fingerprint", "model_spec"})
+                                                 "model_fingerprint", "model_spec", "unfused_layers"})
         if doc["format"] != LATENCY_FORMAT:
             raise jc.fail("format", f"is {doc['format']!r}; expected {LATENCY_FORMAT!r}")
         raw_entries, prefix = doc["entries"], "entries"
@@ -496,4 +505,16 @@ def _measured_layers(jc: _Checker, doc: dict, choices: tuple[tuple[int, int], ..
     if not isinstance(fingerprint, str):
         raise jc.fail("model_fingerprint", "must name the model the layers were measured on (its fingerprint)")
     overhead = jc.number(doc.get("model_overhead_ms", 0.0), "model_overhead_ms") if "model_overhead_ms" in doc else 0.0
-    return {"layer_ms": tuple(out), "model_overhead_ms": overhead, "model_fingerprint": fingerprint}
+    unfused = []
+    raw = doc.get("unfused_layers", [])
+    if not isinstance(raw, list):
+        raise jc.fail("unfused_layers", "must be a list of {layer, w_bits, a_bits, ms}")
+    for i, r in enumerate(raw):  # optional, and only some layers: the others cost their float time
+        where = f"unfused_layers[{i}]"
+        if not isinstance(r, dict):
+            raise jc.fail(where, "must be a table {layer, w_bits, a_bits, ms}")
+        jc.keys(r, f"{where}.", {"layer", "w_bits", "a_bits", "ms"}, set())
+        unfused.append((jc.string(r["layer"], f"{where}.layer"), jc.bits(r["w_bits"], f"{where}.w_bits"),
+                        jc.bits(r["a_bits"], f"{where}.a_bits"), jc.number(r["ms"], f"{where}.ms")))
+    return {"layer_ms": tuple(out), "model_overhead_ms": overhead, "model_fingerprint": fingerprint,
+            "unfused_ms": tuple(unfused)}

@@ -16,6 +16,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from infoq_deploy.core.errors import UserError
+from infoq_deploy.importing.joins import join_inputs
 from infoq_deploy.importing.pool_inputs import is_average_pool
 
 QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -35,6 +36,11 @@ class Layer:
     # function); False when the output goes into an average pool or is the model's output: a
     # FINN hardware layer then writes the accumulator instead of thresholding it
     requantized: bool = True
+    # who reads its output, as groups of layers (`_readers`): on a runtime that fuses a layer into
+    # an integer kernel only when quantizers alone read its output (ONNX Runtime), an integer layer
+    # runs in float unless every group has a layer with a quantized input. Empty: the model's
+    # output, or a table written before this existed: no boundary is modelled.
+    readers: tuple[tuple[str, ...], ...] = ()
 
     @property
     def params(self) -> int:
@@ -45,6 +51,7 @@ class Layer:
         d["params"] = self.params
         d["in_shape"] = list(self.in_shape)
         d["out_shape"] = list(self.out_shape)
+        d["readers"] = [list(g) for g in self.readers]
         return d
 
     @staticmethod
@@ -59,6 +66,7 @@ class Layer:
             out_shape=tuple(d["out_shape"]),
             order=int(d["order"]),
             requantized=bool(d.get("requantized", True)),  # absent in tables written before it existed
+            readers=tuple(tuple(g) for g in d.get("readers", ())),
         )
 
 
@@ -122,9 +130,48 @@ def build_layer_table(gm: torch.fx.GraphModule, input_shape: tuple[int, ...]) ->
                 out_shape=out_shape,
                 order=len(layers),
                 requantized=_requantized(node, modules),
+                readers=_readers(node, modules),
             )
         )
     return layers
+
+
+def _readers(node: torch.fx.Node, modules: dict) -> tuple[tuple[str, ...], ...]:
+    """Who must quantize ``node``'s output for it to be quantized everywhere, as groups of layers:
+    a layer that reads it (through activations, pools, reshapes) is a group of its own; a residual
+    add or concatenation it reaches is one group, every layer reachable past the join, because
+    the join gets its quantizer when any of them quantizes its input (quantize/brevitas_model.py,
+    `_feeds_quantized_layer`)."""
+    order = {n: i for i, n in enumerate(node.graph.nodes)}
+
+    def layers_past(start) -> list[torch.fx.Node]:
+        found, todo, seen = [], list(start.users), set()
+        while todo:
+            user = todo.pop()
+            if user in seen:
+                continue
+            seen.add(user)
+            if user.op == "call_module" and isinstance(modules.get(user.target), QUANTIZABLE):
+                found.append(user)
+            else:
+                todo.extend(user.users)
+        return sorted(found, key=order.get)
+
+    groups, todo, seen = [], list(node.users), set()
+    while todo:
+        user = todo.pop()
+        if user in seen:
+            continue
+        seen.add(user)
+        if user.op == "call_module" and isinstance(modules.get(user.target), QUANTIZABLE):
+            groups.append((order[user], (user.target,)))
+        elif join_inputs(user) is not None:
+            past = layers_past(user)
+            if past:
+                groups.append((order[user], tuple(dict.fromkeys(n.target for n in past))))
+        else:
+            todo.extend(user.users)
+    return tuple(dict.fromkeys(g for _, g in sorted(groups)))
 
 
 _PASS_THROUGH = (nn.BatchNorm1d, nn.BatchNorm2d, nn.Identity, nn.Dropout, nn.ReLU, nn.ReLU6, nn.Hardtanh,

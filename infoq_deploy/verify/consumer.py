@@ -43,6 +43,7 @@ class ConsumerResult:
     precision: str | None = None
     build_seconds: float | None = None
     seconds_per_input: float | None = None
+    graph_ops: dict | None = None  # op type -> count in the graph the consumer built, where it says
 
     @property
     def ok(self) -> bool:
@@ -112,4 +113,5 @@ def check_consumer(path, backend: str, x: np.ndarray, budget_seconds: float | No
         precision=getattr(run, "precision", None),
         build_seconds=build,
         seconds_per_input=(done - start - build) / len(x),
+        graph_ops=getattr(run, "graph_ops", None),
     )

@@ -5,6 +5,8 @@ The reference rule is tested on its own; the algorithms on the bundled Fashion-M
 
 from __future__ import annotations
 
+import copy
+
 import dataclasses
 import json
 
@@ -143,6 +145,32 @@ def test_gptq_lowers_the_output_error_and_keeps_scales_and_bits(fashion, quantiz
     assert changed >= 5
     assert _logit_error(gptq, fashion) < 0.8 * _logit_error(rtn, fashion)
     assert set(gptq.timings) >= {"gptq", "calibrate", "quantize"}
+
+
+def test_gptq_walk_rounds_exactly_as_brevitas_loop(fashion, quantized, monkeypatch):
+    """`gptq.apply` walks the graph once instead of running Brevitas's documented loop (the
+    calibration set through the model once per layer): the same integer weights, bit for bit."""
+    from brevitas.nn.quant_layer import QuantWeightBiasInputOutputLayer
+
+    from infoq_deploy.quantize import gptq
+
+    model, plan = fashion
+    rtn = quantized[PtqConfig("minmax", False)]
+    walked, looped = copy.deepcopy(rtn.qmodel), copy.deepcopy(rtn.qmodel)
+    x = plan.calibration.x
+    gptq.apply(walked, x, batch_size=100)
+    monkeypatch.setattr(gptq, "_walkable", lambda _: False)
+    gptq.apply(looped, x, batch_size=100)
+    compared = 0
+    for name, a in walked.named_modules():
+        if isinstance(a, QuantWeightBiasInputOutputLayer) and a.weight_quant.is_quant_enabled:
+            b = looped.get_submodule(name)
+            assert torch.equal(a.quant_weight().int(), b.quant_weight().int()), name
+            compared += 1
+    assert compared == len(stages.deployable(model).layers)
+    # and GPTQ did round: the weights are not round-to-nearest's
+    assert any(not torch.equal(a.quant_weight().int(), rtn.qmodel.get_submodule(n).quant_weight().int())
+               for n, a in walked.named_modules() if isinstance(a, QuantWeightBiasInputOutputLayer))
 
 
 def _layer_mean_shift(qm, fashion) -> float:

@@ -242,7 +242,8 @@ def _stages(cfg: RunConfig, target, model, plan, given, run_dir: Path, status: d
     verified = stages.verify_quantized(onnx_path, qm, plan.evaluation, verify_size=cfg.verify_size, seed=cfg.seed,
                                        eval_ref=qm.data.get("evaluation"), consumers=consumers,
                                        consumer_size=cfg.consumer_size,
-                                       consumer_budget=stages.CONSUMER_BUDGET_SECONDS)
+                                       consumer_budget=stages.CONSUMER_BUDGET_SECONDS,
+                                       consumer_timeout=stages.CONSUMER_TIMEOUT_SECONDS)
     write_json(run_dir / "verify.json", verified)
     lap("verify")
 

@@ -274,6 +274,9 @@ def _file_sha256(path: Path) -> str:
 
 DEFAULT_CONSUMER_SIZE = 200  # inputs run through a consumer's simulation (hls4ml: ~40 ms each on one core)
 CONSUMER_BUDGET_SECONDS = 300  # estimated simulation time the pipeline spends per consumer, at most
+# wall time of one consumer's whole check in the pipeline (conversion, g++, simulation): hls4ml's
+# build of EfficientNet-B0 ran past 30 minutes (bench/results/torchvision_matrix.json)
+CONSUMER_TIMEOUT_SECONDS = 1200
 
 
 def consumers_for(fmt: str, backend: str | None) -> tuple[str, ...]:
@@ -310,14 +313,15 @@ def preflight(model: ImportedModel, target: Target, calibration: Dataset, consum
 def verify_quantized(onnx_path: str | Path, qm: QuantizedModel, evaluation: Dataset, *, verify_size: int | None = None,
                      seed: int = 0, fmt: str | None = None, eval_ref: DataRef | None = None,
                      consumers: tuple[str, ...] | None = None, consumer_size: int = DEFAULT_CONSUMER_SIZE,
-                     consumer_budget: float | None = None) -> dict:
+                     consumer_budget: float | None = None, consumer_timeout: float | None = None) -> dict:
     """Run the exported file on (a class-balanced part of) ``evaluation`` against ``qm``: the
     verification document (verify.json), whose ``result`` is `infoq_deploy.verify.check.VerifyResult.to_json()`.
 
     Then each consumer flow (``consumers``; default: the format's, those installed) runs the
     same file on the first ``consumer_size`` of those samples against qonnx's execution (as
-    many as fit in ``consumer_budget`` seconds of its estimated time, when given); a consumer
-    that fails or refuses the file is a mismatch, so the verification fails."""
+    many as fit in ``consumer_budget`` seconds of its estimated time, when given, and within
+    ``consumer_timeout`` wall seconds, or it is not run); a consumer that fails or refuses the
+    file is a mismatch, so the verification fails."""
     from infoq_deploy.verify.check import verify_export
     from infoq_deploy.verify.consumer import check_consumer
 
@@ -331,7 +335,8 @@ def verify_quantized(onnx_path: str | Path, qm: QuantizedModel, evaluation: Data
     result = verify_export(onnx_path, fmt, qm.qmodel, held_out.x, held_out.y, allocation=qm.bits)
     checked = []
     for backend in consumers_for(fmt, None) if consumers is None else consumers:
-        consumer = check_consumer(onnx_path, backend, held_out.x[:consumer_size].numpy(), consumer_budget)
+        consumer = check_consumer(onnx_path, backend, held_out.x[:consumer_size].numpy(), consumer_budget,
+                                  consumer_timeout)
         checked.append(consumer.to_json())
         if not consumer.ok:
             result.mismatches.append(consumer.line())

@@ -4,6 +4,7 @@ simulation, against qonnx's execution of the same file (verify/consumer.py)."""
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import onnx
@@ -122,3 +123,15 @@ def test_backend_choice_is_checked_against_the_format():
         consumers_for("qcdq", "hls4ml")
     with pytest.raises(UserError, match="does not run qonnx files"):
         consumers_for("qonnx", "ort")
+
+
+@needs_hls4ml
+def test_a_build_past_its_time_limit_is_stopped_and_named(tmp_path):
+    """The pipeline bounds a consumer's whole check (stages.CONSUMER_TIMEOUT_SECONDS): hls4ml's
+    child process is stopped there, and the check is not run, with the command that runs it."""
+    _, _, x, path = _resnet8(tmp_path)
+    start = time.perf_counter()
+    result = check_consumer(path, "hls4ml", x[:4].numpy(), timeout=1.0)
+    assert time.perf_counter() - start < 60  # qonnx's reference run plus a stopped child, not a g++ build
+    assert result.status == NOT_RUN and result.ok
+    assert "did not finish within 1 s" in result.reason and "--backend hls4ml" in result.reason

@@ -39,7 +39,7 @@ import warnings
 import numpy as np
 import onnx
 
-from infoq_deploy.core.errors import ConsumerRefused
+from infoq_deploy.core.errors import ConsumerRefused, ConsumerTimeout
 
 MAX_WIDTH = 64  # ap_fixed wider than this makes the C simulation much slower for no model we ship
 DIV_FRACTION_BITS = 24
@@ -230,9 +230,12 @@ def _simulate(model_path: str, x_path: str, out_path: str) -> dict:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def session(model: onnx.ModelProto):
+def session(model: onnx.ModelProto, timeout: float | None = None):
     """Run the C simulation in a child process: a failed assertion or a bad memory access in the
-    generated C++ (hls4ml's own checks abort) must end in a sentence, not take the tool down."""
+    generated C++ (hls4ml's own checks abort) must end in a sentence, not take the tool down.
+    ``timeout``: seconds the conversion, compilation and simulation together may take (g++ on a
+    large network's generated C++ can take longer than a build pipeline allows); past it the
+    child is stopped and `ConsumerTimeout` raised."""
     reason = unavailable()
     if reason is not None:
         raise RuntimeError(reason)
@@ -248,7 +251,11 @@ def session(model: onnx.ModelProto):
             paths = [os.path.join(tmp, n) for n in ("model.onnx", "x.npy", "out.npy", "info.json")]
             onnx.save(model, paths[0])
             np.save(paths[1], np.asarray(x, dtype=np.float32))
-            proc = subprocess.run([sys.executable, "-m", __name__, *paths], capture_output=True, text=True)
+            try:
+                proc = subprocess.run([sys.executable, "-m", __name__, *paths], capture_output=True, text=True,
+                                      timeout=timeout)
+            except subprocess.TimeoutExpired:
+                raise ConsumerTimeout(timeout) from None
             if proc.returncode != 0:
                 raise ConsumerRefused(_failure(proc))
             info.update(json.loads(open(paths[3]).read()))

@@ -12,3 +12,7 @@ class UserError(Exception):
 class ConsumerRefused(Exception):
     """A flow that consumes an exported file (hls4ml, FINN) could not convert, compile or run it;
     the message is that flow's own error, on one line."""
+
+
+class ConsumerTimeout(Exception):
+    """A consumer flow's build and simulation ran past the time it was given (seconds: args[0])."""

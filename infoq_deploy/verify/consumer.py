@@ -12,6 +12,7 @@ logits that are bit-identical is reported beside it.
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass
 
@@ -20,7 +21,7 @@ import onnx
 
 from infoq_deploy.backends import registry as backends
 from infoq_deploy.backends.batched import run_batched
-from infoq_deploy.core.errors import ConsumerRefused
+from infoq_deploy.core.errors import ConsumerRefused, ConsumerTimeout
 from infoq_deploy.verify.check import MIN_AGREEMENT, RUNTIME_RTOL, top1_agreement
 
 PASSED, FAILED, REFUSED, NOT_RUN = "passed", "failed", "refused", "not run"
@@ -67,9 +68,12 @@ class ConsumerResult:
 MIN_INPUTS = 20  # fewer than this says little: not run, with the command that runs it
 
 
-def check_consumer(path, backend: str, x: np.ndarray, budget_seconds: float | None = None) -> ConsumerResult:
+def check_consumer(path, backend: str, x: np.ndarray, budget_seconds: float | None = None,
+                   timeout: float | None = None) -> ConsumerResult:
     """Run the file at ``path`` on ``backend`` and on qonnx's executor, over the inputs ``x``
-    (the first ones that fit in ``budget_seconds`` of the back end's estimated time, if given)."""
+    (the first ones that fit in ``budget_seconds`` of the back end's estimated time, if given).
+    ``timeout``: wall seconds the back end's build and run may take together (a back end that
+    runs in a child process: hls4ml); past it the check is not run, and says so."""
     module = backends.get(backend)
     reason = module.unavailable() if hasattr(module, "unavailable") else None
     if reason is not None:
@@ -88,10 +92,16 @@ def check_consumer(path, backend: str, x: np.ndarray, budget_seconds: float | No
     ref = run_batched(model, x, min(len(x), 256), "qonnx").reshape(len(x), -1).astype(np.float64)
     start = time.perf_counter()
     try:
-        run = module.session(model)
+        # only a back end that runs in a child process can be stopped (hls4ml); the others run unbounded
+        bounded = timeout is not None and "timeout" in inspect.signature(module.session).parameters
+        run = module.session(model, timeout=timeout) if bounded else module.session(model)
         out = np.asarray(run(x), dtype=np.float64).reshape(ref.shape)
     except ConsumerRefused as exc:
         return ConsumerResult(backend, REFUSED, str(exc), n_inputs=len(x))
+    except ConsumerTimeout:
+        return ConsumerResult(backend, NOT_RUN, (
+            f"its build and simulation did not finish within {timeout:g} s, this run's limit; run "
+            f"`infoq-deploy verify {path} QUANTIZED.pt --backend {backend}` for it without one"), n_inputs=len(x))
     done = time.perf_counter()
     build = getattr(run, "build_seconds", 0.0)  # a back end that builds before it runs says how long
     diff = np.abs(out - ref)

@@ -6,7 +6,9 @@ For each model (EfficientNet-Lite0 on ImageNet: 500 calibration images from `sam
 training archive, 1,000 test images):
 - the float model, exported to ONNX by torch;
 - ours at several allocations of the target (every layer integer w7/a8; every layer float;
-  the first half of the layers integer; every other layer integer), quantized with Brevitas
+  the first half of the layers integer; every other layer integer; the allocator's choice under
+  a latency budget halfway between all-integer and all-float, scored by the weight-error proxy
+  and costed with the table measured in this run), quantized with Brevitas
   on the calibration images and exported to QCDQ; and every layer at w8/a8, the allocation
   the target no longer allows, to show why (ORT's u8s8 kernels saturate on this CPU);
 - ORT's `quantize_static` (QDQ, per-channel int8 weights, uint8 activations, MinMax
@@ -20,7 +22,9 @@ the shared machine hits all files alike). Two predictions,
 each the allocator's latency metric (`allocate/costs.py`): from the target's generic per-kind
 table (layers only), and from the table measured on this model in the same run
 (`infoq-deploy targets measure`: each layer's kernel time in ORT, all-integer and all-float
-builds, plus the rest of the graph).
+builds, plus the rest of the graph, and the integer layers ORT runs in float where a float layer
+reads them, timed in every-other-layer builds). Both count those boundary layers; each row lists
+the ones the layer table predicts (`predicted_unfused`) beside the ones ORT ran in float.
 
 Reproduce: .venv/bin/python bench/bench_ort_edge.py [--models lite0,resnet20]
            (writes bench/results/ort_edge.json; about 25 minutes on 2 cores)
@@ -40,7 +44,7 @@ import torch
 from machine import machine_info  # bench/machine.py (the script's folder is on sys.path)
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-from infoq_deploy import __version__
+from infoq_deploy import __version__, stages
 from infoq_deploy.allocate.costs import model_cost, unfused
 from infoq_deploy.measure_target import measure, write_target
 from infoq_deploy.backends.ort_fusion import fusion
@@ -175,6 +179,18 @@ def run_model(key: str, rounds: int, tmp: Path) -> dict:
     for label, bits in allocations(model.layers).items():
         ours(label, bits, target)
         rows[f"ours: {label}"]["predicted_ms_model_table"] = model_cost("latency", model.layers, bits, measured_target)
+    # what a user's latency budget gets: the allocator's choice (weight-error proxy scores) under
+    # a budget halfway between all-integer and all-float, costed with this model's own table
+    ends = [model_cost("latency", model.layers, {l.name: p for l in model.layers}, measured_target)
+            for p in (load_target("edge-cpu-ort").choices()[0], FLOAT)]
+    budget_ms = round(sum(ends) / 2, 3)
+    table = stages.profile(imported, measured_target, calib, "mse")
+    doc = stages.allocation_document(table, measured_target, [f"{budget_ms}ms"])
+    chosen = {d["name"]: (d["w_bits"], d["a_bits"]) for d in doc["layers"]}
+    label = f"allocator under {budget_ms} ms (this model's table)"
+    ours(label, chosen, target)
+    rows[f"ours: {label}"].update(budget_ms=budget_ms, allocation=doc["layers"],
+                                  predicted_ms_model_table=model_cost("latency", model.layers, chosen, measured_target))
     ours("all w8/a8 (not allowed: saturates)", {l.name: (8, 8) for l in model.layers}, w8_target(tmp))
 
     float_input = onnx.load(str(float_path)).graph.input[0].name

@@ -156,7 +156,7 @@ def quantize(model: ImportedModel, target: Target, allocation: dict, plan: DataP
     from infoq_deploy.export.writer import check_exportable
     from infoq_deploy.quantize import gptq
     from infoq_deploy.quantize.ptq import run as ptq_run
-    from infoq_deploy.quantize.brevitas_model import build_quant_model, calibrate, read_bits
+    from infoq_deploy.quantize.brevitas_model import build_quant_model, calibrate, fit_bias_grid, read_bits
 
     start = time.perf_counter()
     ptq = ptq or PtqConfig()
@@ -190,6 +190,7 @@ def quantize(model: ImportedModel, target: Target, allocation: dict, plan: DataP
     check_exportable(qmodel, target.export)  # a format that cannot express the bits fails before training
     calibrated = time.perf_counter()
     ptq_seconds = ptq_run(qmodel, ptq, plan.calibration.x, progress=progress)
+    fit_bias_grid(qmodel)  # bias correction moves biases
     if read_bits(qmodel) != bits:
         raise RuntimeError("the quantized model's bit-widths differ from the allocation; this is a bug")
     accuracies = {}

@@ -143,17 +143,64 @@ def test_qcdq_rejects_more_than_8_bits_qonnx_keeps_them(tmp_path):
     assert result.ok
 
 
+class _Wide(nn.Module):
+    def __init__(self, features: int):
+        super().__init__()
+        self.fc = nn.Linear(features, 4)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def _one_layer(features: int, scale: float, tmp_path, name: str):
+    """A Linear layer on inputs of magnitude ``scale``, 8-bit, calibrated; (qmodel, x, path)."""
+    torch.manual_seed(0)
+    gm = torch.fx.symbolic_trace(_Wide(features).eval())
+    layers = build_layer_table(gm, (features,))
+    qmodel = build_quant_model(gm, layers, {"fc": (8, 8)}, QuantSpec())
+    x = torch.randn(64, features, generator=torch.Generator().manual_seed(1)) * scale
+    calibrate(qmodel, x)
+    return qmodel, x, tmp_path / name
+
+
 def test_qcdq_refuses_a_bias_its_int32_export_cannot_hold_exactly(tmp_path):
     """Inputs near zero (an untrained model's, say) make the bias grid (input scale x weight scale)
     so fine that the bias is more than 2^24 steps: Brevitas's float32 export would stop in a
-    traceback ('QuantTensor not valid'); it is one sentence naming the layer, and no file."""
-    gm, layers = make_tiny()
-    qmodel = build_quant_model(gm, layers, MIXED, QuantSpec())
-    calibrate(qmodel, inputs(64, 15) * 1e-5)
-    first = min(layers, key=lambda l: l.order).name
-    with pytest.raises(UserError, match=f"layer {first}'s bias is .* steps of its 32-bit grid"):
-        export_model(qmodel, inputs(1, 16) * 1e-5, "qcdq", tmp_path / "tiny.onnx")
+    traceback ('QuantTensor not valid'). In a layer this wide (1,024 inputs) raising the weight
+    scale would cost more than 2^-8 of the bias (quantize/brevitas_model.fit_bias_grid), so the
+    layer is refused in one sentence naming it, and no file."""
+    qmodel, x, path = _one_layer(1024, 1e-5, tmp_path, "wide.onnx")
+    with pytest.raises(UserError, match="layer fc's bias is .* steps of its 32-bit grid"):
+        export_model(qmodel, x[:1], "qcdq", path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bias_beyond_the_grid_of_a_narrow_layer_is_kept_exactly(tmp_path):
+    """The same in a narrow layer (16 inputs), and a dead channel (weights 1e-9, bias 1: a
+    BatchNorm with scale ~0 folded in, as in EfficientNet-Lite0): the weight scale of those
+    channels is raised until the bias fits 2^24 steps, the file verifies, and a dead channel
+    computes its bias."""
+    from infoq_deploy.quantize.brevitas_model import BIAS_GRID_STEPS, bias_steps
+
+    qmodel, x, path = _one_layer(16, 1e-5, tmp_path, "narrow.onnx")
+    assert bias_steps(qmodel)["fc"][0] <= BIAS_GRID_STEPS
+    export_model(qmodel, x[:1], "qcdq", path)
+    assert verify_export(path, "qcdq", qmodel, x, allocation={"fc": (8, 8)}).ok
+
+    torch.manual_seed(0)
+    model = _Wide(16).eval()
+    with torch.no_grad():
+        model.fc.weight[2] *= 1e-9
+        model.fc.bias[2] = 1.0
+    gm = torch.fx.symbolic_trace(model)
+    qmodel = build_quant_model(gm, build_layer_table(gm, (16,)), {"fc": (8, 8)}, QuantSpec())
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(1))
+    calibrate(qmodel, x)
+    export_model(qmodel, x[:1], "qcdq", tmp_path / "dead.onnx")
+    assert verify_export(tmp_path / "dead.onnx", "qcdq", qmodel, x, allocation={"fc": (8, 8)}).ok
+    with torch.no_grad():
+        assert torch.allclose(qmodel(x)[:, 2], torch.ones(64))  # its weights round to zero, its bias stays
+        assert torch.allclose(qmodel(x)[:, [0, 1, 3]], model(x)[:, [0, 1, 3]], atol=0.05)
 
 
 def test_bad_format_and_uncalibrated_model_raise(tiny, tmp_path):

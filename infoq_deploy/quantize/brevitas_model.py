@@ -526,6 +526,7 @@ def calibrate(qmodel: nn.Module, x: Tensor, batch_size: int = 256, progress: boo
                                                              absmax=r.threshold(bits, spec))))
     qmodel.train(was_training)
     qmodel.meta[CALIBRATED_KEY] = True
+    fit_bias_grid(qmodel)  # needs the input scales just set
 
 
 def act_signedness(qmodel: nn.Module) -> dict[str, bool]:
@@ -576,6 +577,53 @@ def bias_steps(qmodel: nn.Module) -> dict[str, tuple[float, float]]:
                 held = ratio[ratio < 2 ** 31 - 1]
             out[name] = (float(held.max()) if held.numel() else 0.0, float(step.min()))
     return out
+
+
+# Brevitas computes an int32 bias in float32, exact for integers up to 2^24 only (export/to_qcdq.py)
+BIAS_GRID_STEPS = 2**24
+BIAS_FIT_ERROR = 2**-8  # at most this part of a channel's bias may a raised weight scale move its output
+
+
+def fit_bias_grid(qmodel: nn.Module) -> list[str]:
+    """Raise the weight scale of each channel whose bias would need more than `BIAS_GRID_STEPS`
+    steps of its int32 grid (input scale x weight scale) to bias / (input scale x 2^24), in the
+    layers where that costs little: the names of the layers changed.
+
+    Such a channel has weights near zero beside a real bias: a convolution whose BatchNorm scale
+    was ~0 folds into it (EfficientNet-Lite0 has 20 layers with such channels, weights 1e-6 to
+    1e-9 against a bias of about 1), or the layer's inputs are near zero (an untrained model). Its
+    scale from max|w| is then so small that the bias cannot be written exactly (or at all past
+    int32, where Brevitas clamps it). The raised scale moves each of its weights by at most half
+    a step, so its output by at most fan-in x input levels / 2^25 of its bias: it is raised where
+    that is at most `BIAS_FIT_ERROR` (fan-in x levels <= 2^17: a 3x3 convolution over 64 channels
+    of 8-bit inputs). The bias is then kept exactly; ONNX Runtime's static quantizer also raises
+    the weight scale on int32 bias overflow. In a wider layer the channel is left alone and the
+    QCDQ export refuses it in one sentence. The reference quantizer the profiler simulates keeps
+    max|w| for those channels."""
+    changed = []
+    for name, m in qmodel.named_modules():
+        if not (isinstance(m, QuantWeightBiasInputOutputLayer) and m.bias is not None and m.bias_quant.is_quant_enabled
+                and m.input_quant.is_quant_enabled and m.weight_quant.is_quant_enabled):
+            continue
+        with torch.no_grad():
+            s_in, in_bits = act_quant_params(m.input_quant)
+            fan_in = m.weight[0].numel()
+            if fan_in * 2**in_bits / 2**25 > BIAS_FIT_ERROR:
+                continue
+            quant = m.quant_weight()
+            scale = quant.scale.reshape(-1)
+            need = m.bias.detach().abs() / (s_in * (BIAS_GRID_STEPS - 1))
+            if not bool((scale.expand_as(need) < need).any()):
+                continue
+            value = m.weight_quant.tensor_quant.scaling_impl.value
+            # the parameter is the threshold (largest |w| kept); the scale is threshold / largest
+            # level (narrow range), rounded up to a power of two on po2 targets: never below it
+            levels = 2 ** (int(quant.bit_width) - 1) - 1
+            floor = need * levels if value.numel() > 1 else need.max() * levels
+            value.copy_(torch.maximum(value.reshape(-1), floor.reshape(-1)).reshape(value.shape))
+            m._cached_weight = None
+        changed.append(name)
+    return changed
 
 
 def clear_act_caches(qmodel: nn.Module) -> None:

@@ -488,14 +488,7 @@ def _measured_layers(jc: _Checker, doc: dict, choices: tuple[tuple[int, int], ..
     rows = doc["layers"]
     if not isinstance(rows, list) or not rows:
         raise jc.fail("layers", "must be a non-empty list of {layer, w_bits, a_bits, ms}")
-    out = []
-    for i, r in enumerate(rows):
-        where = f"layers[{i}]"
-        if not isinstance(r, dict):
-            raise jc.fail(where, "must be a table {layer, w_bits, a_bits, ms}")
-        jc.keys(r, f"{where}.", {"layer", "w_bits", "a_bits", "ms"}, set())
-        out.append((jc.string(r["layer"], f"{where}.layer"), jc.bits(r["w_bits"], f"{where}.w_bits"),
-                    jc.bits(r["a_bits"], f"{where}.a_bits"), jc.number(r["ms"], f"{where}.ms")))
+    out = _layer_times(jc, rows, "layers")
     names = {n for n, _, _, _ in out}
     have = {(n, w, a) for n, w, a, _ in out}
     missing = [f"{n} at w{w}/a{a}" for n in sorted(names) for w, a in choices if (n, w, a) not in have]
@@ -505,16 +498,20 @@ def _measured_layers(jc: _Checker, doc: dict, choices: tuple[tuple[int, int], ..
     if not isinstance(fingerprint, str):
         raise jc.fail("model_fingerprint", "must name the model the layers were measured on (its fingerprint)")
     overhead = jc.number(doc.get("model_overhead_ms", 0.0), "model_overhead_ms") if "model_overhead_ms" in doc else 0.0
-    unfused = []
-    raw = doc.get("unfused_layers", [])
+    raw = doc.get("unfused_layers", [])  # optional, and only some layers: the others cost their float time
     if not isinstance(raw, list):
         raise jc.fail("unfused_layers", "must be a list of {layer, w_bits, a_bits, ms}")
-    for i, r in enumerate(raw):  # optional, and only some layers: the others cost their float time
-        where = f"unfused_layers[{i}]"
+    return {"layer_ms": tuple(out), "model_overhead_ms": overhead, "model_fingerprint": fingerprint,
+            "unfused_ms": tuple(_layer_times(jc, raw, "unfused_layers"))}
+
+
+def _layer_times(jc: _Checker, rows: list, key: str) -> list[tuple[str, int, int, float]]:
+    out = []
+    for i, r in enumerate(rows):
+        where = f"{key}[{i}]"
         if not isinstance(r, dict):
             raise jc.fail(where, "must be a table {layer, w_bits, a_bits, ms}")
         jc.keys(r, f"{where}.", {"layer", "w_bits", "a_bits", "ms"}, set())
-        unfused.append((jc.string(r["layer"], f"{where}.layer"), jc.bits(r["w_bits"], f"{where}.w_bits"),
-                        jc.bits(r["a_bits"], f"{where}.a_bits"), jc.number(r["ms"], f"{where}.ms")))
-    return {"layer_ms": tuple(out), "model_overhead_ms": overhead, "model_fingerprint": fingerprint,
-            "unfused_ms": tuple(unfused)}
+        out.append((jc.string(r["layer"], f"{where}.layer"), jc.bits(r["w_bits"], f"{where}.w_bits"),
+                    jc.bits(r["a_bits"], f"{where}.a_bits"), jc.number(r["ms"], f"{where}.ms")))
+    return out

@@ -143,35 +143,31 @@ def _readers(node: torch.fx.Node, modules: dict) -> tuple[tuple[str, ...], ...]:
     the join gets its quantizer when any of them quantizes its input (quantize/brevitas_model.py,
     `_feeds_quantized_layer`)."""
     order = {n: i for i, n in enumerate(node.graph.nodes)}
+    layers, joins = _reached(node, modules, stop_at_joins=True)
+    groups = [(order[n], (n.target,)) for n in layers]
+    for join in joins:
+        past, _ = _reached(join, modules, stop_at_joins=False)
+        if past:
+            groups.append((order[join], tuple(dict.fromkeys(n.target for n in sorted(past, key=order.get)))))
+    return tuple(dict.fromkeys(g for _, g in sorted(groups)))
 
-    def layers_past(start) -> list[torch.fx.Node]:
-        found, todo, seen = [], list(start.users), set()
-        while todo:
-            user = todo.pop()
-            if user in seen:
-                continue
-            seen.add(user)
-            if user.op == "call_module" and isinstance(modules.get(user.target), QUANTIZABLE):
-                found.append(user)
-            else:
-                todo.extend(user.users)
-        return sorted(found, key=order.get)
 
-    groups, todo, seen = [], list(node.users), set()
+def _reached(start: torch.fx.Node, modules: dict, stop_at_joins: bool) -> tuple[list, list]:
+    """The layer calls reached from ``start``'s output without passing another layer (nor, with
+    ``stop_at_joins``, a residual add or concatenation), and the joins it stopped at."""
+    layers, joins, todo, seen = [], [], list(start.users), set()
     while todo:
         user = todo.pop()
         if user in seen:
             continue
         seen.add(user)
         if user.op == "call_module" and isinstance(modules.get(user.target), QUANTIZABLE):
-            groups.append((order[user], (user.target,)))
-        elif join_inputs(user) is not None:
-            past = layers_past(user)
-            if past:
-                groups.append((order[user], tuple(dict.fromkeys(n.target for n in past))))
+            layers.append(user)
+        elif stop_at_joins and join_inputs(user) is not None:
+            joins.append(user)
         else:
             todo.extend(user.users)
-    return tuple(dict.fromkeys(g for _, g in sorted(groups)))
+    return layers, joins
 
 
 _PASS_THROUGH = (nn.BatchNorm1d, nn.BatchNorm2d, nn.Identity, nn.Dropout, nn.ReLU, nn.ReLU6, nn.Hardtanh,

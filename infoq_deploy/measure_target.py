@@ -30,6 +30,7 @@ import onnxruntime
 import torch
 
 from infoq_deploy import __version__
+from infoq_deploy.allocate.costs import integer, unfused
 from infoq_deploy.backends.ort_latency import graph_ms, node_ms
 from infoq_deploy.core.atomic import atomic_path, write_json
 from infoq_deploy.core.errors import UserError
@@ -39,7 +40,6 @@ from infoq_deploy.export.writer import export_model
 from infoq_deploy.importing.deployable import deployable
 from infoq_deploy.importing.model import ImportedModel
 from infoq_deploy.quantize.brevitas_model import build_quant_model, calibrate
-from infoq_deploy.allocate.costs import integer, unfused
 from infoq_deploy.verify.check import match_layers, ort_fusion
 
 

@@ -10,13 +10,13 @@ changes. ``act_order`` rounds the columns with the largest input energy first.
 The inputs of each layer are those of the already-rounded earlier ones (Brevitas's
 ``use_quant_activations``), as the deployed model sees them. Brevitas's documented loop gets
 them by running the calibration set through the model once per layer, stopping at that
-layer: on a network of L layers that is about L/2 whole forward passes, 1,650 s of GPTQ on
-EfficientNet-Lite0 with 256 images (`bench/results/ptq_imagenet_lite0.json`). `apply` instead
+layer: on a network of L layers that is about L/2 whole forward passes, 1,629 and 1,687 s of
+GPTQ on EfficientNet-Lite0 with 256 images (`bench/results/ptq_imagenet_lite0.json`). `apply` instead
 walks the graph once (`_Walk`): at each layer it feeds the layer's input, already computed,
 through Brevitas's own hook (the Hessian) and update (the rounding), then computes the
 layer's output with the rounded weights and goes on. Same layers, same order, same inputs,
 same Brevitas code for the algorithm; the price is that the values live between layers are
-kept for the whole calibration set at once (a few GB for Lite0 at 224x224 and 1,280 images).
+kept for the whole calibration set at once (Lite0's widest is 96x112x112 floats, 4.8 MB an image).
 """
 
 from __future__ import annotations

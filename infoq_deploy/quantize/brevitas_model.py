@@ -582,21 +582,24 @@ def bias_steps(qmodel: nn.Module) -> dict[str, tuple[float, float]]:
 # Brevitas computes an int32 bias in float32, exact for integers up to 2^24 only (export/to_qcdq.py)
 BIAS_GRID_STEPS = 2**24
 BIAS_FIT_ERROR = 2**-8  # at most this part of a channel's bias may a raised weight scale move its output
+# the grid a fitted bias is put on: 2^24 less a margin, since float32 rounding of the scales can
+# land a bias at exactly 2^24 steps + an ulp (seen on Lite0's _blocks.14._expand_conv, mcu-int)
+BIAS_FIT_STEPS = 2**24 - 2**16
 
 
 def fit_bias_grid(qmodel: nn.Module) -> list[str]:
     """Raise the weight scale of each channel whose bias would need more than `BIAS_GRID_STEPS`
-    steps of its int32 grid (input scale x weight scale) to bias / (input scale x 2^24), in the
-    layers where that costs little: the names of the layers changed.
+    steps of its int32 grid (input scale x weight scale) to bias / (input scale x
+    `BIAS_FIT_STEPS`), in the layers where that costs little: the names of the layers changed.
 
     Such a channel has weights near zero beside a real bias: a convolution whose BatchNorm scale
     was ~0 folds into it (EfficientNet-Lite0 has 20 layers with such channels, weights 1e-6 to
     1e-9 against a bias of about 1), or the layer's inputs are near zero (an untrained model). Its
     scale from max|w| is then so small that the bias cannot be written exactly (or at all past
     int32, where Brevitas clamps it). The raised scale moves each of its weights by at most half
-    a step, so its output by at most fan-in x input levels / 2^25 of its bias: it is raised where
-    that is at most `BIAS_FIT_ERROR` (fan-in x levels <= 2^17: a 3x3 convolution over 64 channels
-    of 8-bit inputs). The bias is then kept exactly; ONNX Runtime's static quantizer also raises
+    a step, so its output by at most fan-in x input levels / (2 x `BIAS_FIT_STEPS`) of its bias:
+    it is raised where that is at most `BIAS_FIT_ERROR` (fan-in x levels up to about 2^17: a 1x1
+    convolution over 480 channels of 8-bit inputs, not one over 512). The bias is then kept exactly; ONNX Runtime's static quantizer also raises
     the weight scale on int32 bias overflow. In a wider layer the channel is left alone and the
     QCDQ export refuses it in one sentence. The reference quantizer the profiler simulates keeps
     max|w| for those channels."""
@@ -608,11 +611,11 @@ def fit_bias_grid(qmodel: nn.Module) -> list[str]:
         with torch.no_grad():
             s_in, in_bits = act_quant_params(m.input_quant)
             fan_in = m.weight[0].numel()
-            if fan_in * 2**in_bits / 2**25 > BIAS_FIT_ERROR:
+            if fan_in * 2**in_bits / (2 * BIAS_FIT_STEPS) > BIAS_FIT_ERROR:
                 continue
             quant = m.quant_weight()
             scale = quant.scale.reshape(-1)
-            need = m.bias.detach().abs() / (s_in * (BIAS_GRID_STEPS - 1))
+            need = m.bias.detach().abs() / (s_in * BIAS_FIT_STEPS)
             if not bool((scale.expand_as(need) < need).any()):
                 continue
             value = m.weight_quant.tensor_quant.scaling_impl.value

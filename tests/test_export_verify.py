@@ -153,9 +153,12 @@ class _Wide(nn.Module):
 
 
 def _one_layer(features: int, scale: float, tmp_path, name: str):
-    """A Linear layer on inputs of magnitude ``scale``, 8-bit, calibrated; (qmodel, x, path)."""
+    """A Linear layer (biases 0.5) on inputs of magnitude ``scale``, 8-bit, calibrated; (qmodel, x, path)."""
     torch.manual_seed(0)
-    gm = torch.fx.symbolic_trace(_Wide(features).eval())
+    model = _Wide(features).eval()
+    with torch.no_grad():
+        model.fc.bias.fill_(0.5)
+    gm = torch.fx.symbolic_trace(model)
     layers = build_layer_table(gm, (features,))
     qmodel = build_quant_model(gm, layers, {"fc": (8, 8)}, QuantSpec())
     x = torch.randn(64, features, generator=torch.Generator().manual_seed(1)) * scale
@@ -165,18 +168,19 @@ def _one_layer(features: int, scale: float, tmp_path, name: str):
 
 def test_qcdq_refuses_a_bias_its_int32_export_cannot_hold_exactly(tmp_path):
     """Inputs near zero (an untrained model's, say) make the bias grid (input scale x weight scale)
-    so fine that the bias is more than 2^24 steps: Brevitas's float32 export would stop in a
-    traceback ('QuantTensor not valid'). In a layer this wide (1,024 inputs) raising the weight
-    scale would cost more than 2^-8 of the bias (quantize/brevitas_model.fit_bias_grid), so the
-    layer is refused in one sentence naming it, and no file."""
-    qmodel, x, path = _one_layer(1024, 1e-5, tmp_path, "wide.onnx")
+    so fine that the bias is more than 2^20 steps: Brevitas's float32 export would stop in a
+    traceback ('QuantTensor not valid'). In a layer this wide (4,096 inputs of 1e-3) raising the
+    weight scale would move the output by more than 2^-5 of the bias
+    (quantize/brevitas_model.fit_bias_grid), so the layer is refused in one sentence naming it,
+    and no file."""
+    qmodel, x, path = _one_layer(4096, 1e-3, tmp_path, "wide.onnx")
     with pytest.raises(UserError, match="layer fc's bias is .* steps of its 32-bit grid"):
         export_model(qmodel, x[:1], "qcdq", path)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_bias_beyond_the_grid_of_a_narrow_layer_is_kept_exactly(tmp_path):
-    """The same in a narrow layer (16 inputs), and a dead channel (weights 1e-9, bias 1: a
+    """The same in a narrow layer (16 inputs of 1e-5), and a dead channel (weights 1e-9, bias 1: a
     BatchNorm with scale ~0 folded in, as in EfficientNet-Lite0): the weight scale of those
     channels is raised until the bias fits 2^24 steps, the file verifies, and a dead channel
     computes its bias."""

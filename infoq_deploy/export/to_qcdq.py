@@ -18,7 +18,7 @@ from infoq_deploy.export.passes.activations_as_uint8 import ActivationsAsUint8
 from infoq_deploy.export.passes.dequantize_after_shortcut import DequantizeAfterShortcut
 from infoq_deploy.export.passes.merge_duplicates import MergeDuplicateNodes
 from infoq_deploy.export.passes.pad_into_conv import PadIntoConv
-from infoq_deploy.quantize.brevitas_model import bias_steps, read_bits, read_join_quantizers
+from infoq_deploy.quantize.brevitas_model import BIAS_GRID_STEPS, bias_steps, read_bits, read_join_quantizers
 
 BACKEND = "ort"
 CONSUMERS = ()  # ONNX Runtime is BACKEND itself
@@ -26,9 +26,7 @@ PIPELINE_CONSUMERS = ()
 QUANT_OP = "DequantizeLinear"
 ONNX_OPSET = 13
 MAX_BITS = 8
-# Brevitas computes the int32 bias in float32, which holds integers exactly only up to 2^24;
-# between 2^24 and the int32 limit its export stops ("QuantTensor not valid")
-FLOAT32_EXACT = 2 ** 24
+# a bias beyond BIAS_GRID_STEPS of its grid stops Brevitas's export (quantize/brevitas_model.py)
 
 
 def check(qmodel) -> None:
@@ -41,10 +39,10 @@ def check(qmodel) -> None:
                     "or export to qonnx"
                 )
     for name, (steps, step) in bias_steps(qmodel).items():
-        if steps > FLOAT32_EXACT:
+        if steps > BIAS_GRID_STEPS:
             raise UserError(
                 f"layer {name}'s bias is {steps:.3g} steps of its 32-bit grid (input scale x weight scale, "
-                f"down to {step:.3g}), more than the 2^24 that QCDQ's export can write exactly: the layer's "
+                f"down to {step:.3g}), more than the 2^20 that QCDQ's export can write exactly: the layer's "
                 "input, or a channel's weights, is nearly zero, as in an untrained (random-weight) model; "
                 "quantize a trained model, or allocate that layer float (32 bits)"
             )

@@ -579,30 +579,31 @@ def bias_steps(qmodel: nn.Module) -> dict[str, tuple[float, float]]:
     return out
 
 
-# Brevitas computes an int32 bias in float32, exact for integers up to 2^24 only (export/to_qcdq.py)
-BIAS_GRID_STEPS = 2**24
-BIAS_FIT_ERROR = 2**-8  # at most this part of a channel's bias may a raised weight scale move its output
-# the grid a fitted bias is put on: 2^24 less a margin, since float32 rounding of the scales can
-# land a bias at exactly 2^24 steps + an ulp (seen on Lite0's _blocks.14._expand_conv, mcu-int)
-BIAS_FIT_STEPS = 2**24 - 2**16
+# Brevitas's export checks that bias / (input scale x weight scale) is within 0.2 of an integer,
+# computed in float32 from the float32 bias: a k-step bias comes back with an error up to
+# k x 2^-23, so only grids of up to about 2^20 steps pass for sure (2^24, the first bound, let a
+# Lite0 bias through that then failed Brevitas's check: "QuantTensor not valid")
+BIAS_GRID_STEPS = 2**20
+# at most this part of a channel's bias may a raised weight scale move its output: EfficientNet-Lite0's
+# channels after a BatchNorm of scale ~0 can move theirs by 0.1% to 1% of it in all
+BIAS_FIT_ERROR = 2**-5
 
 
 def fit_bias_grid(qmodel: nn.Module) -> list[str]:
     """Raise the weight scale of each channel whose bias would need more than `BIAS_GRID_STEPS`
     steps of its int32 grid (input scale x weight scale) to bias / (input scale x
-    `BIAS_FIT_STEPS`), in the layers where that costs little: the names of the layers changed.
+    `BIAS_GRID_STEPS`), where that moves the channel's output by at most `BIAS_FIT_ERROR` of its
+    bias: the names of the layers changed.
 
     Such a channel has weights near zero beside a real bias: a convolution whose BatchNorm scale
     was ~0 folds into it (EfficientNet-Lite0 has 20 layers with such channels, weights 1e-6 to
     1e-9 against a bias of about 1), or the layer's inputs are near zero (an untrained model). Its
     scale from max|w| is then so small that the bias cannot be written exactly (or at all past
-    int32, where Brevitas clamps it). The raised scale moves each of its weights by at most half
-    a step, so its output by at most fan-in x input levels / (2 x `BIAS_FIT_STEPS`) of its bias:
-    it is raised where that is at most `BIAS_FIT_ERROR` (fan-in x levels up to about 2^17: a 1x1
-    convolution over 480 channels of 8-bit inputs, not one over 512). The bias is then kept exactly; ONNX Runtime's static quantizer also raises
-    the weight scale on int32 bias overflow. In a wider layer the channel is left alone and the
-    QCDQ export refuses it in one sentence. The reference quantizer the profiler simulates keeps
-    max|w| for those channels."""
+    int32, where Brevitas clamps it). The move is bounded per channel: the sum of |change| of its
+    quantized weights times the largest input its input quantizer holds. Within the bound the
+    bias is kept exactly (ONNX Runtime's static quantizer also raises the weight scale on int32
+    bias overflow); beyond it the channel is left alone and the QCDQ export refuses the layer in
+    one sentence. The reference quantizer the profiler simulates keeps max|w| for those channels."""
     changed = []
     for name, m in qmodel.named_modules():
         if not (isinstance(m, QuantWeightBiasInputOutputLayer) and m.bias is not None and m.bias_quant.is_quant_enabled
@@ -610,18 +611,28 @@ def fit_bias_grid(qmodel: nn.Module) -> list[str]:
             continue
         with torch.no_grad():
             s_in, in_bits = act_quant_params(m.input_quant)
-            fan_in = m.weight[0].numel()
-            if fan_in * 2**in_bits / (2 * BIAS_FIT_STEPS) > BIAS_FIT_ERROR:
-                continue
             quant = m.quant_weight()
-            scale = quant.scale.reshape(-1)
-            need = m.bias.detach().abs() / (s_in * BIAS_FIT_STEPS)
-            if not bool((scale.expand_as(need) < need).any()):
+            scale = quant.scale.reshape(-1).expand(m.bias.shape[0])
+            bias = m.bias.detach().abs()
+            need = bias / (s_in * BIAS_GRID_STEPS * (1 - 2**-8))  # a margin for float32 rounding
+            if not bool((scale < need).any()):
                 continue
+            levels = 2 ** (int(quant.bit_width) - 1) - 1  # narrow range
+            new_scale = torch.maximum(scale, need)
+            shape = (-1,) + (1,) * (m.weight.dim() - 1)
+            w = m.weight.detach()
+            moved = (torch.clamp(torch.round(w / new_scale.reshape(shape)), -levels, levels) * new_scale.reshape(shape)
+                     - quant.value.detach()).abs().reshape(w.shape[0], -1).sum(dim=1)
+            largest = s_in * (2 ** (in_bits - 1) if m.input_quant.is_signed else 2**in_bits - 1)
+            fits = moved * largest <= BIAS_FIT_ERROR * bias
+            need = torch.where(fits, need, torch.zeros_like(need))
             value = m.weight_quant.tensor_quant.scaling_impl.value
+            if value.numel() == 1 and not bool(fits[scale < new_scale].all()):
+                continue  # one scale for the layer: only if every channel that needs it can take it
+            if not bool((scale < need).any()):
+                continue
             # the parameter is the threshold (largest |w| kept); the scale is threshold / largest
-            # level (narrow range), rounded up to a power of two on po2 targets: never below it
-            levels = 2 ** (int(quant.bit_width) - 1) - 1
+            # level, rounded up to a power of two on po2 targets: never below it
             floor = need * levels if value.numel() > 1 else need.max() * levels
             value.copy_(torch.maximum(value.reshape(-1), floor.reshape(-1)).reshape(value.shape))
             m._cached_weight = None

@@ -584,8 +584,8 @@ def bias_steps(qmodel: nn.Module) -> dict[str, tuple[float, float]]:
 # k x 2^-23, so only grids of up to about 2^20 steps pass for sure (2^24, the first bound, let a
 # Lite0 bias through that then failed Brevitas's check: "QuantTensor not valid")
 BIAS_GRID_STEPS = 2**20
-# at most this part of a channel's bias may a raised weight scale move its output: EfficientNet-Lite0's
-# channels after a BatchNorm of scale ~0 can move theirs by 0.1% to 1% of it in all
+# at most this part of a channel's bias may a raised weight scale move its output (EfficientNet-Lite0's
+# fitted channels move theirs by at most 0.57% of it: bench/results/bias_grid_lite0.json)
 BIAS_FIT_ERROR = 2**-5
 
 
@@ -596,8 +596,8 @@ def fit_bias_grid(qmodel: nn.Module) -> list[str]:
     bias: the names of the layers changed.
 
     Such a channel has weights near zero beside a real bias: a convolution whose BatchNorm scale
-    was ~0 folds into it (EfficientNet-Lite0 has 20 layers with such channels, weights 1e-6 to
-    1e-9 against a bias of about 1), or the layer's inputs are near zero (an untrained model). Its
+    was ~0 folds into it (20 of EfficientNet-Lite0's layers on edge-cpu-ort, 26 on mcu-int at 4
+    bits: `bench/results/bias_grid_lite0.json`), or the layer's inputs are near zero (an untrained model). Its
     scale from max|w| is then so small that the bias cannot be written exactly (or at all past
     int32, where Brevitas clamps it). The move is bounded per channel: the sum of |change| of its
     quantized weights times the largest input its input quantizer holds. Within the bound the

@@ -61,12 +61,9 @@ def main() -> int:
     t0 = time.perf_counter()
     gptq.apply(walked, calib.x, skip=skip)
     walk_s = time.perf_counter() - t0
-    walkable = gptq._walkable
-    gptq._walkable = lambda _: False  # Brevitas's loop, as gptq.apply ran it before the walk
     t0 = time.perf_counter()
-    gptq.apply(looped, calib.x, skip=skip)
+    gptq.apply(looped, calib.x, skip=skip, walk=False)  # Brevitas's loop, as gptq.apply ran it before the walk
     loop_s = time.perf_counter() - t0
-    gptq._walkable = walkable
 
     same = total = 0
     for name, a in walked.named_modules():

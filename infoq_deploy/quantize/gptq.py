@@ -135,9 +135,9 @@ def _walkable(qmodel: nn.Module) -> bool:
 
 
 def apply(qmodel: nn.Module, x: torch.Tensor, *, skip: set[str] = frozenset(), batch_size: int = 256,
-          act_order: bool = True, progress: bool = False) -> None:
+          act_order: bool = True, progress: bool = False, walk: bool = True) -> None:
     """Round every integer-weight layer of the calibrated ``qmodel`` but those named in ``skip``
-    by GPTQ over ``x``, in place."""
+    by GPTQ over ``x``, in place; ``walk=False``: by Brevitas's loop alone (for comparison)."""
     was_training = qmodel.training
     device = devices.of(qmodel)
     qmodel.eval()
@@ -151,10 +151,10 @@ def apply(qmodel: nn.Module, x: torch.Tensor, *, skip: set[str] = frozenset(), b
                     tqdm(total=gptq.num_layers, desc="GPTQ", unit="layer", disable=not progress, leave=False,
                          dynamic_ncols=True, file=sys.stderr) as bar:
                 done = set()
-                if _walkable(qmodel):
-                    walk = _Walk(qmodel, gptq, batch_size, bar)
-                    walk.run(x.to(device))
-                    done = walk.done
+                if walk and _walkable(qmodel):
+                    walker = _Walk(qmodel, gptq, batch_size, bar)
+                    walker.run(x.to(device))
+                    done = walker.done
                 for _ in range(len(set(gptq.gpxq_layers) - done)):
                     # Brevitas's own loop: what the walk did not reach (or a graph it cannot walk)
                     for start in range(0, x.shape[0], batch_size):

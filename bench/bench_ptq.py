@@ -18,6 +18,8 @@ power-of-two weights, po2 activations; and fpga-int with float scales), this scr
 5. writes bench/results/ptq_<model>.json and .png.
 
 Reproduce: .venv/bin/python bench/bench_ptq.py --model zoo:cifar10-resnet20
+(--variants, --ptqs, --budgets and --no-bitops run a part of the grid; the command in the
+result file says which)
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ from infoq_deploy.quantize.ptq import PtqConfig  # noqa: E402
 HERE = Path(__file__).resolve().parent
 BIT_BUDGETS = (3.0, 3.5, 4.0)
 PTQS = [PtqConfig(a, bc) for a in ("minmax", "mse", "gptq") for bc in (False, True)]
+PTQ_KEYS = {cfg.algorithm + ("+bc" if cfg.bias_correction else ""): cfg for cfg in PTQS}
+VARIANT_KEYS = {"po2": "fpga-int (po2 scales)", "float": "fpga-int with float scales"}
 
 
 def variants(base):
@@ -124,12 +128,24 @@ def main() -> int:
     ap.add_argument("--method", default="infoq", help="profile method of the mixed allocations (default infoq)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--variants", default="po2,float", help="po2, float or both (default both)")
+    ap.add_argument("--ptqs", default=",".join(PTQ_KEYS),
+                    help="the --ptq choices to run, of " + ",".join(PTQ_KEYS) + " (default all)")
+    ap.add_argument("--budgets", default=",".join(map(str, BIT_BUDGETS)), help="average weight bits")
+    ap.add_argument("--no-bitops", action="store_true", help="leave out the BitOps-of-w4a4 rows")
     ap.add_argument("--replot", metavar="JSON", help="redraw the plot of a result file and stop")
     args = ap.parse_args()
     if args.replot:
         plot(json.loads(Path(args.replot).read_text()), Path(args.replot).with_suffix(".png"))
         return 0
 
+    for flag, value, known in (("--ptqs", args.ptqs, PTQ_KEYS), ("--variants", args.variants, VARIANT_KEYS)):
+        unknown = set(value.split(",")) - set(known)
+        if unknown:
+            ap.error(f"unknown {flag} {', '.join(sorted(unknown))}; choose from {', '.join(known)}")
+    ptqs = [PTQ_KEYS[k] for k in args.ptqs.split(",")]
+    chosen_variants = {VARIANT_KEYS[k] for k in args.variants.split(",")}
+    budgets = tuple(float(b) for b in args.budgets.split(","))
     root = Path(args.data_root)
     slug = args.model.split(":")[-1]
     started = time.perf_counter()
@@ -146,8 +162,12 @@ def main() -> int:
 
     results, profiles, rank = [], {}, None
     for label, base in variants(stages.load_target("fpga-int")).items():
+        if label not in chosen_variants:
+            continue
         po2 = base.weights.scale == "po2"
         for rule in ("minmax", "mse"):
+            if not any(cfg.scale_rule == rule for cfg in ptqs):
+                continue
             target = base.with_scale_rule(rule)
             # the BitOps budget lets activations vary, so fpga-int's profile covers them too
             prof_target = target if po2 else weights_only(target)
@@ -158,11 +178,11 @@ def main() -> int:
             print(f"profiled {label} {rule}: {profiles[f'{label} / {rule}']}", flush=True)
             w_only = weights_only(target)
             allocations = []
-            for b in BIT_BUDGETS:
+            for b in budgets:
                 allocations.append((args.method, f"{b}bit", stages.allocation_document(table, w_only, [f"{b}bit"])))
                 if b == int(b):
                     allocations.append(("uniform", f"{b}bit", uniform_doc(allocations[-1][2], layers, w_only, int(b), 8)))
-            if po2:
+            if po2 and not args.no_bitops:
                 w4a4 = uniform_doc(stages.allocation_document(table, target, ["4bit"]), layers, target, 4, 4)
                 limit = w4a4["cost"]["bitops"]
                 text = f"{limit / 1e9:.9f}GBOPs"
@@ -170,7 +190,7 @@ def main() -> int:
                 allocations.append(("uniform", "BitOps of w4a4", w4a4))
             for method, budget, doc in allocations:
                 alloc_target = target if budget.startswith("BitOps") else w_only
-                for cfg in PTQS:
+                for cfg in ptqs:
                     if cfg.scale_rule != rule:
                         continue
                     t0 = time.perf_counter()
@@ -193,7 +213,12 @@ def main() -> int:
         "benchmark": "post-training quantization algorithms: top-1 without fine-tuning, InfoQ and uniform allocations",
         "command": f"{Path(sys.executable).name} bench/bench_ptq.py --model {args.model} --calib-size {args.calib_size}"
                    + (f" --eval-size {args.eval_size}" if args.eval_size else "")
-                   + (f" --method {args.method}" if args.method != "infoq" else "") + f" --seed {args.seed}",
+                   + (f" --method {args.method}" if args.method != "infoq" else "") + f" --seed {args.seed}"
+                   + (f" --variants {args.variants}" if args.variants != "po2,float" else "")
+                   + (f" --ptqs {args.ptqs}" if args.ptqs != ",".join(PTQ_KEYS) else "")
+                   + (f" --budgets {args.budgets}" if budgets != BIT_BUDGETS else "")
+                   + (" --no-bitops" if args.no_bitops else "")
+                   + (f" --rank-eval {args.rank_eval}" if args.rank_eval != 1000 else ""),
         "tool_version": __version__,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine_info(),

@@ -133,6 +133,7 @@ def main() -> int:
                     help="the --ptq choices to run, of " + ",".join(PTQ_KEYS) + " (default all)")
     ap.add_argument("--budgets", default=",".join(map(str, BIT_BUDGETS)), help="average weight bits")
     ap.add_argument("--no-bitops", action="store_true", help="leave out the BitOps-of-w4a4 rows")
+    ap.add_argument("--tag", default="", help="write ptq_<model>_<tag>.json (a part of the grid beside another)")
     ap.add_argument("--replot", metavar="JSON", help="redraw the plot of a result file and stop")
     args = ap.parse_args()
     if args.replot:
@@ -147,7 +148,7 @@ def main() -> int:
     chosen_variants = {VARIANT_KEYS[k] for k in args.variants.split(",")}
     budgets = tuple(float(b) for b in args.budgets.split(","))
     root = Path(args.data_root)
-    slug = args.model.split(":")[-1]
+    slug = args.model.split(":")[-1] + (f"_{args.tag}" if args.tag else "")
     started = time.perf_counter()
     model = stages.load_model(args.model, data_root=str(root))
     plan = stages.plan_datasets(model.preprocess, data=str(root / "cifar10" / "train.tar.gz"),
@@ -217,7 +218,7 @@ def main() -> int:
                    + (f" --variants {args.variants}" if args.variants != "po2,float" else "")
                    + (f" --ptqs {args.ptqs}" if args.ptqs != ",".join(PTQ_KEYS) else "")
                    + (f" --budgets {args.budgets}" if budgets != BIT_BUDGETS else "")
-                   + (" --no-bitops" if args.no_bitops else "")
+                   + (" --no-bitops" if args.no_bitops else "") + (f" --tag {args.tag}" if args.tag else "")
                    + (f" --rank-eval {args.rank_eval}" if args.rank_eval != 1000 else ""),
         "tool_version": __version__,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

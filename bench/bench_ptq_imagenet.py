@@ -87,6 +87,24 @@ def set_bits(doc: dict, layers, target, bits) -> dict:
     return recost(doc, layers, target)
 
 
+def lite0(root: Path, calib_size: int, eval_size: int | None, seed: int):
+    """EfficientNet-Lite0 and its data plan: calibration drawn from sample1000 (seeded,
+    class-stratified), evaluation on val1300."""
+    model = stages.load_model(MODEL, data_root=str(root))
+    plan = stages.plan_datasets(model.preprocess, data=str(root / "imagenet" / "sample1000"),
+                                eval_data=str(root / "imagenet" / "val1300"), calib_size=calib_size,
+                                eval_size=eval_size, seed=seed)
+    return model, plan
+
+
+def every_layer_integer(model, target, calibration, seed: int) -> dict:
+    """The allocation with every layer at ``target``'s integer pair (its first choice)."""
+    table = stages.profile(model, target, calibration, "mse", seed=seed)
+    integer = target.choices()[0]
+    return set_bits(stages.allocation_document(table, target, ["1000MB"]), stages.deployable(model).layers, target,
+                    lambda layer: integer)
+
+
 def avg_w(doc: dict, layers) -> float:
     params = {layer.name: layer.weight_params for layer in layers}
     return sum(params[e["name"]] * e["w_bits"] for e in doc["layers"]) / sum(params.values())
@@ -113,10 +131,7 @@ def main() -> int:
     rule_ptqs = {rule: cfgs for rule, cfgs in rule_ptqs.items() if cfgs}
     root = Path(args.data_root)
     started = time.perf_counter()
-    model = stages.load_model(MODEL, data_root=str(root))
-    plan = stages.plan_datasets(model.preprocess, data=str(root / "imagenet" / "sample1000"),
-                                eval_data=str(root / "imagenet" / "val1300"), calib_size=args.calib_size,
-                                eval_size=args.eval_size, seed=args.seed)
+    model, plan = lite0(root, args.calib_size, args.eval_size, args.seed)
     no_eval = dataclasses.replace(plan, evaluation=None)
     ev = plan.evaluation
     x_eval, y_eval = ev.x.numpy(), ev.y.numpy()
@@ -174,9 +189,7 @@ def main() -> int:
             integer = base.choices()[0]
             for rule in rule_ptqs:
                 target = base.with_scale_rule(rule)
-                table = stages.profile(model, target, plan.calibration, "mse", seed=args.seed)
-                doc = set_bits(stages.allocation_document(table, target, ["1000MB"]), layers, target,
-                               lambda layer: integer)
+                doc = every_layer_integer(model, target, plan.calibration, args.seed)
                 run("edge", target, "every layer integer", f"w{integer[0]}/a{integer[1]}", doc)
             float_input = onnx.load(str(float_path)).graph.input[0].name
             for method in (CalibrationMethod.MinMax, CalibrationMethod.Entropy, CalibrationMethod.Percentile):

@@ -33,7 +33,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from bench_ptq_imagenet import _Reader, set_bits  # the same calibration reader and allocation helper
+from bench_ptq_imagenet import MODEL, _Reader, every_layer_integer, lite0  # the same model, data and reader
 from machine import machine_info  # bench/machine.py (the script's folder is on sys.path)
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -45,7 +45,6 @@ from infoq_deploy.quantize.ptq import PtqConfig
 from infoq_deploy.verify.check import _ELEMENT_BUDGET  # verify's batch rule, so the baseline runs batch alike
 
 HERE = Path(__file__).resolve().parent
-MODEL = "zoo:efficientnet-lite0"
 PTQS = {"minmax": PtqConfig("minmax", False), "default (gptq + bias correction)": PtqConfig(chosen=False)}
 
 
@@ -77,17 +76,11 @@ def main() -> int:
     args = ap.parse_args()
     root = Path(args.data_root)
     started = time.perf_counter()
-    model = stages.load_model(MODEL, data_root=str(root))
-    plan = stages.plan_datasets(model.preprocess, data=str(root / "imagenet" / "sample1000"),
-                                eval_data=str(root / "imagenet" / "val1300"), calib_size=args.calib_size,
-                                eval_size=args.eval_size, seed=args.seed)
+    model, plan = lite0(root, args.calib_size, args.eval_size, args.seed)
     no_eval = dataclasses.replace(plan, evaluation=None)
     ev, calib = plan.evaluation, plan.calibration
-    layers = stages.deployable(model).layers
     target = stages.load_target("edge-cpu-ort")
-    integer = target.choices()[0]
-    table = stages.profile(model, target, calib, "mse", seed=args.seed)
-    doc = set_bits(stages.allocation_document(table, target, ["1000MB"]), layers, target, lambda layer: integer)
+    doc = every_layer_integer(model, target, calib, args.seed)
     batch = max(1, min(len(ev), 256, _ELEMENT_BUDGET // max(1, ev.x[0].numel())))
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -18,8 +18,8 @@ power-of-two weights, po2 activations; and fpga-int with float scales), this scr
 5. writes bench/results/ptq_<model>.json and .png.
 
 Reproduce: .venv/bin/python bench/bench_ptq.py --model zoo:cifar10-resnet20
-(--variants, --ptqs, --budgets and --no-bitops run a part of the grid; the command in the
-result file says which)
+(--variants, --ptqs, --budgets and --no-bitops run a part of the grid, --tag names its file;
+the command in the result file says which)
 """
 
 from __future__ import annotations

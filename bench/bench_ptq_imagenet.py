@@ -24,7 +24,7 @@ which layers were left out. The time of each algorithm (calibration, GPTQ, bias 
 ORT's calibration and quantization) is measured in the same run.
 
 Reproduce: .venv/bin/python bench/bench_ptq_imagenet.py   (writes bench/results/ptq_imagenet_lite0.json;
-           GPTQ takes about 12 minutes per model on 2 cores, so the whole run is about 2.5 hours;
+           GPTQ took 139-145 s per model on 2 cores in the committed edge run, whose part took 19 minutes;
            --parts, --ptqs, --mcu-budgets and --no-mcu-uniform run a part of it)
 """
 

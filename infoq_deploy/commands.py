@@ -409,6 +409,9 @@ def cmd_verify(args) -> int:
         print(f"  top-1 agreement {_agreement(r)} (need >= {_pct(0.995)}); exported accuracy "
               f"{_pct(r['accuracy'])}, Brevitas {_pct(r['reference_accuracy'])}")
         print(f"  logits: mean |diff| {r['mean_abs_diff']:.4g} (tolerance {r['tolerance']:.4g}), max {r['max_abs_diff']:.4g}")
+        if r.get("rounding_noise") is not None:
+            print(f"  the model itself, run in float64: mean |diff| {r['rounding_noise']:.4g} (float rounding alone); "
+                  f"quantization error {r['quant_error']:.4g}")
         if r.get("reference_check"):
             c = r["reference_check"]
             same = "identical" if c["identical"] else f"max |diff| {c['max_abs_diff']:.4g}"

@@ -334,3 +334,32 @@ def test_near_ties_are_set_aside_and_real_flips_still_count():
     both = np.concatenate([tied, clear])
     agreement, judged_on, ties = top1_agreement(both, np.concatenate([flipped, clear]), tol)
     assert agreement == 1.0 and judged_on == 50 and ties > 40
+
+
+def test_tolerance_allows_what_float_rounding_alone_does_to_the_model(tiny, exported):
+    """The model run in float64 differs from itself in float32 by the boundary flips two runtimes
+    make; the tolerance allows twice that, measured on a copy (the model stays float32)."""
+    _, _, qmodel = tiny
+    x = inputs(100, 23)
+    result = verify_export(exported["qcdq"], "qcdq", qmodel, x, allocation=MIXED)
+    assert result.rounding_noise is not None
+    assert 0 <= result.rounding_noise < result.quant_error
+    assert result.tolerance >= 2 * result.rounding_noise
+    assert result.tolerance >= 0.5 * result.quant_error
+    assert all(p.dtype == torch.float32 for p in qmodel.parameters())
+    assert result.ok
+
+
+def test_rounding_noise_is_zero_on_a_model_float32_computes_exactly(tmp_path):
+    """Integer-valued weights and inputs: float32 and float64 agree exactly, so nothing is allowed for it."""
+    from infoq_deploy.verify.check import _rounding_noise
+
+    model = nn.Sequential(nn.Linear(4, 3))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.arange(12.0).reshape(3, 4))
+        model[0].bias.zero_()
+    x = torch.arange(8.0).reshape(2, 4)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert _rounding_noise(model, x, ref, 2) == 0.0
+    assert _rounding_noise(model, x, ref + 1.0, 2) == pytest.approx(1.0)

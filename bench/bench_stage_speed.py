@@ -117,6 +117,8 @@ def main() -> int:
                                  "run_file": round(1000 * file_s / len(ev), 1),
                                  "run_quantized_model": round(1000 * model_s / len(ev), 1)},
                 "verified": result["ok"], "agreement": result["agreement"], "verified_on": result["n_inputs"],
+                "logits": {k: result.get(k) for k in ("mean_abs_diff", "max_abs_diff", "tolerance", "quant_error",
+                                                       "rounding_noise")},
             }
             print(f"{label}: quantize {algo_s:.1f} s ({rows[label]['calibration_plus_ptq_over_ort']}x ORT), verify "
                   f"{verify_s:.1f} s against {file_s:.1f} + {model_s:.1f} s ({rows[label]['verify_over_two_runs']}x)",

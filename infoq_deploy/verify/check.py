@@ -17,17 +17,17 @@ later layers, more steps flipping on the way: in a deep network the logits end u
 fair fraction of the quantization error itself. How far is a property of the model, and it is
 measured on it: the same Brevitas model run in float64 differs from itself in float32 by just
 that propagation (the last bits differ, as between two runtimes). On EfficientNet-Lite0
-(edge-cpu-ort, 128 val1300 images) float64 moves the logits by 0.040 (mean) after GPTQ + bias
-correction and 0.038 after minmax, and ONNX Runtime runs the exported file 0.035 and 0.036 from
-Brevitas, with its graph optimizations on or off; each layer fed the file's own input matches
-the file to 3e-5. So the *mean* absolute logit difference may be at most the largest of:
+(edge-cpu-ort, `bench/results/stage_speed_lite0.json`) float64 moves the logits by 0.0385
+(mean, 64 images) after GPTQ + bias correction and 0.0361 after minmax, and ONNX Runtime runs
+the exported files 0.0351 and 0.0358 from Brevitas (1,300 images). So the *mean* absolute logit
+difference may be at most the largest of:
 ``ROUNDING_FACTOR`` (2) x that float64 difference (``rounding_noise``, on the first
 ``ROUNDING_SAMPLE`` inputs); ``QUANT_ERROR_FRACTION`` (1/2) of the quantization error (the mean
 absolute difference between the Brevitas model and the same model with quantization disabled,
 same inputs); and ``RUNTIME_RTOL`` (1 %) x mean |logit|. The quantization-error term alone is
 not enough: GPTQ writes its rounded weights back into the float ones and bias correction moves
 the biases, so switching the quantizers off no longer removes the weights' quantization, and
-the term shrinks (Lite0: 0.049 after GPTQ + bias correction, 0.150 after minmax) while the
+the term shrinks (Lite0: 0.048 after GPTQ + bias correction, 0.143 after minmax) while the
 propagation does not. The floor is for the ONNX Runtime integer kernels:
 with its default graph optimizations ORT fuses QDQ pairs into QLinearConv/QGemm, whose
 fixed-point requantization rounds differently from the float simulation by up to one step

@@ -350,7 +350,7 @@ def test_tolerance_allows_what_float_rounding_alone_does_to_the_model(tiny, expo
     assert result.ok
 
 
-def test_rounding_noise_is_zero_on_a_model_float32_computes_exactly(tmp_path):
+def test_rounding_noise_is_zero_on_a_model_float32_computes_exactly():
     """Integer-valued weights and inputs: float32 and float64 agree exactly, so nothing is allowed for it."""
     from infoq_deploy.verify.check import _rounding_noise
 

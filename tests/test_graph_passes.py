@@ -1,6 +1,7 @@
 """Graph rewrites of the export: the one-pass ones (MergeDuplicateNodes, FoldConstantsOnce) that replace qonnx's node-per-call ones, and GemmAsMatMul."""
 
 import numpy as np
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 from qonnx.core.modelwrapper import ModelWrapper
 
@@ -85,3 +86,29 @@ def test_a_gemm_of_a_quantized_constant_becomes_matmul_with_a_vector_scale():
     assert rewritten.get_initializer(quant.input[0]).shape == (5, 3)
     assert rewritten.get_initializer(quant.input[1]).shape == (3,)
     assert np.array_equal(run(rewritten), before)
+
+
+@pytest.mark.parametrize("attrs, bias", [({}, False), ({"alpha": 0.5, "transB": 1}, True), ({"alpha": 2.0}, False),
+                                         ({"beta": 0.25, "transA": 1}, True)])
+def test_gemms_without_bias_or_with_a_scale_factor_keep_their_numbers(attrs, bias):
+    """Every form of Gemm: without C (one MatMul), alpha or beta not 1, A transposed."""
+    from qonnx.core.onnx_exec import execute_onnx
+    from qonnx.util.cleanup import cleanup_model
+
+    from infoq_deploy.export.passes.gemm_as_matmul import GemmAsMatMul
+
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(3, 5) if attrs.get("transB") else (5, 3)).astype(np.float32)
+    inits = [numpy_helper.from_array(w, "w")] + ([numpy_helper.from_array(rng.normal(size=3).astype(np.float32), "b")]
+                                                  if bias else [])
+    nodes = [helper.make_node("Gemm", ["x", "w"] + (["b"] if bias else []), ["y"], **attrs)]
+    shape = [5, 2] if attrs.get("transA") else [2, 5]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], inits)
+    model = cleanup_model(ModelWrapper(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])))
+    x = rng.normal(size=shape).astype(np.float32)
+    run = lambda m: execute_onnx(m, {m.graph.input[0].name: x})[m.graph.output[0].name]  # noqa: E731
+    before = run(model)
+    rewritten, _ = GemmAsMatMul().apply(model)
+    assert "Gemm" not in [n.op_type for n in rewritten.graph.node]
+    assert np.allclose(run(rewritten), before, rtol=1e-6, atol=1e-6)

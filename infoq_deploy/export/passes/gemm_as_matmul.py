@@ -5,25 +5,76 @@ scale of shape (1, N); hls4ml 1.3's ScaleDownMatMul then cannot broadcast it ont
 (N,) output (batch dimension dropped) and gives up, leaving the weights unconverted
 (docs/upstream/). The same MatMul with a (N,) scale is equivalent ONNX, and both flows take
 it; the documented flow's own GemmToMatMul then has nothing left to do.
+
+Every Gemm is rewritten here in one pass: Transposes of A and B where transA / transB are set
+(qonnx's cleanup folds B's into the Quant node's initializers), the MatMul, a Mul by alpha and
+by beta where they are not 1 (torch writes 1), and the Add of C. Not qonnx's GemmToMatMul: it
+converts one node per call and then runs RemoveIdentityOps over the whole graph, which removes
+one node per call and re-infers every shape each time (ViT-B/16's export spent more than 15
+minutes there in issue #14's matrix, for its one Gemm), and it writes alpha and beta as float64
+constants, which ONNX Runtime refuses beside float32 tensors.
 """
 
 from __future__ import annotations
 
-import warnings
-
+import numpy as np
+from onnx import helper, numpy_helper
 from qonnx.transformation.base import Transformation
-from qonnx.transformation.gemm_to_matmul import GemmToMatMul
 from qonnx.util.cleanup import cleanup_model
+
+
+def _rewrite_gemms(model) -> None:
+    graph = model.graph
+    names = {t for n in graph.node for t in (*n.input, *n.output)} | {i.name for i in graph.initializer}
+
+    def fresh(base: str) -> str:
+        name, k = base, 0
+        while name in names:
+            k += 1
+            name = f"{base}_{k}"
+        names.add(name)
+        return name
+
+    def scaled(tensor: str, factor: float, base: str, out: str | None = None) -> str:
+        const = fresh(f"{base}_factor")
+        graph.initializer.append(numpy_helper.from_array(np.array(factor, np.float32), const))
+        out = out or fresh(f"{base}_scaled")
+        nodes.append(helper.make_node("Mul", [tensor, const], [out], name=fresh(f"{base}_mul")))
+        return out
+
+    nodes = []
+    for node in list(graph.node):
+        if node.op_type != "Gemm":
+            nodes.append(node)
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
+        a, b = node.input[0], node.input[1]
+        for key, which in (("transA", 0), ("transB", 1)):
+            if attrs.get(key, 0):
+                t = fresh(f"{node.name}_{'ab'[which]}T")
+                nodes.append(helper.make_node("Transpose", [node.input[which]], [t], name=fresh(f"{node.name}_transpose")))
+                a, b = (t, b) if which == 0 else (a, t)
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        last = bias is None and alpha == 1.0
+        product = node.output[0] if last else fresh(f"{node.name}_matmul")
+        nodes.append(helper.make_node("MatMul", [a, b], [product], name=fresh(f"{node.name}_mm")))
+        if alpha != 1.0:
+            product = scaled(product, alpha, f"{node.name}_alpha", node.output[0] if bias is None else None)
+        if bias is not None:
+            if beta != 1.0:
+                bias = scaled(bias, beta, f"{node.name}_beta")
+            nodes.append(helper.make_node("Add", [product, bias], [node.output[0]], name=fresh(f"{node.name}_add")))
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 class GemmAsMatMul(Transformation):
     def apply(self, model):
         if not any(n.op_type == "Gemm" for n in model.graph.node):
             return model, False
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # written for Gemm opset 9; ours uses nothing newer
-            model = model.transform(GemmToMatMul())
-        model = cleanup_model(model)  # folds GemmToMatMul's weight Transpose into the Quant node
+        _rewrite_gemms(model)
+        model = cleanup_model(model)  # folds the weight Transpose into the Quant node
         for node in model.graph.node:
             if node.op_type != "MatMul":
                 continue

@@ -300,3 +300,43 @@ def test_gptq_and_bias_correction_take_a_linear_layer_on_a_4d_channels_last_inpu
     with torch.no_grad():
         ref = gm(x)
         assert ((rounded(x) - ref) ** 2).mean() < ((rtn(x) - ref) ** 2).mean()
+
+
+def test_gptq_walks_a_graph_that_calls_an_activation_quantizer_twice():
+    """A quantizer shared by two inputs (ViT's residual adds) does not stop the one-pass walk,
+    and the walk still rounds exactly as Brevitas's loop; a weight layer called twice does."""
+    import brevitas.nn as qnn
+    from brevitas.graph.calibrate import calibration_mode
+    from torch import nn
+
+    from infoq_deploy.quantize import gptq
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.act, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Identity(), nn.Conv2d(8, 4, 3, padding=1)
+
+        def forward(self, x):
+            y = self.conv1(x)
+            return self.conv2(self.act(y) + self.act(torch.relu(y)))
+
+    torch.manual_seed(0)
+    gm = torch.fx.symbolic_trace(Net())
+    gm.conv1 = qnn.QuantConv2d(3, 8, 3, padding=1, weight_bit_width=3)
+    gm.act = qnn.QuantIdentity()
+    gm.conv2 = qnn.QuantConv2d(8, 4, 3, padding=1, weight_bit_width=3)
+    x = torch.randn(64, 3, 8, 8)
+    with torch.no_grad(), calibration_mode(gm):
+        gm(x)
+    assert gptq._walkable(gm)
+    walked, looped = copy.deepcopy(gm), copy.deepcopy(gm)
+    gptq.apply(walked, x, batch_size=16)
+    gptq.apply(looped, x, batch_size=16, walk=False)
+    for name in ("conv1", "conv2"):
+        assert torch.equal(walked.get_submodule(name).quant_weight().int(), looped.get_submodule(name).quant_weight().int())
+    assert not torch.equal(walked.conv2.quant_weight().int(), gm.conv2.quant_weight().int())  # GPTQ did round
+
+    shared = torch.fx.symbolic_trace(Net())
+    shared.graph.call_module("conv1", (next(iter(shared.graph.nodes)),))  # a second call of a weight layer
+    shared.conv1 = gm.conv1
+    assert not gptq._walkable(shared)

@@ -127,10 +127,15 @@ class _Walk(torch.fx.Interpreter):
 
 
 def _walkable(qmodel: nn.Module) -> bool:
-    """A graph that calls each layer once (a shared layer would see its inputs in two places)."""
+    """A graph that calls each weight layer once (a shared layer would see its inputs in two
+    places). Other modules may be called more than once: an activation quantizer shared by both
+    inputs of an Add (ViT's residual adds) is a pure function in eval mode, and the walk runs it
+    at each call as the model does; counting it made every ViT GPTQ run Brevitas's loop (74
+    layers, about a forward pass each)."""
     if not isinstance(qmodel, torch.fx.GraphModule):
         return False
-    called = [n.target for n in qmodel.graph.nodes if n.op == "call_module"]
+    weights = {name for name, m in qmodel.named_modules() if isinstance(m, QuantWeightBiasInputOutputLayer)}
+    called = [n.target for n in qmodel.graph.nodes if n.op == "call_module" and n.target in weights]
     return len(called) == len(set(called))
 
 

@@ -10,8 +10,8 @@ Every Gemm is rewritten here in one pass: Transposes of A and B where transA / t
 (qonnx's cleanup folds B's into the Quant node's initializers), the MatMul, a Mul by alpha and
 by beta where they are not 1 (torch writes 1), and the Add of C. Not qonnx's GemmToMatMul: it
 converts one node per call and then runs RemoveIdentityOps over the whole graph, which removes
-one node per call and re-infers every shape each time (ViT-B/16's export spent more than 15
-minutes there in issue #14's matrix, for its one Gemm), and it writes alpha and beta as float64
+one node per call and re-infers every shape each time (ViT-B/16's export sat there, for its
+one Gemm, until stopped by hand in issue #14's matrix), and it writes alpha and beta as float64
 constants, which ONNX Runtime refuses beside float32 tensors.
 """
 

@@ -135,7 +135,8 @@ def cell(arch: str, column: str, wfile: Path, data: Path, tmp: Path, env: dict, 
             verify={k: verify.get(k) for k in VERIFY_KEYS if k in verify}, timings=doc["timings"])
     else:
         target_doc.update(outcome="timeout" if code == "timeout" else
-                          "traceback" if last.startswith("traceback") else "refused", message=last)
+                          "traceback" if last.startswith("traceback") else
+                          "verification failed" if "failed verification" in last else "refused", message=last)
     return result
 
 

@@ -24,25 +24,16 @@ from qonnx.util.cleanup import cleanup_model
 
 
 def _rewrite_gemms(model) -> None:
-    graph = model.graph
-    names = {t for n in graph.node for t in (*n.input, *n.output)} | {i.name for i in graph.initializer}
+    """Node names are left to the cleanup that follows (qonnx's GiveUniqueNodeNames)."""
+    graph, new = model.graph, model.make_new_valueinfo_name
+    nodes = []
 
-    def fresh(base: str) -> str:
-        name, k = base, 0
-        while name in names:
-            k += 1
-            name = f"{base}_{k}"
-        names.add(name)
-        return name
-
-    def scaled(tensor: str, factor: float, base: str, out: str | None = None) -> str:
-        const = fresh(f"{base}_factor")
+    def scaled(tensor: str, factor: float, out: str | None = None) -> str:
+        const, out = new(), out or new()
         graph.initializer.append(numpy_helper.from_array(np.array(factor, np.float32), const))
-        out = out or fresh(f"{base}_scaled")
-        nodes.append(helper.make_node("Mul", [tensor, const], [out], name=fresh(f"{base}_mul")))
+        nodes.append(helper.make_node("Mul", [tensor, const], [out]))
         return out
 
-    nodes = []
     for node in list(graph.node):
         if node.op_type != "Gemm":
             nodes.append(node)
@@ -50,21 +41,21 @@ def _rewrite_gemms(model) -> None:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
         a, b = node.input[0], node.input[1]
-        for key, which in (("transA", 0), ("transB", 1)):
-            if attrs.get(key, 0):
-                t = fresh(f"{node.name}_{'ab'[which]}T")
-                nodes.append(helper.make_node("Transpose", [node.input[which]], [t], name=fresh(f"{node.name}_transpose")))
-                a, b = (t, b) if which == 0 else (a, t)
+        if attrs.get("transA", 0):
+            nodes.append(helper.make_node("Transpose", [a], [transposed := new()]))
+            a = transposed
+        if attrs.get("transB", 0):
+            nodes.append(helper.make_node("Transpose", [b], [transposed := new()]))
+            b = transposed
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
-        last = bias is None and alpha == 1.0
-        product = node.output[0] if last else fresh(f"{node.name}_matmul")
-        nodes.append(helper.make_node("MatMul", [a, b], [product], name=fresh(f"{node.name}_mm")))
+        product = node.output[0] if bias is None and alpha == 1.0 else new()
+        nodes.append(helper.make_node("MatMul", [a, b], [product]))
         if alpha != 1.0:
-            product = scaled(product, alpha, f"{node.name}_alpha", node.output[0] if bias is None else None)
+            product = scaled(product, alpha, node.output[0] if bias is None else None)
         if bias is not None:
             if beta != 1.0:
-                bias = scaled(bias, beta, f"{node.name}_beta")
-            nodes.append(helper.make_node("Add", [product, bias], [node.output[0]], name=fresh(f"{node.name}_add")))
+                bias = scaled(bias, beta)
+            nodes.append(helper.make_node("Add", [product, bias], [node.output[0]]))
     del graph.node[:]
     graph.node.extend(nodes)
 

@@ -286,7 +286,7 @@ def _agreement(r: dict) -> str:
     if judged_on is None:  # a file from before near-ties were set aside
         return _pct(r["agreement"])
     if r["agreement"] is None:
-        return f"not judged (all {r['n_inputs']} inputs are near-ties within the logit tolerance)"
+        return f"not judged (all {r['n_inputs']} inputs are near-ties within what rounding and the tolerance allow)"
     ties = f", {r['ties']} near-tie flips set aside" if r.get("ties") else ""
     return f"{_pct(r['agreement'])} on {judged_on} decisive inputs of {r['n_inputs']}{ties}"
 
@@ -410,8 +410,9 @@ def cmd_verify(args) -> int:
               f"{_pct(r['accuracy'])}, Brevitas {_pct(r['reference_accuracy'])}")
         print(f"  logits: mean |diff| {r['mean_abs_diff']:.4g} (tolerance {r['tolerance']:.4g}), max {r['max_abs_diff']:.4g}")
         if r.get("rounding_noise") is not None:
-            print(f"  the model itself, run in float64: mean |diff| {r['rounding_noise']:.4g} (float rounding alone); "
-                  f"quantization error {r['quant_error']:.4g}")
+            most = f", max {r['rounding_max']:.4g}" if r.get("rounding_max") is not None else ""
+            print(f"  the model itself, run in float64: mean |diff| {r['rounding_noise']:.4g}{most} (float rounding "
+                  f"alone); quantization error {r['quant_error']:.4g}")
         if r.get("reference_check"):
             c = r["reference_check"]
             same = "identical" if c["identical"] else f"max |diff| {c['max_abs_diff']:.4g}"

@@ -66,7 +66,8 @@ COLUMNS = {"fpga-int": ("fpga-int", []), "fpga-int+qonnx": ("fpga-int", ["--back
            "mcu-int": ("mcu-int", []), "edge-cpu-ort": ("edge-cpu-ort", [])}
 TIMEOUT = 1800
 VERIFY_KEYS = ("ok", "runner", "agreement", "agreement_all", "top1_judged_on", "ties", "n_inputs", "mean_abs_diff",
-               "max_abs_diff", "tolerance", "reference_check", "mismatches", "consumers", "ort_float")
+               "max_abs_diff", "tolerance", "rounding_noise", "rounding_max", "reference_check", "mismatches",
+               "consumers", "ort_float")
 
 
 def weights(arch: str, calib: Path, folder: Path) -> Path:

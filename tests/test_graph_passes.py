@@ -112,3 +112,47 @@ def test_gemms_without_bias_or_with_a_scale_factor_keep_their_numbers(attrs, bia
     rewritten, _ = GemmAsMatMul().apply(model)
     assert "Gemm" not in [n.op_type for n in rewritten.graph.node]
     assert np.allclose(run(rewritten), before, rtol=1e-6, atol=1e-6)
+
+
+def _shape_check_cases():
+    """Graphs for the shape check: all described, an activation without a shape, an initializer
+    without its ValueInfo, and a tensor described twice."""
+    w = numpy_helper.from_array(np.ones((2, 2), np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])
+    h = helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, 2])
+    wv = helper.make_tensor_value_info("w", TensorProto.FLOAT, [2, 2])
+    return {
+        "described": helper.make_graph(nodes, "g", [x], [y], [w], value_info=[h, wv]),
+        "activation without shape": helper.make_graph(nodes, "g", [x], [y], [w], value_info=[wv]),
+        "initializer without ValueInfo": helper.make_graph(nodes, "g", [x], [y], [w], value_info=[h]),
+        "described twice": helper.make_graph(nodes, "g", [x], [y], [w], value_info=[h, h, wv]),
+    }
+
+
+@pytest.mark.parametrize("case", list(_shape_check_cases()))
+@pytest.mark.parametrize("fix", [False, True])
+def test_the_linear_shape_check_answers_and_fixes_as_qonnx_does(case, fix):
+    """export/linear_shape_check.py replaces qonnx's quadratic check: same result, same
+    ValueInfo added for an initializer, same assertion on a tensor described twice; and qonnx's
+    own method is back after the block."""
+    from infoq_deploy.export.linear_shape_check import check_all_tensor_shapes_specified, linear_shape_check
+
+    original = ModelWrapper.check_all_tensor_shapes_specified
+    results = []
+    for check in (original, check_all_tensor_shapes_specified):
+        model = ModelWrapper(helper.make_model(_shape_check_cases()[case]), fix_missing_initializer_valueinfo=False)
+        try:
+            answer = check(model, fix_missing_init_shape=fix)
+        except AssertionError as exc:
+            answer = f"AssertionError: {exc}"
+        results.append((answer, model.model.SerializeToString()))
+    assert results[0] == results[1]
+    assert (case == "activation without shape") == (results[0][0] is False)
+    with linear_shape_check():
+        assert ModelWrapper.check_all_tensor_shapes_specified is check_all_tensor_shapes_specified
+        with linear_shape_check():
+            pass
+        assert ModelWrapper.check_all_tensor_shapes_specified is check_all_tensor_shapes_specified
+    assert ModelWrapper.check_all_tensor_shapes_specified is original

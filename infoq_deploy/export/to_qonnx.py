@@ -14,6 +14,7 @@ from qonnx.transformation.remove import RemoveUnusedNodes
 from qonnx.util.cleanup import cleanup_model
 
 from infoq_deploy.export.graph import OnnxGraph
+from infoq_deploy.export.linear_shape_check import linear_shape_check
 from infoq_deploy.export.passes.bias_to_batchnorm import BiasToBatchNorm
 from infoq_deploy.export.passes.fold_constants import FoldConstantsOnce
 from infoq_deploy.export.passes.gemm_as_matmul import GemmAsMatMul
@@ -48,13 +49,14 @@ PASSES = (MergeDuplicateNodes, ShortcutToConv, GlobalAveragePoolToSumConv, Quant
 
 def write(qmodel, example, path) -> None:
     export_qonnx(qmodel, example, export_path=str(path), dynamo=False, opset_version=ONNX_OPSET)
-    # our one-pass folder first: qonnx's, inside cleanup_model, folds a node per call (passes/fold_constants.py)
-    model = cleanup_model(ModelWrapper(str(path)).transform(FoldConstantsOnce()))
-    for rewrite in PASSES:
-        model = model.transform(rewrite())
-    # the bias Quant nodes the passes left behind, and the tensors only they read
-    model = model.transform(RemoveUnusedNodes()).transform(RemoveUnusedTensors())
-    cleanup_model(model).save(str(path))
+    with linear_shape_check():  # qonnx's check is quadratic in the graph's size (export/linear_shape_check.py)
+        # our one-pass folder first: qonnx's, inside cleanup_model, folds a node per call (passes/fold_constants.py)
+        model = cleanup_model(ModelWrapper(str(path)).transform(FoldConstantsOnce()))
+        for rewrite in PASSES:
+            model = model.transform(rewrite())
+        # the bias Quant nodes the passes left behind, and the tensors only they read
+        model = model.transform(RemoveUnusedNodes()).transform(RemoveUnusedTensors())
+        cleanup_model(model).save(str(path))
 
 
 def quant_bits(g: OnnxGraph, qnode) -> int | str:

@@ -120,7 +120,11 @@ def boundary_values(rw: onnx.ModelProto, vals, tensor: str, i: int) -> dict | No
     pre = vals[f"{base}__zp"][i].astype(np.float64)  # input / scale + zero point: what is rounded
     distance = np.abs(pre - np.floor(pre) - 0.5).reshape(-1)
     nearest = np.argsort(distance)[:5]
+    div = next(n for n in rw.graph.node if n.name == f"{base}__div")
+    src = producer.get(div.input[0])  # what the quantizer quantizes
     return {"compute_node": node.name, "quant": base,
+            "quant_input": None if src is None else {
+                "op": src.op_type, "from": [producer[t].op_type for t in src.input if t in producer]},
             "nearest_to_a_half_integer": [float(v) for v in pre.reshape(-1)[nearest]],
             "rounded_to": [float(v) for v in vals[f"{base}__round"][i].reshape(-1)[nearest]],
             "elements": int(pre.size)}

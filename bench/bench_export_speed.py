@@ -1,12 +1,14 @@
-"""QONNX export and qonnx's executor with qonnx's own tensor-shape check against ours
-(`export/linear_shape_check.py`), on the same quantized model in one process: time of each
-and whether the two exports are the same file, byte for byte.
+"""QONNX export and qonnx's executor with qonnx's own graph helpers (tensor-shape check,
+SortGraph, GiveUniqueParameterTensors) against our linear-time ones (`export/qonnx_linear.py`),
+on the same quantized model in one process: time of each and whether the two exports are the
+same file, byte for byte.
 
 Model: torchvision's random initialisation with BatchNorm re-estimated, as in the coverage
 matrix (`bench_torchvision_matrix.py`), built and calibrated the way the preflight builds its
 trial (fpga-int's widest bits, 8 calibration images from ../shared/data/imagenet/sample1000);
 weights do not change the graph, so they do not change what is timed. Per architecture, the
-order is qonnx's check first, then ours (an untimed warm-up export of the first architecture runs before all). The
+order is qonnx's helpers first, then ours (an untimed warm-up export of the first
+architecture runs before all). The
 executor column is qonnx's ``execute_onnx`` after its cleanup, on one image, as verify's
 reference check runs it (`backends/qonnx_exec.py`).
 
@@ -19,6 +21,7 @@ import argparse
 import contextlib
 import hashlib
 import os
+import random
 import sys
 import tempfile
 import time
@@ -59,12 +62,13 @@ def quantized(arch: str, data: Path, tmp: Path):
 
 
 def timed(qmodel, x, path: Path, ours: bool) -> dict:
-    # qonnx's own check: the modules' context manager replaced by one that changes nothing
+    # qonnx's own helpers: the modules' context manager replaced by one that changes nothing
     patch = contextlib.nullcontext if not ours else None
-    saved = (to_qonnx.linear_shape_check, qonnx_exec.linear_shape_check)
+    saved = (to_qonnx.linear_time, qonnx_exec.linear_time)
     if patch is not None:
-        to_qonnx.linear_shape_check = qonnx_exec.linear_shape_check = patch
+        to_qonnx.linear_time = qonnx_exec.linear_time = patch
     try:
+        random.seed(0)  # qonnx names some new tensors with random.choice before renaming them all
         start = time.perf_counter()
         export_model(qmodel, x[:1], "qonnx", path)
         export_s = time.perf_counter() - start
@@ -73,7 +77,7 @@ def timed(qmodel, x, path: Path, ours: bool) -> dict:
         out = run(x[:1].numpy())
         exec_s = time.perf_counter() - start
     finally:
-        to_qonnx.linear_shape_check, qonnx_exec.linear_shape_check = saved
+        to_qonnx.linear_time, qonnx_exec.linear_time = saved
     model = onnx.load(str(path))
     return {"export_seconds": round(export_s, 2), "executor_seconds": round(exec_s, 2),
             "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "nodes": len(model.graph.node),
@@ -97,15 +101,15 @@ def main() -> int:
                 export_model(qmodel, x[:1], "qonnx", tmp / "warm.onnx")
             theirs = timed(qmodel, x, tmp / "theirs.onnx", ours=False)
             ours = timed(qmodel, x, tmp / "ours.onnx", ours=True)
-            rows[arch] = {"qonnx_check": theirs, "linear_check": ours,
+            rows[arch] = {"qonnx_helpers": theirs, "linear_time_helpers": ours,
                           "same_file": theirs["sha256"] == ours["sha256"],
                           "export_speedup": round(theirs["export_seconds"] / ours["export_seconds"], 2),
                           "executor_speedup": round(theirs["executor_seconds"] / ours["executor_seconds"], 2)}
-            print(arch, {k: v for k, v in rows[arch].items() if k not in ("qonnx_check", "linear_check")},
+            print(arch, {k: v for k, v in rows[arch].items() if k not in ("qonnx_helpers", "linear_time_helpers")},
                   theirs["export_seconds"], ours["export_seconds"], flush=True)
     write_json(Path(args.out), {
-        "benchmark": "QONNX export and qonnx's executor: qonnx's tensor-shape check against "
-                     "export/linear_shape_check.py, same model, same process",
+        "benchmark": "QONNX export and qonnx's executor: qonnx's graph helpers against their linear-time "
+                     "versions in export/qonnx_linear.py, same model, same process",
         "command": "python bench/bench_export_speed.py" + "".join(f" {a}" for a in sys.argv[1:]),
         "model": "torchvision random init (seed 0), BatchNorm re-estimated on 32 sample1000 images; fpga-int's "
                  "widest bits, calibrated on 8 sample1000 images (the preflight's trial build)",

@@ -1,5 +1,8 @@
 """Graph rewrites of the export: the one-pass ones (MergeDuplicateNodes, FoldConstantsOnce) that replace qonnx's node-per-call ones, and GemmAsMatMul."""
 
+import contextlib
+import random
+
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -134,10 +137,10 @@ def _shape_check_cases():
 @pytest.mark.parametrize("case", list(_shape_check_cases()))
 @pytest.mark.parametrize("fix", [False, True])
 def test_the_linear_shape_check_answers_and_fixes_as_qonnx_does(case, fix):
-    """export/linear_shape_check.py replaces qonnx's quadratic check: same result, same
+    """export/qonnx_linear.py replaces qonnx's quadratic check: same result, same
     ValueInfo added for an initializer, same assertion on a tensor described twice; and qonnx's
     own method is back after the block."""
-    from infoq_deploy.export.linear_shape_check import check_all_tensor_shapes_specified, linear_shape_check
+    from infoq_deploy.export.qonnx_linear import check_all_tensor_shapes_specified, linear_time
 
     original = ModelWrapper.check_all_tensor_shapes_specified
     results = []
@@ -150,9 +153,57 @@ def test_the_linear_shape_check_answers_and_fixes_as_qonnx_does(case, fix):
         results.append((answer, model.model.SerializeToString()))
     assert results[0] == results[1]
     assert (case == "activation without shape") == (results[0][0] is False)
-    with linear_shape_check():
+    with linear_time():
         assert ModelWrapper.check_all_tensor_shapes_specified is check_all_tensor_shapes_specified
-        with linear_shape_check():
+        with linear_time():
             pass
         assert ModelWrapper.check_all_tensor_shapes_specified is check_all_tensor_shapes_specified
     assert ModelWrapper.check_all_tensor_shapes_specified is original
+
+
+def _unsorted_graph_with_shared_weights():
+    """Nodes out of order (a diamond, a node reading only an initializer, a floating Constant no
+    one reads), one initializer read by three nodes."""
+    w = numpy_helper.from_array(np.arange(4, dtype=np.float32).reshape(2, 2), "w")
+    nodes = [
+        helper.make_node("Add", ["a", "b"], ["y"], name="join"),
+        helper.make_node("MatMul", ["h", "w"], ["b"], name="right"),
+        helper.make_node("Constant", [], ["floating"], name="floating",
+                         value=numpy_helper.from_array(np.ones(1, np.float32))),
+        helper.make_node("MatMul", ["h", "w"], ["a"], name="left"),
+        helper.make_node("Relu", ["x"], ["h0"], name="first"),
+        helper.make_node("Identity", ["w"], ["wcopy"], name="from_weight"),
+        helper.make_node("Add", ["h0", "wcopy"], ["h"], name="stem"),
+    ]
+    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 2]) for n in ("h0", "h", "a", "b", "wcopy")]
+    return helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2])],
+                             [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])], [w], value_info=vi)
+
+
+@pytest.mark.parametrize("which", ["SortGraph", "GiveUniqueParameterTensors"])
+def test_linear_sort_and_unique_parameters_write_what_qonnx_writes(which):
+    """Same node order (floating node dropped as qonnx drops it), same copies of a shared
+    initializer under the same new names, byte for byte; and the graph still computes."""
+    from qonnx.transformation import general
+
+    from infoq_deploy.export.qonnx_linear import linear_time
+
+    transformation = getattr(general, which)
+    written = []
+    for linear in (False, True):
+        model = ModelWrapper(helper.make_model(_unsorted_graph_with_shared_weights()))
+        random.seed(0)  # qonnx names new tensors with random.choice
+        with linear_time() if linear else contextlib.nullcontext():
+            model = model.transform(transformation(), cleanup=False)
+        written.append(model.model.SerializeToString())
+    assert written[0] == written[1]
+    model = ModelWrapper(written[1])
+    if which == "SortGraph":
+        assert [n.name for n in model.graph.node][-1] == "join" and "floating" not in [n.name for n in model.graph.node]
+        x = np.arange(4, dtype=np.float32).reshape(2, 2)
+        h = np.maximum(x, 0) + np.arange(4, dtype=np.float32).reshape(2, 2)
+        out = ort.session(model.model)(x)
+        np.testing.assert_allclose(out, 2 * h @ np.arange(4, dtype=np.float32).reshape(2, 2))
+    else:
+        reads = [i for n in model.graph.node for i in n.input if model.get_initializer(i) is not None]
+        assert len(reads) == len(set(reads)) == 3

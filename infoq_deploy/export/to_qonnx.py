@@ -14,7 +14,7 @@ from qonnx.transformation.remove import RemoveUnusedNodes
 from qonnx.util.cleanup import cleanup_model
 
 from infoq_deploy.export.graph import OnnxGraph
-from infoq_deploy.export.linear_shape_check import linear_shape_check
+from infoq_deploy.export.qonnx_linear import linear_time
 from infoq_deploy.export.passes.bias_to_batchnorm import BiasToBatchNorm
 from infoq_deploy.export.passes.fold_constants import FoldConstantsOnce
 from infoq_deploy.export.passes.gemm_as_matmul import GemmAsMatMul
@@ -49,7 +49,7 @@ PASSES = (MergeDuplicateNodes, ShortcutToConv, GlobalAveragePoolToSumConv, Quant
 
 def write(qmodel, example, path) -> None:
     export_qonnx(qmodel, example, export_path=str(path), dynamo=False, opset_version=ONNX_OPSET)
-    with linear_shape_check():  # qonnx's check is quadratic in the graph's size (export/linear_shape_check.py)
+    with linear_time():  # qonnx's helpers scan the whole graph per tensor (export/qonnx_linear.py)
         # our one-pass folder first: qonnx's, inside cleanup_model, folds a node per call (passes/fold_constants.py)
         model = cleanup_model(ModelWrapper(str(path)).transform(FoldConstantsOnce()))
         for rewrite in PASSES:

@@ -5,10 +5,10 @@ Why: qonnx runs all three over and over. The shape check runs whenever it wraps 
 (``ModelWrapper.__init__``, so in every ``InferShapes``) and before every ``execute_onnx``;
 the other two run after every transformation (``ModelWrapper.cleanup``). Each looks tensors
 or nodes up by scanning the whole graph once per tensor or node, so their cost grows with
-the square of the graph's size. On DenseNet-121's QONNX graph the three took over half of the
-export (py-spy), and the pipeline exports twice (the preflight's trial and the real one).
-`bench/bench_export_speed.py` times both versions on the same model and checks that they
-write the same file.
+the square of the graph's size. In a py-spy profile of DenseNet-121's QONNX export the three
+held most of the time, and the pipeline exports twice (the preflight's trial and the real
+one). `bench/bench_export_speed.py` times both versions on the same model and checks that
+they write the same file.
 
 Same answers, same side effects, same order: each function below says what it keeps of
 qonnx's. The originals (or whatever was there) are put back on leaving the block, also on an

@@ -1,4 +1,4 @@
-"""Graph rewrites of the export: the one-pass ones (MergeDuplicateNodes, FoldConstantsOnce) that replace qonnx's node-per-call ones, and GemmAsMatMul."""
+"""Graph rewrites of the export: the one-pass ones (MergeDuplicateNodes, FoldConstantsOnce) that replace qonnx's node-per-call ones, GemmAsMatMul, and the linear-time versions of qonnx's graph helpers (export/qonnx_linear.py)."""
 
 import contextlib
 import random

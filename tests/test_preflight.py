@@ -81,3 +81,29 @@ def test_hls4ml_grouped_convolutions_are_listed_depthwise_ones_are_not():
     found = hls4ml_csim.unsupported(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
     assert [(node, op) for node, op, _ in found] == [("grouped", "Conv")]
     assert "2 groups of 4 input channels" in found[0][2]
+
+
+@needs_hls4ml
+def test_hls4ml_broadcasting_merges_are_listed_same_size_ones_are_not():
+    """hls4ml's io_stream merge asserts on two inputs of different sizes when it writes the
+    project ("broadcasting merge not supported non-io_parallel": EfficientNet-B0's
+    squeeze-and-excitation gate, after the whole pipeline); the list names it before. A merge
+    of equal sizes (SiLU's x * sigmoid(x), a residual add) and one with a constant are not listed."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Sigmoid", ["x"], ["s"], name="sigmoid"),
+             helper.make_node("Mul", ["x", "s"], ["silu"], name="silu"),
+             helper.make_node("GlobalAveragePool", ["silu"], ["g"], name="squeeze"),
+             helper.make_node("Mul", ["silu", "g"], ["gated"], name="gate"),
+             helper.make_node("Add", ["gated", "x"], ["r"], name="residual"),
+             helper.make_node("Mul", ["r", "c"], ["y"], name="scale")]
+    shapes = {"s": [1, 4, 6, 6], "silu": [1, 4, 6, 6], "g": [1, 4, 1, 1], "gated": [1, 4, 6, 6], "r": [1, 4, 6, 6]}
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])],
+        [numpy_helper.from_array(np.ones((1, 4, 1, 1), np.float32), "c")],
+        value_info=[helper.make_tensor_value_info(k, TensorProto.FLOAT, v) for k, v in shapes.items()])
+    found = hls4ml_csim.unsupported(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+    assert [(node, op) for node, op, _ in found] == [("gate", "Mul")]
+    assert "1x4x6x6 and a 1x4x1x1" in found[0][2]

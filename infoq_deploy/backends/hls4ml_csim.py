@@ -102,13 +102,19 @@ _POOLS = ("MaxPool", "AveragePool")
 
 # what hls4ml's documented preprocessing (`prepare`) turns into an op it has a handler for
 _CONVERTED = {"Gemm": "MatMul"}
+# hls4ml's Merge layers (``converters/onnx/merge.py``, Concat aside: a layer of its own)
+_MERGES = ("Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean")
 
 
 def unsupported(model: onnx.ModelProto) -> list[tuple[str, str, str]]:
     """The nodes of ``model`` hls4ml 1.3's flow cannot take, as (node, operator, why): operators
     its ONNX front end has no handler for (``hls4ml.converters.get_supported_onnx_layers``) and
     pools its io_stream implementation asserts against (``nnet_pooling_stream.h``: the window
-    must equal the stride, with no padding; it aborts the C simulation otherwise).
+    must equal the stride, with no padding; it aborts the C simulation otherwise), grouped
+    convolutions, and merges of two tensors of different sizes (a squeeze-and-excitation gate:
+    ``merge_templates.py`` asserts "broadcasting merge not supported non-io_parallel" when it
+    writes the project, after the whole pipeline and 20 minutes of conversion on EfficientNet-B0,
+    bench/results/torchvision_matrix.json).
 
     Read on the file as exported (qonnx's cleaned form), not after `prepare`: the channels-last
     conversion only inserts Transposes and keeps every pool's window, stride and padding, and it
@@ -117,11 +123,17 @@ def unsupported(model: onnx.ModelProto) -> list[tuple[str, str, str]]:
     import hls4ml.converters
 
     known = set(hls4ml.converters.get_supported_onnx_layers())
+    graph = model.graph
+    sizes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+             for v in (*graph.input, *graph.value_info, *graph.output)}
+    constants = {i.name for i in graph.initializer}
     out = []
-    for node in model.graph.node:
+    for node in graph.node:
         if _CONVERTED.get(node.op_type, node.op_type) not in known:
             out.append((node.name, node.op_type, "hls4ml's ONNX front end has no handler for it"))
         elif node.op_type == "Conv" and (why := _grouped(model, node)):
+            out.append((node.name, node.op_type, why))
+        elif node.op_type in _MERGES and (why := _broadcast(node, sizes, constants)):
             out.append((node.name, node.op_type, why))
         elif node.op_type in _POOLS:
             attrs = {a.name: list(a.ints) for a in node.attribute if a.ints}
@@ -132,6 +144,19 @@ def unsupported(model: onnx.ModelProto) -> list[tuple[str, str, str]]:
             elif any(attrs.get("pads", [])):
                 out.append((node.name, node.op_type, "padding, which hls4ml's io_stream pool does not take"))
     return out
+
+
+def _broadcast(node, shapes: dict[str, list[int]], constants: set[str]) -> str | None:
+    """Why hls4ml's io_stream cannot take this merge of two tensors (None: it can, or the
+    shapes are not known): its two inputs hold different numbers of elements."""
+    inputs = [shapes.get(i) for i in node.input if i not in constants]
+    if len(inputs) != 2 or None in inputs or not all(all(shape) for shape in inputs):
+        return None
+    if int(np.prod(inputs[0])) == int(np.prod(inputs[1])):
+        return None
+    a, b = ("x".join(map(str, shape)) for shape in inputs)
+    return (f"a broadcast of a {a} and a {b} tensor; hls4ml's io_stream merge layers take two inputs "
+            "of the same size")
 
 
 def _grouped(model: onnx.ModelProto, node) -> str | None:

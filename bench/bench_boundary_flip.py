@@ -87,7 +87,7 @@ def model_tensors(qmodel, x: torch.Tensor) -> dict[str, np.ndarray]:
     return found
 
 
-def pair_by_value(order, vals, fx, good: int) -> dict[str, str]:
+def pair_by_value(order, vals, fx, good: int, n: int) -> dict[str, str]:
     """file tensor -> model tensor holding the same values on input ``good`` (not all zero)."""
     by_size: dict[int, list[str]] = {}
     for k, v in fx.items():
@@ -95,7 +95,7 @@ def pair_by_value(order, vals, fx, good: int) -> dict[str, str]:
     pairs = {}
     for t in order:
         v = vals[t]
-        if v.ndim == 0 or v.shape[0] != len(fx[next(iter(fx))]) or not np.abs(v[good]).sum():
+        if v.ndim == 0 or v.shape[0] != n or not np.abs(v[good]).sum():
             continue
         hit = next((k for k in by_size.get(v[good].size, [])
                     if np.array_equal(fx[k][good].reshape(-1), v[good].reshape(-1))), None)
@@ -153,7 +153,7 @@ def analyse(run_dir: Path, data: Path) -> dict:
     origins = []
     if moved and same:
         fx = model_tensors(qm.qmodel, x)
-        pairs = pair_by_value(order, vals, fx, same[0])
+        pairs = pair_by_value(order, vals, fx, same[0], len(x))
         for i in moved:
             first = next((t for t in order if t in pairs and not np.array_equal(
                 vals[t][i].reshape(-1), fx[pairs[t]][i].reshape(-1))), None)

@@ -62,11 +62,9 @@ def quantized(arch: str, data: Path, tmp: Path):
 
 
 def timed(qmodel, x, path: Path, ours: bool) -> dict:
-    # qonnx's own helpers: the modules' context manager replaced by one that changes nothing
-    patch = contextlib.nullcontext if not ours else None
     saved = (to_qonnx.linear_time, qonnx_exec.linear_time)
-    if patch is not None:
-        to_qonnx.linear_time = qonnx_exec.linear_time = patch
+    if not ours:  # qonnx's own helpers: the modules' context manager replaced by one that changes nothing
+        to_qonnx.linear_time = qonnx_exec.linear_time = contextlib.nullcontext
     try:
         random.seed(0)  # qonnx names some new tensors with random.choice before renaming them all
         start = time.perf_counter()

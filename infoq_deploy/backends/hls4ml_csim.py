@@ -113,8 +113,7 @@ def unsupported(model: onnx.ModelProto) -> list[tuple[str, str, str]]:
     must equal the stride, with no padding; it aborts the C simulation otherwise), grouped
     convolutions, and merges of two tensors of different sizes (a squeeze-and-excitation gate:
     ``merge_templates.py`` asserts "broadcasting merge not supported non-io_parallel" when it
-    writes the project, after the whole pipeline and 20 minutes of conversion on EfficientNet-B0,
-    bench/results/torchvision_matrix.json).
+    writes the project, so EfficientNet-B0 failed there only after the whole pipeline).
 
     Read on the file as exported (qonnx's cleaned form), not after `prepare`: the channels-last
     conversion only inserts Transposes and keeps every pool's window, stride and padding, and it

@@ -340,3 +340,51 @@ def test_gptq_walks_a_graph_that_calls_an_activation_quantizer_twice():
     shared.graph.call_module("conv1", (next(iter(shared.graph.nodes)),))  # a second call of a weight layer
     shared.conv1 = gm.conv1
     assert not gptq._walkable(shared)
+
+
+@pytest.mark.parametrize("kw", [
+    dict(in_channels=8, out_channels=16, kernel_size=1),                                # 1x1: no im2col
+    dict(in_channels=8, out_channels=16, kernel_size=1, stride=2),
+    dict(in_channels=8, out_channels=8, kernel_size=3, padding=1, groups=8),           # depthwise
+    dict(in_channels=8, out_channels=8, kernel_size=5, stride=2, padding=2, groups=8),
+    dict(in_channels=8, out_channels=12, kernel_size=3, padding=2, dilation=2, groups=4),
+    dict(in_channels=8, out_channels=6, kernel_size=(3, 1), padding=(1, 0)),
+])
+def test_gptq_conv_hessian_is_brevitas_bit_for_bit(kw):
+    """Our running Hessian for a convolution (one im2col, one scaling copy) is Brevitas's (unfoldNd
+    per group, stacked, scaled, copied) bit for bit, over batches of different sizes, with the
+    input's quantizer metadata kept as Brevitas keeps it."""
+    import types
+
+    import brevitas.nn as qnn
+    from brevitas.graph.calibrate import calibration_mode
+    from brevitas.graph.gptq import GPTQ
+    from brevitas.quant import Int8ActPerTensorFloat
+
+    from infoq_deploy.quantize import gptq
+
+    torch.manual_seed(0)
+    layer = qnn.QuantConv2d(**kw, weight_bit_width=4, input_quant=Int8ActPerTensorFloat)
+    batches = [torch.randn(n, 8, 9, 11) for n in (5, 3, 7)]
+    with torch.no_grad(), calibration_mode(layer):
+        layer(torch.cat(batches))
+    layer.eval()
+    assert gptq._unfoldable(layer)
+    ours, theirs = gptq._GPTQ(layer, "c", True, 1, False, 100), GPTQ(layer, "c", True, 1, False, 100)
+    current = types.SimpleNamespace(layer_names=set())
+    with torch.no_grad():
+        for x in batches:
+            ours.compute_iterative_covariance(layer, (x,), current)
+            theirs.compute_iterative_covariance(layer, (x,), current)
+    assert ours.nsamples == theirs.nsamples
+    assert torch.equal(ours.H, theirs.H)
+    assert torch.equal(ours.quant_metadata.scale, theirs.quant_metadata.scale)
+
+
+def test_gptq_leaves_same_padding_to_brevitas():
+    import brevitas.nn as qnn
+
+    from infoq_deploy.quantize import gptq
+
+    assert not gptq._unfoldable(qnn.QuantConv2d(4, 4, 3, padding="same", weight_bit_width=4))
+    assert not gptq._unfoldable(qnn.QuantLinear(4, 4, bias=False, weight_bit_width=4))

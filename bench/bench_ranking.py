@@ -87,6 +87,27 @@ def rho(scores: dict[str, float], truth: dict[str, dict], key: str) -> dict:
     return {"rho": round(float(r.statistic), 4), "p": float(r.pvalue)}
 
 
+def across_widths(scores: dict[str, dict[str, float]], truth: dict[int, dict], bits_list: list[int]) -> dict:
+    """What an allocator needs beyond a ranking at one width: scores that compare across widths.
+    Spearman over every (layer, width) pair, and per width the median over layers of the score
+    and of the measured top-1 drop, each over its value at the lowest width: if the score's
+    ratios fall short of the drop's, the allocator sees the lowest width as cheaper than it is."""
+    names = sorted(truth[bits_list[0]])
+    pooled = spearmanr([scores[str(b)][n] for b in bits_list for n in names],
+                       [truth[b][n]["top1_drop"] for b in bits_list for n in names])
+    low = bits_list[0]
+
+    def median_ratio(values: dict[int, dict[str, float]], b: int) -> float:
+        ratios = sorted(values[b][n] / values[low][n] for n in names if values[low][n] > 0)
+        return round(float(ratios[len(ratios) // 2]), 4) if ratios else float("nan")
+
+    drops = {b: {n: truth[b][n]["top1_drop"] for n in names} for b in bits_list}
+    sc = {b: scores[str(b)] for b in bits_list}
+    return {"spearman_all_widths": {"rho": round(float(pooled.statistic), 4), "p": float(pooled.pvalue)},
+            "median_over_lowest": {str(b): {"score": median_ratio(sc, b), "top1_drop": median_ratio(drops, b)}
+                                   for b in bits_list[1:]}}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="zoo:cifar10-resnet20")
@@ -137,6 +158,8 @@ def main() -> int:
             scores = {name: table.weights[name][b] for name in free}
             row["spearman"][str(b)] = {key: rho(scores, truth["layers"][b], key) for key in ("top1_drop", "loss_increase")}
             row.setdefault("scores", {})[str(b)] = scores
+        if len(bits_list) > 1:
+            row["across_widths"] = across_widths(row["scores"], truth["layers"], bits_list)
         runs.append(row)
         low = row["spearman"][str(bits_list[0])]["top1_drop"]["rho"]
         print(f"{method} {settings}: rho {low} ({row['seconds']} s)", flush=True)

@@ -97,10 +97,11 @@ class _GPTQ(GPTQ):
         Brevitas unfolds each group apart with unfoldNd (a convolution by one-hot kernels), stacks
         the groups, scales the stack, runs the product and copies it into a buffer before adding:
         a Python loop over Lite0's 1,152 depthwise groups and four copies of the largest tensor
-        GPTQ makes, most of its time. Here: one native im2col (none for a 1x1 convolution), one
-        copy that scales into Brevitas's layout, the product straight into the buffer. The same
-        operations on the same values in the same order, so the same Hessian bit for bit
-        (`tests/test_gptq.py` compares the two on every convolution of EfficientNet-Lite0)."""
+        GPTQ makes. Here: one native im2col (none for a 1x1 convolution), one copy that scales
+        into Brevitas's layout, the product straight into the buffer. The same operations on the
+        same values in the same order, so the same Hessian bit for bit (`tests/test_ptq.py`
+        compares the two on every kind of convolution; `bench/bench_gptq_walk.py` the integer
+        weights of EfficientNet-Lite0)."""
         if not _unfoldable(self.layer):
             return super().compute_iterative_covariance(module, input, current_layer)
         current_layer.layer_names.add(self.name)

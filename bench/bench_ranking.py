@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import math
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -103,9 +106,26 @@ def across_widths(scores: dict[str, dict[str, float]], truth: dict[int, dict], b
 
     drops = {b: {n: truth[b][n]["top1_drop"] for n in names} for b in bits_list}
     sc = {b: scores[str(b)] for b in bits_list}
+    # proportionality, which a ranking does not test: the slope of log score on log drop over the
+    # (layer, width) pairs whose drop is at least 0.5 points (below that the drop is mostly noise);
+    # 1 means the score is a fixed multiple of the drop, below 1 that large drops are under-scored
+    pairs = [(math.log(drops[b][n]), math.log(sc[b][n])) for b in bits_list for n in names
+             if drops[b][n] >= 0.5 and sc[b][n] > 0]
+    slope = float(np.polyfit(*zip(*pairs), 1)[0]) if len(pairs) >= 3 else float("nan")
     return {"spearman_all_widths": {"rho": round(float(pooled.statistic), 4), "p": float(pooled.pvalue)},
             "median_over_lowest": {str(b): {"score": median_ratio(sc, b), "top1_drop": median_ratio(drops, b)}
-                                   for b in bits_list[1:]}}
+                                   for b in bits_list[1:]},
+            "log_log_slope": {"slope": round(slope, 3), "pairs": len(pairs)}}
+
+
+def reanalyse(path: Path) -> None:
+    """Recompute each run's ``across_widths`` from the scores and drops a result file holds."""
+    doc = json.loads(path.read_text())
+    bits_list = [int(b) for b in doc["measured"]["layers"]]
+    truth = {int(b): v for b, v in doc["measured"]["layers"].items()}
+    for row in doc["runs"]:
+        row["across_widths"] = across_widths(row["scores"], truth, bits_list)
+    write_json(path, doc)
 
 
 def main() -> int:
@@ -123,7 +143,12 @@ def main() -> int:
     ap.add_argument("--rivals", default="hawq,clado,mse")
     ap.add_argument("--seed", type=int, default=0, help="calibration draw")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--reanalyse", default=None, metavar="FILE",
+                    help="recompute the across-width analysis of a result file from its stored scores and drops")
     args = ap.parse_args()
+    if args.reanalyse:
+        reanalyse(Path(args.reanalyse))
+        return 0
     # zoo:NAME -> NAME; path/to/file.py:factory -> file
     slug = Path(args.model.split(".py:")[0]).stem if ".py:" in args.model else args.model.split(":")[-1].replace("/", "_")
     out = Path(args.out or HERE / "results" / f"ranking_{slug}.json")

@@ -37,6 +37,7 @@ import onnx
 from infoq_deploy.allocate.fpga_resources import MAX_THRESHOLD_BITS as MULTITHRESHOLD_BITS
 from infoq_deploy.allocate.fpga_resources import quiet_finn as _quiet
 from infoq_deploy.core.errors import ConsumerRefused
+from infoq_deploy.export.qonnx_linear import linear_time
 
 HW_DOMAIN = "finn.custom_op.fpgadataflow"
 # FINN's Python execution of its hardware layers on this project's machine
@@ -160,15 +161,20 @@ def prepare(model: onnx.ModelProto):
     """FINN's front end on ``model``, up to its hardware layers (a qonnx ModelWrapper)."""
     from qonnx.core.modelwrapper import ModelWrapper
 
-    wrapped = ModelWrapper(model)
-    for step in (_qonnx_to_finn, _resnet_tidy, _resnet_streamline, _convert_to_hw):
-        try:
-            with _quiet():
-                wrapped = step(wrapped)
-        except Exception as exc:  # FINN's own message, one line
-            raise ConsumerRefused(f"{step.__name__.strip('_')}: {type(exc).__name__}: "
-                                  f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}") from exc
+    with linear_time():  # qonnx's helpers scan the graph per tensor after every transformation
+        wrapped = ModelWrapper(model)
+        for step in (_qonnx_to_finn, _resnet_tidy, _resnet_streamline, _convert_to_hw):
+            wrapped = _step(step, wrapped)
     return wrapped
+
+
+def _step(step, wrapped):
+    try:
+        with _quiet():
+            return step(wrapped)
+    except Exception as exc:  # FINN's own message, one line
+        raise ConsumerRefused(f"{step.__name__.strip('_')}: {type(exc).__name__}: "
+                              f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}") from exc
 
 
 def not_hardware(wrapped) -> list[str]:
@@ -206,7 +212,7 @@ def session(model: onnx.ModelProto):
 
     def run(x: np.ndarray) -> np.ndarray:
         outs = []
-        with _quiet():
+        with _quiet(), linear_time():
             for one in np.asarray(x, dtype=np.float32).reshape(len(x), *in_shape[1:]):
                 outs.append(np.asarray(execute_onnx(wrapped, {iname: one[None]})[oname]).reshape(-1))
         return np.stack(outs)
@@ -229,7 +235,7 @@ def resource_estimates(model: onnx.ModelProto, fpga) -> list[dict]:
     from qonnx.custom_op.registry import getCustomOp
 
     wrapped = prepare(model)
-    with _quiet():
+    with _quiet(), linear_time():
         wrapped = wrapped.transform(SpecializeLayers(fpga.part))
         wrapped = wrapped.transform(SetFolding(int(fpga.cycles_per_frame), mvau_wwidth_max=int(fpga.mvau_wwidth_max),
                                                two_pass_relaxation=False))

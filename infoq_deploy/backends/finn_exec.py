@@ -23,6 +23,10 @@ The result must consist of FINN hardware layers only (domain ``finn.custom_op.fp
 anything else is a refusal that names the node. FINN's execution of that graph (each hardware
 layer's Python model, the reference its C++ and RTL simulations are tested against) is
 compared with qonnx's execution of the exported file.
+
+All of it runs inside ``linear_time()`` (export/qonnx_linear.py): every FINN transformation
+ends in qonnx's cleanup, whose helpers scan the graph per node; the same hardware graph, byte
+for byte, in about half the time on ResNet-20 (bench/bench_finn_speed.py).
 """
 
 from __future__ import annotations

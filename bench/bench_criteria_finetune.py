@@ -71,7 +71,7 @@ def main() -> int:
     test = plan.evaluation
     pool = load_data(opt["--data"], model.preprocess, limit=args.train_size + args.val_size, seed=args.seed + 1)
     train, val = split(pool, args.train_size, seed=args.seed)
-    widths = [int(w) for w in opt["--widths"].split(",")]
+    widths = [int(w) for w in first["weight_widths"]]  # what every method chose from (fpga-int's own by default)
     t = stages.load_target("fpga-int")
     target = dataclasses.replace(t, weights=dataclasses.replace(t.weights, bits=tuple(widths)),
                                  activations=dataclasses.replace(t.activations, bits=(8,)))

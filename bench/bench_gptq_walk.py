@@ -5,8 +5,9 @@ with Brevitas's (unfoldNd per group, stacked, scaled, copied).
 
 All round with Brevitas's own GPTQ update; they differ in how each layer's input is produced
 and how its Hessian is accumulated. The run checks that all give the same integer weights and
-logits, and times each in the same process, one after the other, on a copy of the same
-calibrated model. Model: ImageNet EfficientNet-Lite0 (50 layers), mcu-int with every layer
+logits, and times each in the same process, one after the other (the walk with Brevitas's
+Hessian, the walk with ours, Brevitas's loop; the calibration pass before them runs the same
+kernels first), on a copy of the same calibrated model. Model: ImageNet EfficientNet-Lite0 (50 layers), mcu-int with every layer
 at 4-bit weights per channel and 8-bit activations, calibration images from
 `../shared/data/imagenet/sample1000` (seeded, class-stratified).
 

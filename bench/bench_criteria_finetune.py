@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 from machine import machine_info  # bench/machine.py
 
 from infoq_deploy import __version__, stages
@@ -46,8 +47,13 @@ def main() -> int:
     ap.add_argument("--val-size", type=int, default=1000)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    ap.add_argument("--ptq-only", action="store_true",
+                    help="rebuild and evaluate the post-training models only (checks that they reproduce)")
     ap.add_argument("--out", default=str(HERE / "results" / "criteria_finetune_cifar10-resnet20.json"))
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     started = time.perf_counter()
 
     docs = [json.loads((HERE / "results" / name).read_text()) for name in args.results.split(",")]
@@ -89,25 +95,27 @@ def main() -> int:
         qm = stages.quantize(model, target, doc, no_eval, ModelSource.of(first["model"]), ptq=PtqConfig(chosen=False))
         ptq_top1 = accuracy(qm.qmodel, test.x, test.y)
         t1 = time.perf_counter()
-        with tempfile.TemporaryDirectory() as ck:
-            stages.finetune_quantized(qm, train, val, dataclasses.replace(cfg), ck, progress=False)
-        ft_top1 = accuracy(qm.qmodel, test.x, test.y)
-        out_rows.append({
-            "method": r["method"], "budget": r["budget"], "avg_weight_bits": r["avg_weight_bits"],
-            "w_bits": r["w_bits"], "ptq_top1_committed": r["top1"], "ptq_top1": ptq_top1,
-            "finetuned_top1": ft_top1, "best_epoch": qm.finetune["best_epoch"],
-            "val_history": [h["eval_acc"] for h in qm.finetune["history"]],
-            "quantize_seconds": round(t1 - t0, 1), "finetune_seconds": round(time.perf_counter() - t1, 1),
-        })
-        print(f"{r['method']} {r['budget']}: ptq {ptq_top1:.4f} (committed {r['top1']:.4f}) -> fine-tuned "
-              f"{ft_top1:.4f}", flush=True)
+        row = {"method": r["method"], "budget": r["budget"], "avg_weight_bits": r["avg_weight_bits"],
+               "w_bits": r["w_bits"], "ptq_top1_committed": r["top1"], "ptq_top1": ptq_top1,
+               "quantize_seconds": round(t1 - t0, 1)}
+        if not args.ptq_only:
+            with tempfile.TemporaryDirectory() as ck:
+                stages.finetune_quantized(qm, train, val, dataclasses.replace(cfg), ck, progress=False)
+            row.update(finetuned_top1=accuracy(qm.qmodel, test.x, test.y), best_epoch=qm.finetune["best_epoch"],
+                       val_history=[h["eval_acc"] for h in qm.finetune["history"]],
+                       finetune_seconds=round(time.perf_counter() - t1, 1))
+        out_rows.append(row)
+        print(f"{r['method']} {r['budget']}: ptq {ptq_top1:.4f} (committed {r['top1']:.4f})"
+              + ("" if args.ptq_only else f" -> fine-tuned {row['finetuned_top1']:.4f}"), flush=True)
 
     write_json(Path(args.out), {
         "benchmark": "the criteria's allocations after the same short LSQ fine-tuning, weights only (a8), fpga-int "
                      "quantizer, GPTQ + bias correction before fine-tuning",
         "command": f"{Path(sys.executable).name} bench/bench_criteria_finetune.py --results {args.results} "
                    f"--methods {args.methods} --budgets {args.budgets} --train-size {args.train_size} "
-                   f"--val-size {args.val_size} --epochs {args.epochs} --seed {args.seed}",
+                   f"--val-size {args.val_size} --epochs {args.epochs} --seed {args.seed}"
+                   + (f" --threads {args.threads}" if args.threads else "") + (" --ptq-only" if args.ptq_only else ""),
+        "torch_threads": torch.get_num_threads(),
         "tool_version": __version__, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(),
         "model": first["model"], "weight_widths": widths,
         "calibration": {"source": plan.calibration.source, "n": len(plan.calibration), "sha256": plan.calibration.sha256},

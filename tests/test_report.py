@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from PIL import Image
 
 from infoq_deploy.allocate.costs import BYTES_PER_MB, fp32_size_bytes, model_cost
@@ -102,6 +103,9 @@ def test_report_writes_everything(tmp_path):
 
     doc = json.loads((tmp_path / "report.json").read_text())
     assert doc["format"] == "infoq-deploy/report/1"
+    # what a rerun must match to reproduce the run: the thread count changes GPTQ's weights
+    assert doc["environment"]["torch_threads"] == torch.get_num_threads() and doc["environment"]["torch"]
+    assert f"on {torch.get_num_threads()} thread(s)" in md
     assert [r["name"] for r in doc["layers"]] == [l.name for l in LAYERS]
     assert doc["accuracies"] == args["accuracies"]
     assert doc["plots"] == list(PLOTS)

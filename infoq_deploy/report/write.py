@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import platform
 from pathlib import Path
 
 from infoq_deploy import __version__
@@ -301,6 +302,15 @@ def consumer_line(consumer: dict) -> str:
     return ConsumerResult(**{k: v for k, v in consumer.items() if k in ConsumerResult.__dataclass_fields__}).line()
 
 
+def _environment() -> dict:
+    """What a rerun must match to reproduce this one bit for bit: matrix products sum in an
+    order that depends on the number of threads, and at the lowest widths GPTQ's rounding turns
+    that into different weights (README, "Criterion against criterion on ResNet-56")."""
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+
+
 def render_markdown(doc: dict) -> str:
     alloc = doc["allocation"]
     lines = ["# infoq-deploy run report", ""]
@@ -309,7 +319,11 @@ def render_markdown(doc: dict) -> str:
 
     lines += ["## What ran", ""]
     lines += [f"- **{k}**: {_fmt(v)}" for k, v in _given(doc["inputs"]).items()] or ["- (no inputs recorded)"]
-    lines += [f"- **tool version**: {doc['tool_version']}", ""]
+    lines += [f"- **tool version**: {doc['tool_version']}"]
+    if env := doc.get("environment"):
+        lines.append(f"- **environment**: Python {env['python']}, torch {env['torch']} on {env['torch_threads']} "
+                     "thread(s); the same inputs, seed and thread count give the same result bit for bit")
+    lines.append("")
 
     lines += ["## Model", ""]
     model = {k: v for k, v in _given(doc["model"]).items() if k not in ("layers", "reference_cost")}
@@ -483,6 +497,7 @@ def write_report(run_dir: Path, *, inputs: dict, model_info: dict, allocation: d
     doc = _jsonable({
         "format": FORMAT,
         "tool_version": __version__,
+        "environment": _environment(),
         "inputs": inputs,
         "model": model_info,
         "allocation": allocation,

@@ -322,7 +322,8 @@ def render_markdown(doc: dict) -> str:
     lines += [f"- **tool version**: {doc['tool_version']}"]
     if env := doc.get("environment"):
         lines.append(f"- **environment**: Python {env['python']}, torch {env['torch']} on {env['torch_threads']} "
-                     "thread(s); the same inputs, seed and thread count give the same result bit for bit")
+                     "thread(s); on the CPU a rerun with the same inputs, seed and thread count gives the same "
+                     "result bit for bit")
     lines.append("")
 
     lines += ["## Model", ""]

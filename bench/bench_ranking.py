@@ -112,9 +112,12 @@ def across_widths(scores: dict[str, dict[str, float]], truth: dict[int, dict], b
     pairs = [(math.log(drops[b][n]), math.log(sc[b][n])) for b in bits_list for n in names
              if drops[b][n] >= 0.5 and sc[b][n] > 0]
     slope = float(np.polyfit(*zip(*pairs), 1)[0]) if len(pairs) >= 3 else float("nan")
+    ratios = {str(b): {"score": median_ratio(sc, b), "top1_drop": median_ratio(drops, b)} for b in bits_list[1:]}
+    for r in ratios.values():  # above 1: the score rates this width too dear next to the lowest one
+        r["score_over_drop"] = round(r["score"] / r["top1_drop"], 2) if r["top1_drop"] > 0 else float("nan")
     return {"spearman_all_widths": {"rho": round(float(pooled.statistic), 4), "p": float(pooled.pvalue)},
-            "median_over_lowest": {str(b): {"score": median_ratio(sc, b), "top1_drop": median_ratio(drops, b)}
-                                   for b in bits_list[1:]},
+            "median_top1_drop": {str(b): round(float(np.median(list(drops[b].values()))), 2) for b in bits_list},
+            "median_over_lowest": ratios,
             "log_log_slope": {"slope": round(slope, 3), "pairs": len(pairs)}}
 
 

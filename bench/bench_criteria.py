@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import matplotlib
+import torch
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -99,8 +100,11 @@ def main() -> int:
                     help="weights and activations under BitOps budgets equal to uniform wB/aB for each B listed "
                          "(replaces --budgets)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/criteria_<model>.json)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     slug = args.model.split(":")[-1].replace("/", "_")
     out = Path(args.out or HERE / "results" / f"criteria_{slug}.json")
     started = time.perf_counter()
@@ -140,6 +144,32 @@ def main() -> int:
                      "a_bits": [e["a_bits"] for e in qm.allocation["layers"]], "ptq": qm.ptq,
                      "seconds": round(time.perf_counter() - t0, 1)})
         print(f"{method} {budget}: {acc:.4f} at {rows[-1]['avg_weight_bits']} bits", flush=True)
+        write_json(out, result(complete=False))  # a long run cut short still leaves what it measured
+
+    def result(complete: bool) -> dict:
+        return {
+            "benchmark": "sensitivity criteria side by side, "
+                         + ("weights and activations under BitOps budgets (uniform wB/aB)" if args.bitops
+                            else "weights only (activations 8 bits)")
+                         + ", fpga-int quantizer, the default post-training quantizer (GPTQ + bias correction), "
+                           "no fine-tuning",
+            "complete": complete,
+            "command": f"{Path(sys.executable).name} bench/bench_criteria.py --model {args.model} --data {args.data} "
+                       f"--eval-data {args.eval_data} --calib-size {args.calib_size}"
+                       + (f" --eval-size {args.eval_size}" if args.eval_size else "")
+                       + (f" --bitops {args.bitops}" if args.bitops else f" --budgets {args.budgets}")
+                       + f" --methods {args.methods}"
+                       + (f" --widths {args.widths}" if args.widths else "") + f" --seed {args.seed}"
+                       + (f" --threads {args.threads}" if args.threads else ""),
+            "weight_widths": sorted(target.weights.bits), "torch_threads": torch.get_num_threads(),
+            "tool_version": __version__, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(),
+            "model": args.model,
+            "calibration": {"source": plan.calibration.source, "n": len(plan.calibration),
+                            "sha256": plan.calibration.sha256},
+            "evaluation": {"source": ev.source, "n": len(ev)},
+            "accuracy_float": float_acc, "search_cost": costs, "results": rows,
+            "wall_seconds": round(time.perf_counter() - started, 1),
+        }
 
     doc = None
     cache = tempfile.TemporaryDirectory()  # every profile measured, none read from a cache
@@ -153,39 +183,23 @@ def main() -> int:
                                    progress=False)
         seconds = round(time.perf_counter() - t0, 1)
         costs[method] = {"seconds": seconds, "passes": passes(method, table.meta), "calibration_samples": len(plan.calibration),
-                         "pairs": len(table.pairs)}
+                         "pairs": len(table.pairs),
+                         # the process's peak resident memory when the profile ended (InfoQ's clock records it)
+                         "peak_rss_mb": table.meta.get("timings", {}).get("peak_rss_mb")}
         print(f"profiled {method}: {costs[method]}", flush=True)
         for b in budgets:
             t1 = time.perf_counter()
             doc = stages.allocation_document(table, target, [budget_text(b)])
             costs[method].setdefault("allocate_seconds", []).append(round(time.perf_counter() - t1, 2))
             evaluate(method, b, doc)
+        if not any(r["method"] == "uniform" for r in rows):  # the reference early: a long run cut short keeps it
+            for w in sorted(w for w in target.weights.bits if int(min(budgets)) <= w <= max(budgets)):
+                evaluate("uniform", float(w), uniform_doc(doc, layers, target, w, w if args.bitops else 8))
     cache.cleanup()
-    for w in sorted(w for w in target.weights.bits if int(min(budgets)) <= w <= max(budgets)):
-        evaluate("uniform", float(w), uniform_doc(doc, layers, target, w, w if args.bitops else 8))
 
-    result = {
-        "benchmark": "sensitivity criteria side by side, "
-                     + ("weights and activations under BitOps budgets (uniform wB/aB)" if args.bitops
-                        else "weights only (activations 8 bits)")
-                     + ", fpga-int quantizer, the default post-training quantizer (GPTQ + bias correction), "
-                       "no fine-tuning",
-        "command": f"{Path(sys.executable).name} bench/bench_criteria.py --model {args.model} --data {args.data} "
-                   f"--eval-data {args.eval_data} --calib-size {args.calib_size}"
-                   + (f" --eval-size {args.eval_size}" if args.eval_size else "")
-                   + (f" --bitops {args.bitops}" if args.bitops else f" --budgets {args.budgets}")
-                   + f" --methods {args.methods}"
-                   + (f" --widths {args.widths}" if args.widths else "") + f" --seed {args.seed}",
-        "weight_widths": sorted(target.weights.bits),
-        "tool_version": __version__, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(),
-        "model": args.model,
-        "calibration": {"source": plan.calibration.source, "n": len(plan.calibration), "sha256": plan.calibration.sha256},
-        "evaluation": {"source": ev.source, "n": len(ev)},
-        "accuracy_float": float_acc, "search_cost": costs, "results": rows,
-        "wall_seconds": round(time.perf_counter() - started, 1),
-    }
-    write_json(out, result)
-    plot(result, out.with_suffix(".png"))
+    done = result(complete=True)
+    write_json(out, done)
+    plot(done, out.with_suffix(".png"))
     print(f"wrote {out}")
     return 0
 

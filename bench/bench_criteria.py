@@ -45,7 +45,7 @@ from infoq_deploy.quantize.file import ModelSource  # noqa: E402
 from infoq_deploy.quantize.ptq import PtqConfig  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-METHODS = ("infoq", "infoq-pairwise", "hawq", "clado", "mse")
+METHODS = ("infoq", "infoq-floor", "infoq-pairwise", "hawq", "clado", "mse")
 
 
 def weights_only(target, widths=None):
@@ -79,6 +79,8 @@ def passes(method: str, meta: dict) -> str:
                 f"batch of {meta['settings']['batch_size']}), total trace within {h['total_relative_stderr']:.1%}")
     if method == "infoq":
         return "one perturbed suffix pass per (layer, weight bits), see the profile's meta"
+    if method == "infoq-floor":
+        return "InfoQ's passes plus one null pass per layer (weights at 16 bits), see the profile's meta"
     if method == "infoq-pairwise":
         return (f"InfoQ's passes plus {meta['pairwise']['pairs']} pairs at widths {meta['pairwise']['widths']} "
                 "(one suffix pass per pair and width combination, and each layer alone at the later one's observers)")
@@ -175,9 +177,10 @@ def main() -> int:
     cache = tempfile.TemporaryDirectory()  # every profile measured, none read from a cache
     for method in args.methods.split(","):
         t0 = time.perf_counter()
-        if method == "infoq-pairwise":
-            table = stages.profile(model, target, plan.calibration, "infoq", seed=args.seed, pairwise=True,
-                                   cache_dir=cache.name, progress=False)
+        if method in ("infoq-pairwise", "infoq-floor"):
+            variant = {"pairwise": True} if method == "infoq-pairwise" else {"noise_floor": True}
+            table = stages.profile(model, target, plan.calibration, "infoq", seed=args.seed, cache_dir=cache.name,
+                                   progress=False, **variant)
         else:
             table = stages.profile(model, target, plan.calibration, method, seed=args.seed, cache_dir=cache.name,
                                    progress=False)

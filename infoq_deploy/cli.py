@@ -140,6 +140,9 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pairwise", action="store_true",
                    help="InfoQ: also measure every pair of free layers quantized together at the two lowest weight "
                         "widths, and allocate by the quadratic program (as CLADO does with the loss)")
+    p.add_argument("--noise-floor", action="store_true",
+                   help="InfoQ: also run every layer at 16 bits (a change as small as the baseline's own rounding) "
+                        "and take that run's ΔSMI, the estimators' floor, off the layer's scores")
 
 
 def _methods_epilog() -> str:

@@ -87,6 +87,9 @@ PROFILER_VERSION = 1  # bump when a change alters the numbers: old cache entries
 BASE_BITS = 8
 BATCH_SIZE = 250
 PAIR_WIDTHS = 2  # --pairwise measures pairs at the lowest this many weight widths; wider pairs add up
+# --noise-floor: the width of the null run, wide enough that the layer differs from the baseline by
+# little more than the baseline's own 8-bit rounding (which costs no accuracy)
+NULL_BITS = 16
 
 
 def min_samples(k: int) -> int:
@@ -220,6 +223,7 @@ def profile_infoq(
     encoder: str | None = None,
     use_inverse_bits: bool = True,
     pairwise: bool = False,
+    noise_floor: bool = False,
     cache_dir: str | Path | None = None,
     progress: bool = True,
     plots_dir: str | Path | None = None,
@@ -239,6 +243,8 @@ def profile_infoq(
     )
     if pairwise:  # only then, so the keys of plain tables stay as they were
         parts["pairwise"] = {"widths": w_bits[:PAIR_WIDTHS], "version": 2}  # 2: super-additive part only
+    if noise_floor:  # likewise
+        parts["noise_floor"] = {"null_bits": NULL_BITS}
     key = cache_key(parts)
     w = distributed.world()
     cache = ProfileCache(cache_dir, key, rank=w.rank if w.distributed else None)
@@ -388,9 +394,10 @@ def profile_infoq(
     # this rank's layers: the correlation runs and the sweep are split the same way
     mine = distributed.shard(names, [len(runner.nodes) - runner.cut(name) for name in names], w)
     layers_per_rank = distributed.gather(lambda: len(mine))
-    total_runs = len(mine) * (corr_per_layer + len(low_w) + len(low_a) - corr_per_layer)
+    null_runs = (bool(low_w) + bool(low_a)) if noise_floor else 0
+    total_runs = len(mine) * (corr_per_layer + len(low_w) + len(low_a) - corr_per_layer + null_runs)
     done_runs = sum(1 for name in mine if name in state["corr"]) + sum(
-        len(low_w) + len(low_a) - corr_per_layer for name in mine if name in state["sweep"]
+        len(low_w) + len(low_a) - corr_per_layer + null_runs for name in mine if name in state["sweep"]
     )
     bar = _progress(total_runs, done_runs, progress and w.main, model.spec)
 
@@ -457,7 +464,8 @@ def profile_infoq(
             entry: dict[str, dict[str, dict]] = {"w": {}, "a": {}}
             frontier = None
             for what, bits_list in (("w", low_w), ("a", low_a)):
-                for b in sorted(bits_list, reverse=True):
+                # the null run first (--noise-floor): the estimator's answer to a change that costs nothing
+                for b in ([NULL_BITS] if noise_floor and bits_list else []) + sorted(bits_list, reverse=True):
                     if what == corr_what and b == corr_bits:
                         continue  # the correlation run is this entry: reused below, not rerun
                     if frontier is None:
@@ -547,9 +555,21 @@ def profile_infoq(
         cross[(a, b)] = terms
 
     # ---- scores (Eq. 4), from the stored ΔSMI values only (resumed == uninterrupted)
+    def floor(name: str, what: str) -> float:
+        """ΔSMI over baseline SMI of the layer's null run (--noise-floor)."""
+        return at_observers(name, state["sweep"][name][what][str(NULL_BITS)])
+
     def score(name: str, what: str, b: int) -> float:
         if b >= BASE_BITS:
-            return 0.0
+            # --noise-floor: the baseline width is scored like the others, by its ΔSMI against the
+            # layer at 16 bits. The estimators answer any change of an observer's values, however
+            # small, with about the same |ΔSMI| (one draw of their noise against another): on CIFAR-10
+            # ResNet-20, 5-, 6-, 7- and 16-bit weights score alike while their top-1 drops are nil. A
+            # baseline scored 0 made every narrower width carry that floor and 8 bits none of it
+            if not noise_floor or b >= FLOAT_BITS or str(NULL_BITS) not in state["sweep"][name][what]:
+                return 0.0  # float, or a kind with no width below 8 (no null run, nothing to compare)
+            f = floor(name, what)
+            return f / b if use_inverse_bits else f
         s = at_observers(name, single_dsmi(name, what, b))
         return s / b if use_inverse_bits else s
 
@@ -574,6 +594,7 @@ def profile_infoq(
             "calib_size": int(len(x)),
             "encoder": emb.info,
             "use_inverse_bits": use_inverse_bits,
+            "noise_floor": {"null_bits": NULL_BITS} if noise_floor else None,
             "baseline_bits": BASE_BITS,
             "quant_spec": asdict(spec),
             "weight_bits": w_bits,
@@ -622,6 +643,9 @@ def profile_infoq(
             # normalised ΔSMI of each pair quantized together against the sum of each alone: the additivity study
             "additivity": additivity,
         }} if pair_list else {}),
+        # --noise-floor: each layer's null-run ΔSMI over baseline SMI, its score at 8 bits times 8
+        **({"noise_floor": {name: {what: floor(name, what) for what, bl in (("w", low_w), ("a", low_a)) if bl}
+                            for name in names}} if noise_floor else {}),
         "timings": clock.to_json(total),  # rank 0's, under torchrun
         **({"distributed": {"world_size": w.size, "layers_per_rank": layers_per_rank}} if w.distributed else {}),
         "resumed": resumed,
@@ -656,6 +680,9 @@ def notes(table: SensitivityTable) -> list[str]:
     if pw:
         out.append(f"InfoQ --pairwise: ΔSMI of {pw['pairs']} layer pairs quantized together at {pw['widths']}-bit "
                    "weights; the allocation solved the quadratic program with their cross terms")
+    nf = table.meta.get("settings", {}).get("noise_floor")
+    if nf:
+        out.append(f"InfoQ --noise-floor: each layer's 8-bit score is its ΔSMI against the layer at {nf['null_bits']} bits")
     tm = table.meta.get("timings", {})
     if table.meta.get("cache_hit"):
         out.append("sensitivity table taken from the profiling cache (same model, data and settings)")

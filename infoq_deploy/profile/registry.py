@@ -54,6 +54,9 @@ def run(name: str, model, target, data, **settings):
         raise UserError(f"--pairwise is a setting of --method infoq, not of {name}"
                         + (" (CLADO always measures pairs)" if name == "clado" else "")
                         + "; drop --pairwise or use --method infoq")
+    if settings.get("noise_floor") and not accepts(name, "noise_floor"):
+        raise UserError(f"--noise-floor is a setting of --method infoq, not of {name}; "
+                        "drop --noise-floor or use --method infoq")
     device = settings.get("device")
     if device is not None and str(device) != "cpu" and not accepts(name, "device"):
         raise UserError(f"--method {name} runs on the CPU only; drop --device (--method infoq runs on a GPU)")

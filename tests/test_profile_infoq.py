@@ -450,3 +450,33 @@ def test_pluggable_encoders(tmp_path):
 
     with pytest.raises(UserError):
         embed(x, str(tmp_path / "missing.onnx"))
+
+
+# ------------------------------------------------------------------ --noise-floor
+
+
+def test_noise_floor_scores_the_baseline_width_by_its_null_run(tmp_path):
+    from infoq_deploy.profile.infoq import NULL_BITS, notes
+
+    plain = run_profile(tmp_path / "plain", data=tiny_data(labels=True))
+    floor = run_profile(tmp_path / "floor", data=tiny_data(labels=True), noise_floor=True)
+    assert floor.meta["cache_key"] != plain.meta["cache_key"]  # a plain table is never served for it
+    assert floor.meta["settings"]["noise_floor"] == {"null_bits": NULL_BITS}
+    assert plain.meta["settings"]["noise_floor"] is None and "noise_floor" not in plain.meta
+    nulls = floor.meta["noise_floor"]
+    for what, table, base in (("w", floor.weights, plain.weights), ("a", floor.activations, plain.activations)):
+        for name, d in table.items():
+            # the narrower widths are the plain profile's, exactly: the null run disturbs nothing
+            assert {b: v for b, v in d.items() if b < 8} == {b: v for b, v in base[name].items() if b < 8}
+            assert d[8] == nulls[name][what] / 8 and np.isfinite(d[8]) and d[8] >= 0
+            assert d.get(32, 0.0) == 0.0  # float is no change at all
+    # the estimators answer even a change as small as the baseline's own rounding
+    assert any(nulls[name]["w"] > 0 for name in nulls)
+    assert any("noise-floor" in line for line in notes(floor))
+
+
+def test_noise_floor_is_infoqs_setting_only():
+    from infoq_deploy.profile import registry
+
+    with pytest.raises(UserError, match="--noise-floor is a setting of --method infoq, not of mse"):
+        registry.run("mse", tiny_model(), FakeTarget(), tiny_data(), noise_floor=True)

@@ -121,6 +121,9 @@ def _device_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", metavar="cpu|cuda|cuda:N|auto",
                    help="where the torch work runs (default cpu; auto: a GPU when torch sees one); "
                         "files are written from the CPU either way")
+    p.add_argument("--threads", type=COUNT, default=None,
+                   help="torch's CPU threads (default: torch's own choice, the cores); GPTQ's rounding, and so the "
+                        "weights it chooses, can differ between thread counts: pass the same N to reproduce a run")
 
 
 def _profile_args(p: argparse.ArgumentParser) -> None:
@@ -321,6 +324,13 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _set_threads(args) -> None:
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
 def _main(argv: list[str] | None) -> int:
     # Import-time chatter of optional GPU pieces (torch's CUDA_HOME probe, Brevitas's
     # Hadamard kernels) is irrelevant to a CPU user and would bury the one-line errors.
@@ -331,6 +341,7 @@ def _main(argv: list[str] | None) -> int:
     try:
         if argv and argv[0] in SUBCOMMANDS:
             args = sub_parser.parse_args(argv)
+            _set_threads(args)
             from infoq_deploy import commands
 
             return commands.run_subcommand(args)
@@ -345,6 +356,7 @@ def _main(argv: list[str] | None) -> int:
         if argv and not argv[0].startswith("-"):
             _check_model_or_subcommand(argv[0])
         args = run_parser.parse_args(argv)
+        _set_threads(args)
         from infoq_deploy import commands
 
         return commands.cmd_run(args)

@@ -150,3 +150,15 @@ def test_a_reader_that_stops_early_gets_no_error():
     proc = subprocess.run(f"'{exe}' inspect zoo:fashion-cnn | true; exit ${{PIPESTATUS[0]}}", shell=True,
                           executable="/bin/bash", capture_output=True, text=True)
     assert proc.returncode == 141 and proc.stderr == "", (proc.returncode, proc.stderr)
+
+
+def test_threads_sets_torchs_thread_count_before_the_stage_runs(tmp_path, capsys, monkeypatch):
+    import torch
+
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    missing = tmp_path / "missing.onnx"
+    code = main(["profile", str(missing), "--target", "fpga-int", "--threads", "1", "-o", str(tmp_path / "s.json")])
+    assert calls == [1] and code == 2 and "missing.onnx" in capsys.readouterr().err
+    code = main(["profile", str(missing), "--target", "fpga-int", "--threads", "0", "-o", str(tmp_path / "s.json")])
+    assert code == 2 and calls == [1] and "--threads" in capsys.readouterr().err

@@ -102,6 +102,7 @@ def main() -> int:
                     help="weights and activations under BitOps budgets equal to uniform wB/aB for each B listed "
                          "(replaces --budgets)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n-proj", type=int, default=None, help="InfoQ's projections (default: the profiler's own)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/criteria_<model>.json)")
     args = ap.parse_args()
@@ -162,6 +163,7 @@ def main() -> int:
                        + (f" --bitops {args.bitops}" if args.bitops else f" --budgets {args.budgets}")
                        + f" --methods {args.methods}"
                        + (f" --widths {args.widths}" if args.widths else "") + f" --seed {args.seed}"
+                       + (f" --n-proj {args.n_proj}" if args.n_proj else "")
                        + (f" --threads {args.threads}" if args.threads else ""),
             "weight_widths": sorted(target.weights.bits), "torch_threads": torch.get_num_threads(),
             "tool_version": __version__, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(),
@@ -173,17 +175,19 @@ def main() -> int:
             "wall_seconds": round(time.perf_counter() - started, 1),
         }
 
+    infoq_settings = {"n_proj": args.n_proj} if args.n_proj else {}
     doc = None
     cache = tempfile.TemporaryDirectory()  # every profile measured, none read from a cache
     for method in args.methods.split(","):
         t0 = time.perf_counter()
         if method in ("infoq-pairwise", "infoq-floor"):
             variant = {"pairwise": True} if method == "infoq-pairwise" else {"noise_floor": True}
+            variant.update(infoq_settings)
             table = stages.profile(model, target, plan.calibration, "infoq", seed=args.seed, cache_dir=cache.name,
                                    progress=False, **variant)
         else:
             table = stages.profile(model, target, plan.calibration, method, seed=args.seed, cache_dir=cache.name,
-                                   progress=False)
+                                   progress=False, **(infoq_settings if method == "infoq" else {}))
         seconds = round(time.perf_counter() - t0, 1)
         costs[method] = {"seconds": seconds, "passes": passes(method, table.meta), "calibration_samples": len(plan.calibration),
                          "pairs": len(table.pairs),

@@ -144,8 +144,8 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
                    help="InfoQ: also measure every pair of free layers quantized together at the two lowest weight "
                         "widths, and allocate by the quadratic program (as CLADO does with the loss)")
     p.add_argument("--noise-floor", action="store_true",
-                   help="InfoQ: also run every layer at 16 bits (a change as small as the baseline's own rounding) "
-                        "and take that run's ΔSMI, the estimators' floor, off the layer's scores")
+                   help="InfoQ: also run every layer at 16 bits (a change about as small as the baseline's own "
+                        "rounding) and score its 8 bits by that run's ΔSMI, the estimators' noise floor, not 0")
 
 
 def _methods_epilog() -> str:

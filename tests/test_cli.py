@@ -142,6 +142,19 @@ def test_profile_infoq_writes_table_and_plots(capsys, tmp_path, monkeypatch):
     assert "observer" in out
 
 
+def test_profile_noise_floor_reaches_the_profiler(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("INFOQ_DEPLOY_CACHE", str(tmp_path / "cache"))
+    table = tmp_path / "s.json"
+    code, out, err = run(
+        capsys, "profile", "zoo:fashion-cnn", "--target", "fpga-int", "--data", "builtin:fashion-mnist",
+        "--calib-size", "120", "--n-proj", "8", "--noise-floor", "-o", str(table),
+    )
+    assert code == 0, err
+    doc = json.loads(table.read_text())
+    assert doc["meta"]["settings"]["noise_floor"] == {"null_bits": 16}
+    assert any(s["8"] > 0 for s in doc["weights"].values())  # 8 bits scored by the null run, not 0
+
+
 def test_a_reader_that_stops_early_gets_no_error():
     """`infoq-deploy inspect MODEL | head -1`: a closed pipe ends the command quietly, as SIGPIPE
     ends a shell tool (exit 141), with no error line on stderr. `true` reads nothing and exits at

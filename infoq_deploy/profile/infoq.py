@@ -560,17 +560,15 @@ def profile_infoq(
         return at_observers(name, state["sweep"][name][what][str(NULL_BITS)])
 
     def score(name: str, what: str, b: int) -> float:
-        if b >= BASE_BITS:
-            # --noise-floor: the baseline width is scored like the others, by its ΔSMI against the
-            # layer at 16 bits. The estimators answer any change of an observer's values, however
-            # small, with about the same |ΔSMI| (one draw of their noise against another): on CIFAR-10
-            # ResNet-20, 5-, 6-, 7- and 16-bit weights score alike while their top-1 drops are nil. A
-            # baseline scored 0 made every narrower width carry that floor and 8 bits none of it
-            if not noise_floor or b >= FLOAT_BITS or str(NULL_BITS) not in state["sweep"][name][what]:
-                return 0.0  # float, or a kind with no width below 8 (no null run, nothing to compare)
-            f = floor(name, what)
-            return f / b if use_inverse_bits else f
-        s = at_observers(name, single_dsmi(name, what, b))
+        # --noise-floor: the baseline width is scored like the others, by its ΔSMI against the layer
+        # at 16 bits. The estimators answer any change of an observer's values, however small, with
+        # about the same |ΔSMI| (one draw of their noise against another): on CIFAR-10 ResNet-20, 6-,
+        # 7- and 16-bit weights score alike (bench/results/noise_floor_cifar10-resnet20.json). A
+        # baseline scored 0 made every narrower width carry that floor and 8 bits none of it
+        null_run = noise_floor and str(NULL_BITS) in state["sweep"][name][what]  # none without widths below 8
+        if b >= FLOAT_BITS or (b >= BASE_BITS and not null_run):
+            return 0.0
+        s = floor(name, what) if b >= BASE_BITS else at_observers(name, single_dsmi(name, what, b))
         return s / b if use_inverse_bits else s
 
     weights = {name: {b: score(name, "w", b) for b in w_bits} for name in names}

@@ -50,13 +50,12 @@ def accepts(name: str, setting: str) -> bool:
 def run(name: str, model, target, data, **settings):
     """The sensitivity table of ``model`` for ``target`` by method ``name``; settings the
     method does not take are left out (e.g. InfoQ's projection count for ``mse``)."""
-    if settings.get("pairwise") and not accepts(name, "pairwise"):
-        raise UserError(f"--pairwise is a setting of --method infoq, not of {name}"
-                        + (" (CLADO always measures pairs)" if name == "clado" else "")
-                        + "; drop --pairwise or use --method infoq")
-    if settings.get("noise_floor") and not accepts(name, "noise_floor"):
-        raise UserError(f"--noise-floor is a setting of --method infoq, not of {name}; "
-                        "drop --noise-floor or use --method infoq")
+    for setting in ("pairwise", "noise_floor"):  # InfoQ's own options, refused elsewhere
+        if settings.get(setting) and not accepts(name, setting):
+            flag = "--" + setting.replace("_", "-")
+            raise UserError(f"{flag} is a setting of --method infoq, not of {name}"
+                            + (" (CLADO always measures pairs)" if name == "clado" and setting == "pairwise" else "")
+                            + f"; drop {flag} or use --method infoq")
     device = settings.get("device")
     if device is not None and str(device) != "cpu" and not accepts(name, "device"):
         raise UserError(f"--method {name} runs on the CPU only; drop --device (--method infoq runs on a GPU)")

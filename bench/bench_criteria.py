@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import math
 import sys
 import tempfile
 import time
@@ -65,9 +66,29 @@ def uniform_doc(doc: dict, layers, target, w: int, a: int = 8) -> dict:
     return recost(doc, layers, target)
 
 
-def avg_w(doc: dict, layers) -> float:
-    params = {layer.name: layer.weight_params for layer in layers}
-    return sum(params[e["name"]] * e["w_bits"] for e in doc["layers"]) / sum(params.values())
+def avg_w(doc: dict, layers, names=None) -> float:
+    """Average weight bits over ``names`` (default every layer), weighted by parameters."""
+    params = {layer.name: layer.weight_params for layer in layers if names is None or layer.name in names}
+    return sum(params[e["name"]] * e["w_bits"] for e in doc["layers"] if e["name"] in params) / sum(params.values())
+
+
+def free_layers(layers, target) -> set[str]:
+    n = len(layers)
+    return {layer.name for layer in layers if len(target.layer_choices(layer.order, n)) > 1}
+
+
+def model_average(b: float, layers, target) -> float:
+    """The model-wide average weight bits at which the free layers average ``b`` bits.
+
+    On EfficientNet-Lite0 the pinned classifier holds 28% of the weights: at 8 bits it alone
+    puts the model-wide average above 2.2 bits, so budgets from 3 bits per weight are budgets
+    over the free layers."""
+    n = len(layers)
+    total = sum(layer.weight_params for layer in layers)
+    pinned = sum(layer.weight_params * target.layer_choices(layer.order, n)[0][0]
+                 for layer in layers if len(target.layer_choices(layer.order, n)) == 1)
+    free = sum(layer.weight_params for layer in layers if len(target.layer_choices(layer.order, n)) > 1)
+    return (pinned + b * free) / total
 
 
 def passes(method: str, meta: dict) -> str:
@@ -101,6 +122,9 @@ def main() -> int:
     ap.add_argument("--bitops", default=None,
                     help="weights and activations under BitOps budgets equal to uniform wB/aB for each B listed "
                          "(replaces --budgets)")
+    ap.add_argument("--budget-over", choices=("all", "free"), default="all",
+                    help="average weight bits over every layer (default), or over the layers the target "
+                         "does not pin (the pinned ones stay at their pin)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-proj", type=int, default=None, help="InfoQ's projections (default: the profiler's own)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
@@ -125,8 +149,12 @@ def main() -> int:
     float_acc = accuracy(stages.deployable(model).graph, ev.x, ev.y)
     budgets = [float(b) for b in (args.bitops or args.budgets).split(",")]
 
+    free = free_layers(layers, target)
+
     def budget_text(b: float) -> str:
         if not args.bitops:
+            if args.budget_over == "free":  # rounded up so that uniform wB meets budget B exactly
+                return f"{math.ceil(model_average(b, layers, target) * 1e9) / 1e9:.9f}bit"
             return f"{b}bit"
         n = len(layers)
         ops = sum(layer.macs * w * a for layer in layers
@@ -141,6 +169,7 @@ def main() -> int:
         qm = stages.quantize(model, target, doc, no_eval, ModelSource.of(args.model), ptq=ptq)
         acc = accuracy(qm.qmodel, ev.x, ev.y)
         rows.append({"method": method, "budget": budget, "avg_weight_bits": round(avg_w(qm.allocation, layers), 4),
+                     "avg_free_weight_bits": round(avg_w(qm.allocation, layers, free), 4),
                      "size_bytes": qm.allocation["cost"]["size_bytes"], "top1": acc,
                      "bitops": qm.allocation["cost"].get("bitops"),
                      "w_bits": [e["w_bits"] for e in qm.allocation["layers"]],
@@ -161,11 +190,13 @@ def main() -> int:
                        f"--eval-data {args.eval_data} --calib-size {args.calib_size}"
                        + (f" --eval-size {args.eval_size}" if args.eval_size else "")
                        + (f" --bitops {args.bitops}" if args.bitops else f" --budgets {args.budgets}")
+                       + (f" --budget-over {args.budget_over}" if args.budget_over != "all" else "")
                        + f" --methods {args.methods}"
                        + (f" --widths {args.widths}" if args.widths else "") + f" --seed {args.seed}"
                        + (f" --n-proj {args.n_proj}" if args.n_proj else "")
                        + (f" --threads {args.threads}" if args.threads else ""),
-            "weight_widths": sorted(target.weights.bits), "torch_threads": torch.get_num_threads(),
+            "weight_widths": sorted(target.weights.bits),
+            "budget_over": "free layers (pinned ones at their pin)" if args.budget_over == "free" else "every layer", "torch_threads": torch.get_num_threads(),
             "tool_version": __version__, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(),
             "model": args.model,
             "calibration": {"source": plan.calibration.source, "n": len(plan.calibration),
@@ -214,12 +245,15 @@ def main() -> int:
 def plot(doc: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     bitops = "--bitops" in doc["command"]
+    over_free = doc.get("budget_over", "").startswith("free")
+    x = "avg_free_weight_bits" if over_free else "avg_weight_bits"
     for method in dict.fromkeys(r["method"] for r in doc["results"]):
-        pts = sorted((r["bitops"] / 1e9 if bitops else r["avg_weight_bits"], 100 * r["top1"])
+        pts = sorted((r["bitops"] / 1e9 if bitops else r[x], 100 * r["top1"])
                      for r in doc["results"] if r["method"] == method)
         ax.plot(*zip(*pts), marker="o", linestyle="--" if method == "uniform" else "-", label=method)
     ax.axhline(100 * doc["accuracy_float"], color="k", lw=0.8, label="float")
-    ax.set_xlabel("GBitOps per image (weights and activations)" if bitops else "average weight bits (activations 8)")
+    ax.set_xlabel("GBitOps per image (weights and activations)" if bitops else
+                  f"average weight bits{' of the free layers' if over_free else ''} (activations 8)")
     ax.set_ylabel("top-1 (%)")
     ax.set_title(f"{doc['model']}: post-training, GPTQ + bias correction")
     ax.grid(alpha=0.3)

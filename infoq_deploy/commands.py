@@ -81,7 +81,8 @@ def _method_settings(args) -> dict:
     """Every method option of the command line; each method takes the ones it names."""
     return {"seed": args.seed, "n_proj": args.n_proj, "k": args.k, "encoder": args.encoder,
             "use_inverse_bits": not args.no_inverse_bits, **({"pairwise": True} if args.pairwise else {}),
-            **({"noise_floor": True} if args.noise_floor else {})}
+            **({"noise_floor": True} if args.noise_floor else {}),
+            **({"label_term": args.label_term} if args.label_term != "labels" else {})}
 
 
 def _profile(args, model, target, plots_dir=None):

@@ -480,3 +480,45 @@ def test_noise_floor_is_infoqs_setting_only():
 
     with pytest.raises(UserError, match="--noise-floor is a setting of --method infoq, not of mse"):
         registry.run("mse", tiny_model(), FakeTarget(), tiny_data(), noise_floor=True)
+
+
+# ------------------------------------------------------------------ --label-term logits
+
+
+def test_label_term_logits_needs_no_images_per_class(tmp_path):
+    """ImageNet calibration sets hold one or a few images per class: the Ross estimator's
+    label term cannot be estimated, the KSG one against the float logits can."""
+    from infoq_deploy.profile.infoq import notes
+
+    data = tiny_data(labels=True)
+    y = torch.zeros(len(data.x), dtype=torch.long)
+    y[-(CLASSES - 1):] = torch.arange(1, CLASSES)  # one image in each other class: one class at k + 1
+    one_each = FakeData(x=data.x, y=y)
+    with pytest.raises(UserError, match="--label-term logits"):
+        run_profile(tmp_path / "labels", data=one_each)
+    table = run_profile(tmp_path / "logits", data=one_each, label_term="logits")
+    assert table.meta["settings"]["label_term"] == "logits"
+    assert "logits" in table.meta["settings"]["estimators"]["LY"]
+    assert any("--label-term logits" in line for line in notes(table))
+    for d in (*table.weights.values(), *table.activations.values()):
+        assert all(np.isfinite(v) and v >= 0 for v in d.values())
+
+    plain = run_profile(tmp_path / "plain", data=data)
+    logits = run_profile(tmp_path / "plain_logits", data=data, label_term="logits")
+    assert logits.meta["cache_key"] != plain.meta["cache_key"]  # never served the other's table
+    base_p, base_l = plain.meta["baseline"]["smi"], logits.meta["baseline"]["smi"]
+    # the input term is the same estimate on the same directions; only the label term changes
+    assert {o: v["XL"] for o, v in base_p.items()} == {o: v["XL"] for o, v in base_l.items()}
+    assert {o: v["LY"] for o, v in base_p.items()} != {o: v["LY"] for o, v in base_l.items()}
+    # these labels are arbitrary (image i in class i mod 4), the logits are what the model computed
+    last = list(base_l)[-1]
+    assert base_l[last]["LY"] > base_p[last]["LY"]
+
+
+def test_label_term_is_infoqs_setting_only(tmp_path):
+    from infoq_deploy.profile import registry
+
+    with pytest.raises(UserError, match="--label-term is a setting of --method infoq, not of mse"):
+        registry.run("mse", tiny_model(), FakeTarget(), tiny_data(), label_term="logits")
+    with pytest.raises(UserError, match="label_term must be one of labels, logits"):
+        run_profile(tmp_path, label_term="probabilities")

@@ -14,7 +14,11 @@ Steps (DESIGN.md decisions where the paper is silent):
 1. The deployed graph (BatchNorm folded) with every layer's weights and input activation
    fake-quantized to 8 bits by the target's quantizer (``core/quantizer.py``; activation
    ranges from ``calibrate_act_ranges`` on the float model) is the baseline.
-2. Labels Y: the data's labels, else the float model's predictions (meta says which).
+2. Labels Y: the data's labels, else the float model's predictions (meta says which). With
+   ``label_term="logits"`` (``--label-term logits``) Y is instead the float model's logit
+   vector, a continuous variable, and SMI(L; Y) is estimated by KSG on its projections as
+   SMI(X_E; L) is. The Ross estimator needs k + 1 images in a class; ImageNet calibration
+   sets (the paper's: 6 per class; ``sample1000``: 1) rarely give that, the logits always do.
 3. X_E: ``embedding.embed`` (default: pooled-input PCA, 64 dims; pluggable encoder).
 4. Baseline SMI at every candidate observer (``observers.find_candidates``).
 5. Correlation analysis: every layer's weights at the lowest candidate bit-width; top-1
@@ -90,6 +94,7 @@ PAIR_WIDTHS = 2  # --pairwise measures pairs at the lowest this many weight widt
 # --noise-floor: the width of the null run, wide enough that the layer differs from the baseline by
 # little more than the baseline's own 8-bit rounding (which costs no accuracy)
 NULL_BITS = 16
+LABEL_TERMS = ("labels", "logits")  # what Y is in SMI(L; Y): the class labels, or the float model's logits
 
 
 def min_samples(k: int) -> int:
@@ -158,7 +163,9 @@ def _check_data(model, data, k: int) -> torch.Tensor:
     return x
 
 
-def _check_labels(y, n: int, num_classes: int, k: int, source: str, what: str) -> np.ndarray:
+def _check_labels(y, n: int, num_classes: int, k: int, source: str, what: str, per_class: bool = True) -> np.ndarray:
+    """Integer class ids in the model's range; with ``per_class`` (the Ross estimator's label
+    term) also k + 1 images in at least two classes."""
     y = torch.as_tensor(y)
     if y.dim() != 1 or y.shape[0] != n:
         raise UserError(f"{source} has {tuple(y.shape)} labels for {n} images; pass one integer label per image")
@@ -172,10 +179,11 @@ def _check_labels(y, n: int, num_classes: int, k: int, source: str, what: str) -
             "pass labels in the model's class order"
         )
     counts = np.bincount(y.numpy(), minlength=num_classes)
-    if int((counts >= k + 1).sum()) < 2:
+    if per_class and int((counts >= k + 1).sum()) < 2:
         raise UserError(
             f"the {what} of the {n} calibration images put fewer than two classes at {k + 1} or more images each, "
-            f"so SMI(L;Y) cannot be estimated with k={k}; pass more varied calibration data"
+            f"so SMI(L;Y) cannot be estimated with k={k}; pass more images per class, or --label-term logits "
+            "to measure the label term against the float model's logits"
         )
     return y.numpy()
 
@@ -224,6 +232,7 @@ def profile_infoq(
     use_inverse_bits: bool = True,
     pairwise: bool = False,
     noise_floor: bool = False,
+    label_term: str = "labels",
     cache_dir: str | Path | None = None,
     progress: bool = True,
     plots_dir: str | Path | None = None,
@@ -233,6 +242,8 @@ def profile_infoq(
     ``device`` runs the forward passes (``core/devices.py``), the estimators run on the CPU."""
     t_start = time.perf_counter()
     _check_settings(n_proj, k, seed)
+    if label_term not in LABEL_TERMS:
+        raise UserError(f"label_term must be one of {', '.join(LABEL_TERMS)}, got {label_term!r}")
     x = _check_data(model, data, k)
     spec = target.quant_spec()
     w_bits = sorted({int(b) for b in target.weights.bits})
@@ -245,6 +256,8 @@ def profile_infoq(
         parts["pairwise"] = {"widths": w_bits[:PAIR_WIDTHS], "version": 2}  # 2: super-additive part only
     if noise_floor:  # likewise
         parts["noise_floor"] = {"null_bits": NULL_BITS}
+    if label_term != "labels":  # likewise
+        parts["label_term"] = label_term
     key = cache_key(parts)
     w = distributed.world()
     cache = ProfileCache(cache_dir, key, rank=w.rank if w.distributed else None)
@@ -297,10 +310,11 @@ def profile_infoq(
 
     if data.y is not None:
         labels_source = "true"
-        y = _check_labels(data.y, len(x), num_classes, k, data.source, "labels")
+        y = _check_labels(data.y, len(x), num_classes, k, data.source, "labels", label_term == "labels")
     else:
         labels_source = "predictions"
-        y = _check_labels(logits.argmax(1), len(x), num_classes, k, data.source, "float model's predictions")
+        y = _check_labels(logits.argmax(1), len(x), num_classes, k, data.source, "float model's predictions",
+                          label_term == "labels")
         if w.main:
             _note(f"{data.source} has no labels; using the float model's own predictions as Y (DESIGN.md)")
     y_t = torch.from_numpy(y)
@@ -316,6 +330,8 @@ def profile_infoq(
     obs_seed = {c.node: derive_seed(seed, "observer", c.node) for c in candidates}
     theta_l: dict[str, torch.Tensor] = {}
     px: dict[str, np.ndarray] = {}
+    py: dict[str, np.ndarray] = {}  # --label-term logits: the float logits projected, per observer
+    logits_np = logits.double().numpy() if label_term == "logits" else None
 
     def l_dirs(node: str) -> torch.Tensor:
         if node not in theta_l:
@@ -328,6 +344,13 @@ def profile_infoq(
             px[node] = xe @ directions(xe.shape[1], n_proj, obs_seed[node], 0)
             clock.project += time.perf_counter() - t0
         return px[node]
+
+    def y_proj(node: str) -> np.ndarray:
+        if node not in py:  # stream 2: not the directions of X_E (0) or of L (1)
+            t0 = time.perf_counter()
+            py[node] = logits_np @ directions(logits_np.shape[1], n_proj, obs_seed[node], 2)
+            clock.project += time.perf_counter() - t0
+        return py[node]
 
     def projector(node: str):
         theta = l_dirs(node).to(dev)
@@ -349,7 +372,9 @@ def profile_infoq(
         out = {}
         if "XL" in kinds:
             out["XL"] = float(np.mean(mi_projected_continuous(pxn, pl, k, obs_seed[node])))
-        if "LY" in kinds:
+        if "LY" in kinds and label_term == "logits":
+            out["LY"] = float(np.mean(mi_projected_continuous(pl, y_proj(node), k, obs_seed[node])))
+        elif "LY" in kinds:
             out["LY"] = float(np.mean(mi_projected_labels(pl, y, k, obs_seed[node])))
         clock.mi += time.perf_counter() - t0
         return out
@@ -376,9 +401,11 @@ def profile_infoq(
         for c in candidates:
             l_dirs(c.node)
             x_proj(c.node)
-        return theta_l, px
+            if label_term == "logits":
+                y_proj(c.node)
+        return theta_l, px, py
 
-    theta_l, px = distributed.on_main(draw)
+    theta_l, px, py = distributed.on_main(draw)
     if "baseline" not in state:
         values, acc = distributed.on_main(lambda: measure(frontier0, 0, {c.node: KINDS for c in candidates}, None, True))
         state = {"baseline": {"accuracy": acc, "smi": values}, "corr": {}, "sweep": {}}
@@ -593,13 +620,16 @@ def profile_infoq(
             "encoder": emb.info,
             "use_inverse_bits": use_inverse_bits,
             "noise_floor": {"null_bits": NULL_BITS} if noise_floor else None,
+            "label_term": label_term,
             "baseline_bits": BASE_BITS,
             "quant_spec": asdict(spec),
             "weight_bits": w_bits,
             "act_bits": a_bits,
             "batch_size": BATCH_SIZE,
             "device": str(dev),  # not in the cache key: any device computes this table (README, "devices")
-            "estimators": {"XL": "KSG (Kraskov et al. 2003), sliced", "LY": "Ross (2014) mixed, sliced"},
+            "estimators": {"XL": "KSG (Kraskov et al. 2003), sliced",
+                           "LY": "KSG, sliced, against the float model's logits" if label_term == "logits"
+                           else "Ross (2014) mixed, sliced"},
         },
         "model_fingerprint": model.fingerprint,
         "data_hash": data.sha256,
@@ -678,6 +708,9 @@ def notes(table: SensitivityTable) -> list[str]:
     if pw:
         out.append(f"InfoQ --pairwise: ΔSMI of {pw['pairs']} layer pairs quantized together at {pw['widths']}-bit "
                    "weights; the allocation solved the quadratic program with their cross terms")
+    if table.meta.get("settings", {}).get("label_term") == "logits":
+        out.append("InfoQ --label-term logits: the label term SMI(L;Y) measured against the float model's logits, "
+                   "not the class labels")
     nf = table.meta.get("settings", {}).get("noise_floor")
     if nf:
         out.append(f"InfoQ --noise-floor: each layer's 8-bit score is its ΔSMI against the layer at {nf['null_bits']} bits")

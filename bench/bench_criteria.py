@@ -127,6 +127,9 @@ def main() -> int:
                          "does not pin (the pinned ones stay at their pin)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-proj", type=int, default=None, help="InfoQ's projections (default: the profiler's own)")
+    ap.add_argument("--label-term", choices=("labels", "logits"), default="labels",
+                    help="InfoQ's label term: against the labels, or the float logits (ImageNet's sample1000 "
+                         "has one image per class)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/criteria_<model>.json)")
     args = ap.parse_args()
@@ -194,6 +197,7 @@ def main() -> int:
                        + f" --methods {args.methods}"
                        + (f" --widths {args.widths}" if args.widths else "") + f" --seed {args.seed}"
                        + (f" --n-proj {args.n_proj}" if args.n_proj else "")
+                       + (f" --label-term {args.label_term}" if args.label_term != "labels" else "")
                        + (f" --threads {args.threads}" if args.threads else ""),
             "weight_widths": sorted(target.weights.bits),
             "budget_over": "free layers (pinned ones at their pin)" if args.budget_over == "free" else "every layer", "torch_threads": torch.get_num_threads(),
@@ -207,6 +211,8 @@ def main() -> int:
         }
 
     infoq_settings = {"n_proj": args.n_proj} if args.n_proj else {}
+    if args.label_term != "labels":
+        infoq_settings["label_term"] = args.label_term
     doc = None
     cache = tempfile.TemporaryDirectory()  # every profile measured, none read from a cache
     for method in args.methods.split(","):

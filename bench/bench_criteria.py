@@ -46,7 +46,8 @@ from infoq_deploy.quantize.file import ModelSource  # noqa: E402
 from infoq_deploy.quantize.ptq import PtqConfig  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-METHODS = ("infoq", "infoq-floor", "infoq-pairwise", "hawq", "clado", "mse")
+METHODS = ("infoq", "infoq-floor", "infoq-shrink", "infoq-pairwise", "hawq", "clado", "mse")
+VARIANTS = {"infoq-pairwise": {"pairwise": True}, "infoq-floor": {"noise_floor": True}, "infoq-shrink": {"shrink": True}}
 
 
 def weights_only(target, widths=None):
@@ -98,7 +99,7 @@ def passes(method: str, meta: dict) -> str:
         h = meta["hutchinson"]
         return (f"{h['iterations']} Hessian-vector products (a forward, a backward and a double backward of one "
                 f"batch of {meta['settings']['batch_size']}), total trace within {h['total_relative_stderr']:.1%}")
-    if method == "infoq":
+    if method in ("infoq", "infoq-shrink"):
         return "one perturbed suffix pass per (layer, weight bits), see the profile's meta"
     if method == "infoq-floor":
         return "InfoQ's passes plus one null pass per layer (weights at 16 bits), see the profile's meta"
@@ -217,11 +218,9 @@ def main() -> int:
     cache = tempfile.TemporaryDirectory()  # every profile measured, none read from a cache
     for method in args.methods.split(","):
         t0 = time.perf_counter()
-        if method in ("infoq-pairwise", "infoq-floor"):
-            variant = {"pairwise": True} if method == "infoq-pairwise" else {"noise_floor": True}
-            variant.update(infoq_settings)
+        if method in VARIANTS:
             table = stages.profile(model, target, plan.calibration, "infoq", seed=args.seed, cache_dir=cache.name,
-                                   progress=False, **variant)
+                                   progress=False, **VARIANTS[method], **infoq_settings)
         else:
             table = stages.profile(model, target, plan.calibration, method, seed=args.seed, cache_dir=cache.name,
                                    progress=False, **(infoq_settings if method == "infoq" else {}))

@@ -8,6 +8,8 @@ perturbation, the ratio would fall about fourfold per added bit (the rounding er
 does) and the 16-bit one would be about nil. Reported per width: the median over layers of the
 ratio, and the median over layers of ratio / null ratio; both for each number of projections
 (the estimators' noise averages over projections, a floor made of it falls like 1/sqrt(P)).
+With ``--shrink`` the profiles take one standard error (over projections) off each |ΔSMI|
+(InfoQ's ``--shrink``): what it leaves of the null run, and of each width, is the measure of it.
 
 Reproduce: .venv/bin/python bench/bench_noise_floor.py   (CIFAR-10 ResNet-20, 512 images; minutes)
 """
@@ -38,6 +40,7 @@ def main() -> int:
     ap.add_argument("--data", default="../shared/data/cifar10/train.tar.gz")
     ap.add_argument("--calib-size", type=int, default=512)
     ap.add_argument("--n-proj", default="32,128", help="numbers of projections, one profile each")
+    ap.add_argument("--shrink", action="store_true", help="profile with InfoQ's --shrink")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None)
@@ -45,7 +48,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     slug = args.model.split(":")[-1].replace("/", "_")
-    out = Path(args.out or HERE / "results" / f"noise_floor_{slug}.json")
+    out = Path(args.out or HERE / "results" / f"noise_floor{'_shrink' if args.shrink else ''}_{slug}.json")
     model = stages.load_model(args.model, data_root=str(HERE.parent.parent / "shared" / "data"))
     plan = stages.plan_datasets(model.preprocess, data=args.data, eval_data=None, calib_size=args.calib_size,
                                 eval_size=None, seed=args.seed)
@@ -57,7 +60,8 @@ def main() -> int:
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as cache:
             table = stages.profile(model, target, plan.calibration, "infoq", seed=args.seed, n_proj=n_proj,
-                                   noise_floor=True, cache_dir=cache, progress=False)
+                                   noise_floor=True, cache_dir=cache, progress=False,
+                                   **({"shrink": True} if args.shrink else {}))
         null = {name: v["w"] for name, v in table.meta["noise_floor"].items()}
         # Eq. 4 before 1/b: the score times the width
         ratio = {name: {b: table.weights[name][b] * b for b in widths} for name in table.weights}
@@ -71,6 +75,9 @@ def main() -> int:
             # how many times the null run's |ΔSMI| each width's is, per layer, median over layers
             "median_over_null": {str(b): statistics.median(ratio[n][b] / null[n] for n in names) for b in widths},
             "layers_with_zero_null": [n for n in ratio if null[n] == 0],
+            # how many layers each width leaves at exactly 0 (all of it taken for noise by --shrink)
+            "layers_at_zero": {**{str(b): sum(1 for n in ratio if ratio[n][b] == 0) for b in widths},
+                               str(NULL_BITS): sum(1 for n in ratio if null[n] == 0)},
         })
         print(f"n_proj {n_proj}: median ratio {runs[-1]['median_ratio']}", flush=True)
         print(f"  over null: {runs[-1]['median_over_null']}", flush=True)
@@ -78,12 +85,13 @@ def main() -> int:
         "benchmark": "InfoQ's |ΔSMI| ratio (Eq. 4 before 1/b) at each weight width and at the 16-bit null run, "
                      "weights only, activations 8 bits, fpga-int quantizer",
         "command": f"{Path(sys.executable).name} bench/bench_noise_floor.py --model {args.model} --data {args.data} "
-                   f"--calib-size {args.calib_size} --n-proj {args.n_proj} --seed {args.seed} --threads {args.threads}",
+                   f"--calib-size {args.calib_size} --n-proj {args.n_proj}"
+                   + (" --shrink" if args.shrink else "") + f" --seed {args.seed} --threads {args.threads}",
         "tool_version": __version__, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(),
         "torch_threads": torch.get_num_threads(), "model": args.model,
         "calibration": {"source": plan.calibration.source, "n": len(plan.calibration),
                         "sha256": plan.calibration.sha256},
-        "null_bits": NULL_BITS, "widths": widths, "runs": runs,
+        "null_bits": NULL_BITS, "widths": widths, "shrink": args.shrink, "runs": runs,
         "wall_seconds": round(time.perf_counter() - started, 1),
     })
     print(f"wrote {out}")

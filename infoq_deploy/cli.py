@@ -146,6 +146,9 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--noise-floor", action="store_true",
                    help="InfoQ: also run every layer at 16 bits (a change about as small as the baseline's own "
                         "rounding) and score its 8 bits by that run's ΔSMI, the estimators' noise floor, not 0")
+    p.add_argument("--shrink", action="store_true",
+                   help="InfoQ: take one standard error (over the projections) off each |ΔSMI|, at least 0, "
+                        "so the estimators' noise does not score as sensitivity")
     p.add_argument("--label-term", choices=("labels", "logits"), default="labels",
                    help="InfoQ: measure SMI(L;Y) against the class labels (default; needs k+1 images in two classes) "
                         "or against the float model's logits (any number of images per class, e.g. ImageNet)")

@@ -82,6 +82,7 @@ def _method_settings(args) -> dict:
     return {"seed": args.seed, "n_proj": args.n_proj, "k": args.k, "encoder": args.encoder,
             "use_inverse_bits": not args.no_inverse_bits, **({"pairwise": True} if args.pairwise else {}),
             **({"noise_floor": True} if args.noise_floor else {}),
+            **({"shrink": True} if args.shrink else {}),
             **({"label_term": args.label_term} if args.label_term != "labels" else {})}
 
 

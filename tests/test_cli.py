@@ -155,16 +155,17 @@ def test_profile_noise_floor_reaches_the_profiler(capsys, tmp_path, monkeypatch)
     assert any(s["8"] > 0 for s in doc["weights"].values())  # 8 bits scored by the null run, not 0
 
 
-def test_profile_label_term_reaches_the_profiler(capsys, tmp_path, monkeypatch):
+def test_profile_label_term_and_shrink_reach_the_profiler(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("INFOQ_DEPLOY_CACHE", str(tmp_path / "cache"))
     table = tmp_path / "s.json"
     code, out, err = run(
         capsys, "profile", "zoo:fashion-cnn", "--target", "fpga-int", "--data", "builtin:fashion-mnist",
-        "--calib-size", "120", "--n-proj", "8", "--label-term", "logits", "-o", str(table),
+        "--calib-size", "120", "--n-proj", "8", "--label-term", "logits", "--shrink", "-o", str(table),
     )
     assert code == 0, err
     doc = json.loads(table.read_text())
     assert doc["meta"]["settings"]["label_term"] == "logits"
+    assert doc["meta"]["settings"]["shrink"] == {"standard_errors": 1.0}
     code, out, err = run(capsys, "profile", "zoo:fashion-cnn", "--target", "fpga-int", "--method", "mse",
                          "--label-term", "logits", "-o", str(tmp_path / "m.json"))
     assert code == 2 and "--label-term is a setting of --method infoq" in err and "Traceback" not in err

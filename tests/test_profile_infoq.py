@@ -522,3 +522,40 @@ def test_label_term_is_infoqs_setting_only(tmp_path):
         registry.run("mse", tiny_model(), FakeTarget(), tiny_data(), label_term="logits")
     with pytest.raises(UserError, match="label_term must be one of labels, logits"):
         run_profile(tmp_path, label_term="probabilities")
+
+
+# ------------------------------------------------------------------ --shrink
+
+
+def test_shrink_takes_standard_errors_off_each_dsmi(tmp_path, monkeypatch):
+    from infoq_deploy.profile import infoq
+    from infoq_deploy.profile.infoq import notes
+
+    data = tiny_data(labels=True)
+    plain = run_profile(tmp_path / "plain", data=data, noise_floor=True)
+    shrunk = run_profile(tmp_path / "shrunk", data=data, noise_floor=True, shrink=True)
+    assert shrunk.meta["cache_key"] != plain.meta["cache_key"]
+    assert shrunk.meta["settings"]["shrink"] == {"standard_errors": infoq.SHRINK_SE}
+    assert plain.meta["settings"]["shrink"] is None
+    assert any("--shrink" in line for line in notes(shrunk))
+    for what in ("weights", "activations"):
+        for name, d in getattr(shrunk, what).items():
+            for b, v in d.items():  # never more than the plain score, never negative
+                assert 0 <= v <= getattr(plain, what)[name][b] + 1e-12
+    # some of every run is taken for noise (on real models, how much of which width: bench_noise_floor.py)
+    assert sum(map(sum, (d.values() for d in shrunk.weights.values()))) < sum(
+        map(sum, (d.values() for d in plain.weights.values())))
+
+    # no standard error taken off: the plain scores (the same differences, summed in another order)
+    monkeypatch.setattr(infoq, "SHRINK_SE", 0.0)
+    zero = run_profile(tmp_path / "zero", data=data, noise_floor=True, shrink=True)
+    for what in ("weights", "activations"):
+        for name, d in getattr(zero, what).items():
+            assert d == pytest.approx(getattr(plain, what)[name], rel=1e-9, abs=1e-12)
+
+
+def test_shrink_is_infoqs_setting_only():
+    from infoq_deploy.profile import registry
+
+    with pytest.raises(UserError, match="--shrink is a setting of --method infoq, not of hawq"):
+        registry.run("hawq", tiny_model(), FakeTarget(), tiny_data(), shrink=True)

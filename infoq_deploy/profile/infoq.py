@@ -37,6 +37,10 @@ Steps (DESIGN.md decisions where the paper is silent):
    unchanged; ``meta.pairwise.additivity`` keeps both sides of every pair for the
    additivity study (``bench/bench_additivity.py``).
 
+With ``shrink=True`` (``--shrink``) each |ΔSMI| is taken less one standard error of the mean
+of its per-direction differences (at least 0): the estimators' noise floor, measured in the
+run itself rather than by an extra pass (``--noise-floor``).
+
 Forward passes are the cost: a perturbation at layer l leaves everything before l's
 first call unchanged, so the 8-bit prefix is advanced once across the whole sweep and
 each perturbed run evaluates only the suffix (``suffix_runner``). Observer outputs are
@@ -94,7 +98,8 @@ PAIR_WIDTHS = 2  # --pairwise measures pairs at the lowest this many weight widt
 # --noise-floor: the width of the null run, wide enough that the layer differs from the baseline by
 # little more than the baseline's own 8-bit rounding (which costs no accuracy)
 NULL_BITS = 16
-LABEL_TERMS = ("labels", "logits")  # what Y is in SMI(L; Y): the class labels, or the float model's logits
+LABEL_TERMS = ("labels", "logits")
+SHRINK_SE = 1.0  # --shrink: each |ΔSMI| less this many standard errors of its mean over projections  # what Y is in SMI(L; Y): the class labels, or the float model's logits
 
 
 def min_samples(k: int) -> int:
@@ -233,6 +238,7 @@ def profile_infoq(
     pairwise: bool = False,
     noise_floor: bool = False,
     label_term: str = "labels",
+    shrink: bool = False,
     cache_dir: str | Path | None = None,
     progress: bool = True,
     plots_dir: str | Path | None = None,
@@ -258,6 +264,8 @@ def profile_infoq(
         parts["noise_floor"] = {"null_bits": NULL_BITS}
     if label_term != "labels":  # likewise
         parts["label_term"] = label_term
+    if shrink:  # likewise
+        parts["shrink"] = {"standard_errors": SHRINK_SE}
     key = cache_key(parts)
     w = distributed.world()
     cache = ProfileCache(cache_dir, key, rank=w.rank if w.distributed else None)
@@ -363,7 +371,8 @@ def profile_infoq(
 
         return fn
 
-    def smi(node: str, proj: torch.Tensor, kinds) -> dict[str, float]:
+    def smi(node: str, proj: torch.Tensor, kinds) -> dict[str, np.ndarray]:
+        """Per kind, the (n_proj,) 1-D estimates whose mean is the SMI."""
         pl = proj.double().cpu().numpy()
         if not np.all(np.isfinite(pl)):
             raise UserError(f"observer {by_node[node].name} has NaN or inf activations; check the model's weights")
@@ -371,11 +380,11 @@ def profile_infoq(
         t0 = time.perf_counter()
         out = {}
         if "XL" in kinds:
-            out["XL"] = float(np.mean(mi_projected_continuous(pxn, pl, k, obs_seed[node])))
+            out["XL"] = mi_projected_continuous(pxn, pl, k, obs_seed[node])
         if "LY" in kinds and label_term == "logits":
-            out["LY"] = float(np.mean(mi_projected_continuous(pl, y_proj(node), k, obs_seed[node])))
+            out["LY"] = mi_projected_continuous(pl, y_proj(node), k, obs_seed[node])
         elif "LY" in kinds:
-            out["LY"] = float(np.mean(mi_projected_labels(pl, y, k, obs_seed[node])))
+            out["LY"] = mi_projected_labels(pl, y, k, obs_seed[node])
         clock.mi += time.perf_counter() - t0
         return out
 
@@ -408,11 +417,35 @@ def profile_infoq(
     theta_l, px, py = distributed.on_main(draw)
     if "baseline" not in state:
         values, acc = distributed.on_main(lambda: measure(frontier0, 0, {c.node: KINDS for c in candidates}, None, True))
-        state = {"baseline": {"accuracy": acc, "smi": values}, "corr": {}, "sweep": {}}
+        state = {"baseline": {"accuracy": acc, "smi": {node: {kd: float(np.mean(a)) for kd, a in v.items()}
+                                                        for node, v in values.items()}},
+                 "corr": {}, "sweep": {}}
+        if shrink:  # the per-projection estimates too, for the standard error of each difference
+            state["baseline"]["proj"] = {node: {kd: a.tolist() for kd, a in v.items()} for node, v in values.items()}
         if w.main:
             cache.save_partial(state)
     base_smi: dict[str, dict[str, float]] = state["baseline"]["smi"]
     base_acc: float = state["baseline"]["accuracy"]
+    base_proj = {node: {kd: np.asarray(a) for kd, a in v.items()} for node, v in state["baseline"].get("proj", {}).items()}
+
+    def delta(values: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, float]]:
+        """|ΔSMI| at each observer and kind; with --shrink less SHRINK_SE standard errors, at least 0.
+
+        Why: the estimators answer any change, however small, with about the same |ΔSMI|
+        (bench/results/noise_floor_*.json). The baseline and the perturbed run share their
+        directions, so the spread of the per-direction differences says how much of their
+        mean one draw of that noise can make; the soft threshold takes that much off."""
+        if not shrink:
+            return {node: {kd: abs(base_smi[node][kd] - float(np.mean(a))) for kd, a in v.items()}
+                    for node, v in values.items()}
+        out = {}
+        for node, v in values.items():
+            out[node] = {}
+            for kd, a in v.items():
+                d = base_proj[node][kd] - a
+                se = float(np.std(d, ddof=1)) / math.sqrt(len(d)) if len(d) > 1 else 0.0
+                out[node][kd] = max(abs(float(np.mean(d))) - SHRINK_SE * se, 0.0)
+        return out
 
     low_w = [b for b in w_bits if b < BASE_BITS]
     low_a = [b for b in a_bits if b < BASE_BITS]
@@ -449,7 +482,7 @@ def profile_infoq(
                 frontier, cut = frontier_at(name)
                 wanted = {c.node: KINDS for c in measured_for(runner, name, candidates)}
                 values, acc = measure(frontier, cut, wanted, Perturb(name, corr_what, corr_bits), True)
-                dsmi = {node: {kd: abs(base_smi[node][kd] - v[kd]) for kd in v} for node, v in values.items()}
+                dsmi = delta(values)
                 state["corr"][name] = {"accuracy": acc, "acc_drop": base_acc - acc, "dsmi": dsmi}
                 cache.save_partial(state)
                 bar.update(1)
@@ -498,8 +531,7 @@ def profile_infoq(
                     if frontier is None:
                         frontier, cut = frontier_at(name)
                     values, _ = measure(frontier, cut, wanted, Perturb(name, what, b), False)
-                    entry[what][str(b)] = {node: {kd: abs(base_smi[node][kd] - v[kd]) for kd in v}
-                                           for node, v in values.items()}
+                    entry[what][str(b)] = delta(values)
                     bar.update(1)
             state["sweep"][name] = entry
             cache.save_partial(state)
@@ -536,12 +568,10 @@ def profile_infoq(
                     alone = f"{a}|{ba}|{_observers_key(wanted)}"  # a alone at b's observers (shared by several b)
                     if alone not in state["alone"]:
                         values, _ = measure(frontier, cut, wanted, Perturb(a, "w", ba), False)
-                        state["alone"][alone] = {node: {kd: abs(base_smi[node][kd] - v[kd]) for kd in v}
-                                                 for node, v in values.items()}
+                        state["alone"][alone] = delta(values)
                     for bb in pair_widths:
                         values, _ = measure(frontier, cut, wanted, (Perturb(a, "w", ba), Perturb(b, "w", bb)), False)
-                        joint[f"{ba},{bb}"] = {node: {kd: abs(base_smi[node][kd] - v[kd]) for kd in v}
-                                               for node, v in values.items()}
+                        joint[f"{ba},{bb}"] = delta(values)
                 state["pairs"][f"{a}|{b}"] = joint
                 cache.save_partial(state)
                 bar.update(1)
@@ -621,6 +651,7 @@ def profile_infoq(
             "use_inverse_bits": use_inverse_bits,
             "noise_floor": {"null_bits": NULL_BITS} if noise_floor else None,
             "label_term": label_term,
+            "shrink": {"standard_errors": SHRINK_SE} if shrink else None,
             "baseline_bits": BASE_BITS,
             "quant_spec": asdict(spec),
             "weight_bits": w_bits,
@@ -711,6 +742,10 @@ def notes(table: SensitivityTable) -> list[str]:
     if table.meta.get("settings", {}).get("label_term") == "logits":
         out.append("InfoQ --label-term logits: the label term SMI(L;Y) measured against the float model's logits, "
                    "not the class labels")
+    sh = table.meta.get("settings", {}).get("shrink")
+    if sh:
+        out.append(f"InfoQ --shrink: each |ΔSMI| less {sh['standard_errors']:g} standard error of its mean over "
+                   "projections (at least 0)")
     nf = table.meta.get("settings", {}).get("noise_floor")
     if nf:
         out.append(f"InfoQ --noise-floor: each layer's 8-bit score is its ΔSMI against the layer at {nf['null_bits']} bits")

@@ -50,7 +50,7 @@ def accepts(name: str, setting: str) -> bool:
 def run(name: str, model, target, data, **settings):
     """The sensitivity table of ``model`` for ``target`` by method ``name``; settings the
     method does not take are left out (e.g. InfoQ's projection count for ``mse``)."""
-    for setting in ("pairwise", "noise_floor", "label_term"):  # InfoQ's own options, refused elsewhere
+    for setting in ("pairwise", "noise_floor", "label_term", "shrink"):  # InfoQ's own options, refused elsewhere
         if settings.get(setting) and not accepts(name, setting):
             flag = "--" + setting.replace("_", "-")
             raise UserError(f"{flag} is a setting of --method infoq, not of {name}"

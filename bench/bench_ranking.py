@@ -144,6 +144,8 @@ def main() -> int:
     ap.add_argument("--proj-seeds", default="0,1,2", help="seeds beyond the first run at the middle calibration size")
     ap.add_argument("--bits", default="2", help="weight widths measured (the first is the lowest the target allows)")
     ap.add_argument("--rivals", default="hawq,clado,mse")
+    ap.add_argument("--variants", default="plain",
+                    help="InfoQ variants, each profiled at every grid point: plain, shrink (--shrink)")
     ap.add_argument("--seed", type=int, default=0, help="calibration draw")
     ap.add_argument("--out", default=None)
     ap.add_argument("--reanalyse", default=None, metavar="FILE",
@@ -196,11 +198,14 @@ def main() -> int:
     mid = sizes[len(sizes) // 2]
     grid = [(p, c, 0) for p in n_projs for c in sizes]
     grid += [(p, mid, s) for p in n_projs for s in (int(s) for s in args.proj_seeds.split(",")) if s != 0]
+    variants = [v for v in args.variants.split(",") if v]
     with tempfile.TemporaryDirectory() as cache:  # every profile measured, none read from a cache
-        for p, c, s in grid:
+        for (p, c, s), variant in ((g, v) for g in grid for v in variants):
             t0 = time.perf_counter()
-            table = infoq.profile_infoq(model, target, calib[c], seed=s, n_proj=p, cache_dir=cache, progress=False)
-            record("infoq", {"n_proj": p, "calib_size": c, "proj_seed": s}, table, time.perf_counter() - t0)
+            table = infoq.profile_infoq(model, target, calib[c], seed=s, n_proj=p, cache_dir=cache, progress=False,
+                                        shrink=variant == "shrink")
+            record("infoq", {"n_proj": p, "calib_size": c, "proj_seed": s,
+                             **({"variant": variant} if variant != "plain" else {})}, table, time.perf_counter() - t0)
             runs[-1]["timings"] = table.meta["timings"]
             runs[-1]["observers"] = [o["name"] for o in table.meta["observers"]]
     big = calib[sizes[-1]]
@@ -222,6 +227,7 @@ def main() -> int:
                    + (f"--input-shape {args.input_shape} " if args.input_shape else "")
                    + f"--calib-sizes {args.calib_sizes} "
                    f"--n-proj {args.n_proj} --proj-seeds {args.proj_seeds} --bits {args.bits} --rivals {args.rivals} "
+                   + (f"--variants {args.variants} " if args.variants != "plain" else "") +
                    f"--seed {args.seed}" + (f" --eval-size {args.eval_size}" if args.eval_size else ""),
         "tool_version": __version__, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(),
         "model": args.model, "target": "fpga-int (weights only, activations 8 bits)",
@@ -243,9 +249,10 @@ def plot(doc: dict, path: Path, b: int) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     ax = axes[0]
     infoq_runs = [r for r in doc["runs"] if r["method"] == "infoq" and r["proj_seed"] == 0]
-    for p in sorted({r["n_proj"] for r in infoq_runs}):
-        pts = sorted((r["calib_size"], r["spearman"][str(b)]["top1_drop"]["rho"]) for r in infoq_runs if r["n_proj"] == p)
-        ax.plot(*zip(*pts), marker="o", label=f"InfoQ, {p} projections")
+    for v, p in sorted({(r.get("variant", ""), r["n_proj"]) for r in infoq_runs}):
+        pts = sorted((r["calib_size"], r["spearman"][str(b)]["top1_drop"]["rho"]) for r in infoq_runs
+                     if r["n_proj"] == p and r.get("variant", "") == v)
+        ax.plot(*zip(*pts), marker="o", label=f"InfoQ{' --' + v if v else ''}, {p} projections")
     for r in doc["runs"]:
         if r["method"] == "infoq" and r["proj_seed"] != 0:
             ax.scatter([r["calib_size"]], [r["spearman"][str(b)]["top1_drop"]["rho"]], marker="x", color="grey")

@@ -98,8 +98,8 @@ PAIR_WIDTHS = 2  # --pairwise measures pairs at the lowest this many weight widt
 # --noise-floor: the width of the null run, wide enough that the layer differs from the baseline by
 # little more than the baseline's own 8-bit rounding (which costs no accuracy)
 NULL_BITS = 16
-LABEL_TERMS = ("labels", "logits")
-SHRINK_SE = 1.0  # --shrink: each |ΔSMI| less this many standard errors of its mean over projections  # what Y is in SMI(L; Y): the class labels, or the float model's logits
+LABEL_TERMS = ("labels", "logits")  # what Y is in SMI(L; Y): the class labels, or the float model's logits
+SHRINK_SE = 1.0  # --shrink: each |ΔSMI| less this many standard errors of its mean over projections
 
 
 def min_samples(k: int) -> int:

@@ -131,6 +131,8 @@ def main() -> int:
     ap.add_argument("--label-term", choices=("labels", "logits"), default="labels",
                     help="InfoQ's label term: against the labels, or the float logits (ImageNet's sample1000 "
                          "has one image per class)")
+    ap.add_argument("--no-uniform", action="store_true",
+                    help="leave uniform precision out (another run on the same data has it)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/criteria_<model>.json)")
     args = ap.parse_args()
@@ -199,6 +201,7 @@ def main() -> int:
                        + (f" --widths {args.widths}" if args.widths else "") + f" --seed {args.seed}"
                        + (f" --n-proj {args.n_proj}" if args.n_proj else "")
                        + (f" --label-term {args.label_term}" if args.label_term != "labels" else "")
+                       + (" --no-uniform" if args.no_uniform else "")
                        + (f" --threads {args.threads}" if args.threads else ""),
             "weight_widths": sorted(target.weights.bits),
             "budget_over": "free layers (pinned ones at their pin)" if args.budget_over == "free" else "every layer", "torch_threads": torch.get_num_threads(),
@@ -235,7 +238,7 @@ def main() -> int:
             doc = stages.allocation_document(table, target, [budget_text(b)])
             costs[method].setdefault("allocate_seconds", []).append(round(time.perf_counter() - t1, 2))
             evaluate(method, b, doc)
-        if not any(r["method"] == "uniform" for r in rows):  # the reference early: a long run cut short keeps it
+        if not args.no_uniform and not any(r["method"] == "uniform" for r in rows):  # the reference early: a long run cut short keeps it
             for w in sorted(w for w in target.weights.bits if int(min(budgets)) <= w <= max(budgets)):
                 evaluate("uniform", float(w), uniform_doc(doc, layers, target, w, w if args.bitops else 8))
     cache.cleanup()

@@ -498,7 +498,9 @@ def test_label_term_logits_needs_no_images_per_class(tmp_path):
         run_profile(tmp_path / "labels", data=one_each)
     table = run_profile(tmp_path / "logits", data=one_each, label_term="logits")
     assert table.meta["settings"]["label_term"] == "logits"
-    assert "logits" in table.meta["settings"]["estimators"]["LY"]
+    # about 16 images per cluster, no more clusters than the model has classes
+    assert table.meta["settings"]["logit_clusters"] == min(CLASSES, len(data.x) // 16)
+    assert "clusters of the float model's logits" in table.meta["settings"]["estimators"]["LY"]
     assert any("--label-term logits" in line for line in notes(table))
     for d in (*table.weights.values(), *table.activations.values()):
         assert all(np.isfinite(v) and v >= 0 for v in d.values())
@@ -510,7 +512,7 @@ def test_label_term_logits_needs_no_images_per_class(tmp_path):
     # the input term is the same estimate on the same directions; only the label term changes
     assert {o: v["XL"] for o, v in base_p.items()} == {o: v["XL"] for o, v in base_l.items()}
     assert {o: v["LY"] for o, v in base_p.items()} != {o: v["LY"] for o, v in base_l.items()}
-    # these labels are arbitrary (image i in class i mod 4), the logits are what the model computed
+    # these labels are arbitrary (image i in class i mod 4), the clusters group what the model computed
     last = list(base_l)[-1]
     assert base_l[last]["LY"] > base_p[last]["LY"]
 

@@ -15,10 +15,13 @@ Steps (DESIGN.md decisions where the paper is silent):
    fake-quantized to 8 bits by the target's quantizer (``core/quantizer.py``; activation
    ranges from ``calibrate_act_ranges`` on the float model) is the baseline.
 2. Labels Y: the data's labels, else the float model's predictions (meta says which). With
-   ``label_term="logits"`` (``--label-term logits``) Y is instead the float model's logit
-   vector, a continuous variable, and SMI(L; Y) is estimated by KSG on its projections as
-   SMI(X_E; L) is. The Ross estimator needs k + 1 images in a class; ImageNet calibration
-   sets (the paper's: 6 per class; ``sample1000``: 1) rarely give that, the logits always do.
+   ``label_term="logits"`` (``--label-term logits``) Y is instead a k-means clustering of the
+   float model's logits into about one cluster per LOGIT_CLUSTER_SIZE images. The Ross
+   estimator needs k + 1 images in a class; ImageNet calibration sets (the paper's: 6 per
+   class; ``sample1000``: 1) rarely give that, clusters of the model's outputs do. (Not the
+   logits themselves as a continuous Y: with both sides sliced on independent random
+   directions of 1,000 and more dimensions, the two projections barely correlate, and on
+   EfficientNet-Lite0 the label term came out near 0 at every observer, the logits included.)
 3. X_E: ``embedding.embed`` (default: pooled-input PCA, 64 dims; pluggable encoder).
 4. Baseline SMI at every candidate observer (``observers.find_candidates``).
 5. Correlation analysis: every layer's weights at the lowest candidate bit-width; top-1
@@ -72,11 +75,13 @@ import math
 import resource
 import sys
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.cluster.vq import kmeans2
 
 from infoq_deploy import __version__
 from infoq_deploy.core import distributed
@@ -98,7 +103,8 @@ PAIR_WIDTHS = 2  # --pairwise measures pairs at the lowest this many weight widt
 # --noise-floor: the width of the null run, wide enough that the layer differs from the baseline by
 # little more than the baseline's own 8-bit rounding (which costs no accuracy)
 NULL_BITS = 16
-LABEL_TERMS = ("labels", "logits")  # what Y is in SMI(L; Y): the class labels, or the float model's logits
+LABEL_TERMS = ("labels", "logits")  # what Y is in SMI(L; Y): the class labels, or clusters of the float logits
+LOGIT_CLUSTER_SIZE = 16  # --label-term logits: images per cluster on average, 4 (k + 1) at the default k
 SHRINK_SE = 1.0  # --shrink: each |ΔSMI| less this many standard errors of its mean over projections
 
 
@@ -187,10 +193,26 @@ def _check_labels(y, n: int, num_classes: int, k: int, source: str, what: str, p
     if per_class and int((counts >= k + 1).sum()) < 2:
         raise UserError(
             f"the {what} of the {n} calibration images put fewer than two classes at {k + 1} or more images each, "
-            f"so SMI(L;Y) cannot be estimated with k={k}; pass more images per class, or --label-term logits "
-            "to measure the label term against the float model's logits"
+            f"so SMI(L;Y) cannot be estimated with k={k}; "
+            + ("pass more calibration images" if "clusters" in what else
+               "pass more images per class, or --label-term logits to measure the label term against "
+               "clusters of the float model's logits")
         )
     return y.numpy()
+
+
+def _logit_clusters(logits: torch.Tensor, k: int, seed: int, source: str) -> tuple[np.ndarray, int]:
+    """Y for --label-term logits: the float model's logits clustered by k-means (seeded), about
+    LOGIT_CLUSTER_SIZE images per cluster, so that most clusters hold the k + 1 images the
+    Ross estimator needs; the clusters group images the model treats alike."""
+    z = logits.double().numpy()
+    n_clusters = max(2, min(z.shape[1], len(z) // LOGIT_CLUSTER_SIZE))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an empty cluster is harmless: ids are renumbered below
+        _, ids = kmeans2(z, n_clusters, minit="++", seed=np.random.default_rng(derive_seed(seed, "logit-clusters")))
+    ids = np.unique(ids, return_inverse=True)[1].astype(np.int64)
+    y = _check_labels(ids, len(z), int(ids.max()) + 1, k, source, "k-means clusters of the float model's logits")
+    return y, int(ids.max()) + 1
 
 
 def _check_weights(runner: SuffixRunner) -> None:
@@ -263,7 +285,7 @@ def profile_infoq(
     if noise_floor:  # likewise
         parts["noise_floor"] = {"null_bits": NULL_BITS}
     if label_term != "labels":  # likewise
-        parts["label_term"] = label_term
+        parts["label_term"] = {"y": "kmeans of the float logits", "images_per_cluster": LOGIT_CLUSTER_SIZE}
     if shrink:  # likewise
         parts["shrink"] = {"standard_errors": SHRINK_SE}
     key = cache_key(parts)
@@ -325,7 +347,10 @@ def profile_infoq(
                           label_term == "labels")
         if w.main:
             _note(f"{data.source} has no labels; using the float model's own predictions as Y (DESIGN.md)")
-    y_t = torch.from_numpy(y)
+    y_t = torch.from_numpy(y)  # the accuracy drops of the correlation analysis: labels (or predictions)
+    n_clusters = None
+    if label_term == "logits":
+        y, n_clusters = _logit_clusters(logits, k, seed, data.source)
 
     emb = distributed.on_main(lambda: embed(x, encoder, BATCH_SIZE))
     xe = emb.values
@@ -338,8 +363,6 @@ def profile_infoq(
     obs_seed = {c.node: derive_seed(seed, "observer", c.node) for c in candidates}
     theta_l: dict[str, torch.Tensor] = {}
     px: dict[str, np.ndarray] = {}
-    py: dict[str, np.ndarray] = {}  # --label-term logits: the float logits projected, per observer
-    logits_np = logits.double().numpy() if label_term == "logits" else None
 
     def l_dirs(node: str) -> torch.Tensor:
         if node not in theta_l:
@@ -352,13 +375,6 @@ def profile_infoq(
             px[node] = xe @ directions(xe.shape[1], n_proj, obs_seed[node], 0)
             clock.project += time.perf_counter() - t0
         return px[node]
-
-    def y_proj(node: str) -> np.ndarray:
-        if node not in py:  # stream 2: not the directions of X_E (0) or of L (1)
-            t0 = time.perf_counter()
-            py[node] = logits_np @ directions(logits_np.shape[1], n_proj, obs_seed[node], 2)
-            clock.project += time.perf_counter() - t0
-        return py[node]
 
     def projector(node: str):
         theta = l_dirs(node).to(dev)
@@ -381,9 +397,7 @@ def profile_infoq(
         out = {}
         if "XL" in kinds:
             out["XL"] = mi_projected_continuous(pxn, pl, k, obs_seed[node])
-        if "LY" in kinds and label_term == "logits":
-            out["LY"] = mi_projected_continuous(pl, y_proj(node), k, obs_seed[node])
-        elif "LY" in kinds:
+        if "LY" in kinds:
             out["LY"] = mi_projected_labels(pl, y, k, obs_seed[node])
         clock.mi += time.perf_counter() - t0
         return out
@@ -410,11 +424,9 @@ def profile_infoq(
         for c in candidates:
             l_dirs(c.node)
             x_proj(c.node)
-            if label_term == "logits":
-                y_proj(c.node)
-        return theta_l, px, py
+        return theta_l, px
 
-    theta_l, px, py = distributed.on_main(draw)
+    theta_l, px = distributed.on_main(draw)
     if "baseline" not in state:
         values, acc = distributed.on_main(lambda: measure(frontier0, 0, {c.node: KINDS for c in candidates}, None, True))
         state = {"baseline": {"accuracy": acc, "smi": {node: {kd: float(np.mean(a)) for kd, a in v.items()}
@@ -651,6 +663,7 @@ def profile_infoq(
             "use_inverse_bits": use_inverse_bits,
             "noise_floor": {"null_bits": NULL_BITS} if noise_floor else None,
             "label_term": label_term,
+            "logit_clusters": n_clusters,
             "shrink": {"standard_errors": SHRINK_SE} if shrink else None,
             "baseline_bits": BASE_BITS,
             "quant_spec": asdict(spec),
@@ -659,8 +672,9 @@ def profile_infoq(
             "batch_size": BATCH_SIZE,
             "device": str(dev),  # not in the cache key: any device computes this table (README, "devices")
             "estimators": {"XL": "KSG (Kraskov et al. 2003), sliced",
-                           "LY": "KSG, sliced, against the float model's logits" if label_term == "logits"
-                           else "Ross (2014) mixed, sliced"},
+                           "LY": "Ross (2014) mixed, sliced"
+                           + (f", against {n_clusters} k-means clusters of the float model's logits"
+                              if label_term == "logits" else "")},
         },
         "model_fingerprint": model.fingerprint,
         "data_hash": data.sha256,
@@ -740,7 +754,8 @@ def notes(table: SensitivityTable) -> list[str]:
         out.append(f"InfoQ --pairwise: ΔSMI of {pw['pairs']} layer pairs quantized together at {pw['widths']}-bit "
                    "weights; the allocation solved the quadratic program with their cross terms")
     if table.meta.get("settings", {}).get("label_term") == "logits":
-        out.append("InfoQ --label-term logits: the label term SMI(L;Y) measured against the float model's logits, "
+        out.append(f"InfoQ --label-term logits: the label term SMI(L;Y) measured against "
+                   f"{table.meta['settings'].get('logit_clusters')} k-means clusters of the float model's logits, "
                    "not the class labels")
     sh = table.meta.get("settings", {}).get("shrink")
     if sh:

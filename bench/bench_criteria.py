@@ -233,6 +233,12 @@ def main() -> int:
                          "pairs": len(table.pairs),
                          # the process's peak resident memory when the profile ended (InfoQ's clock records it)
                          "peak_rss_mb": table.meta.get("timings", {}).get("peak_rss_mb")}
+        if table.meta.get("method") == "infoq":  # what the scores rest on: the observers and their baseline SMI
+            costs[method]["infoq"] = {
+                "timings": table.meta["timings"], "labels": table.meta["labels"],
+                "logit_clusters": table.meta["settings"].get("logit_clusters"),
+                "observers": table.meta["observers"], "correlation_fallback": table.meta["correlation_fallback"],
+                "baseline_smi": table.meta["baseline"]["smi"]}
         print(f"profiled {method}: {costs[method]}", flush=True)
         for b in budgets:
             t1 = time.perf_counter()

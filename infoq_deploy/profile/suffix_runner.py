@@ -230,12 +230,15 @@ class SuffixRunner:
         perturb: dict,
         w_pert: dict[str, torch.Tensor],
         check_finite: bool,
+        on_value: Callable[[str, torch.Tensor], None] | None = None,
     ) -> Env:
-        """Evaluate ``order`` (indices >= start) from ``env``; values are freed after their last use."""
+        """Evaluate ``order`` (indices >= start) from ``env``; values are freed after their last use,
+        and the returned env holds what ``keep`` keeps (and ``env``'s own values). ``on_value(name,
+        value)`` sees each value of ``order`` as soon as it is computed."""
         with torch.no_grad():
-            return self._run_one_inner(env, order, keep, perturb, w_pert, check_finite)
+            return self._run_one_inner(env, order, keep, perturb, w_pert, check_finite, on_value)
 
-    def _run_one_inner(self, env, order, keep, perturb, w_pert, check_finite) -> Env:
+    def _run_one_inner(self, env, order, keep, perturb, w_pert, check_finite, on_value=None) -> Env:
         last_use: dict[str, int] = {}
         for i in order:
             for a in self.nodes[i].all_input_nodes:
@@ -248,9 +251,13 @@ class SuffixRunner:
                 if not bool(torch.isfinite(value).all()):
                     raise NonFiniteError(self._display(n.name))
             env[n.name] = value
+            if on_value is not None:
+                on_value(n.name, value)
             for a in n.all_input_nodes:
                 if last_use.get(a.name) == i and not keep(self.index[a.name]):
                     env.pop(a.name, None)
+            if n.name not in last_use and not keep(i):  # nothing here reads it, nobody keeps it
+                env.pop(n.name)
         return env
 
     def start(self, batches: Iterable[torch.Tensor]) -> list[Env]:
@@ -297,13 +304,25 @@ class SuffixRunner:
         order = self._needed(start, targets)
         perturb = _by_layer(perturb)
         w_pert = {layer: self._qweight(layer, bits) for (layer, what), bits in perturb.items() if what == "w"}
-        target_set = set(targets)
+        by_node: dict[str, list[tuple[str, Transform | None]]] = {}
+        for label, (node, fn) in taps.items():
+            by_node.setdefault(node, []).append((label, fn))
         chunks: dict[str, list[torch.Tensor]] = {label: [] for label in taps}
+
+        def take(name: str, value: torch.Tensor) -> None:
+            # transformed (projected) as soon as it is computed, so an observer's full activation
+            # is freed at its last use like any other value: on EfficientNet-Lite0 the correlation
+            # runs observe every layer downstream, which held all their outputs for a whole batch
+            if name in by_node:
+                flat = value.detach().reshape(value.shape[0], -1).float()
+                for label, fn in by_node[name]:
+                    chunks[label].append(fn(flat) if fn is not None else flat)
+
         for env in frontier:
-            out = self._run_one(env, start, order, lambda i: self.nodes[i].name in target_set, perturb, w_pert, check_finite)
-            flat = {t: out[t].detach().reshape(out[t].shape[0], -1).float() for t in targets}
-            for label, (node, fn) in taps.items():
-                chunks[label].append(fn(flat[node]) if fn is not None else flat[node])
+            for t in targets:  # observers before the cut: read from the frontier
+                if self.index[t] < start:
+                    take(t, env[t])
+            self._run_one(env, start, order, lambda i: False, perturb, w_pert, check_finite, on_value=take)
         return {label: torch.cat(c) for label, c in chunks.items()}
 
 

@@ -174,7 +174,12 @@ def _check_data(model, data, k: int) -> torch.Tensor:
     return x
 
 
-def _check_labels(y, n: int, num_classes: int, k: int, source: str, what: str, per_class: bool = True) -> np.ndarray:
+LABELS_HINT = ("pass more images per class, or --label-term logits to measure the label term against clusters "
+               "of the float model's logits")
+
+
+def _check_labels(y, n: int, num_classes: int, k: int, source: str, what: str, per_class: bool = True,
+                  hint: str = LABELS_HINT) -> np.ndarray:
     """Integer class ids in the model's range; with ``per_class`` (the Ross estimator's label
     term) also k + 1 images in at least two classes."""
     y = torch.as_tensor(y)
@@ -193,10 +198,7 @@ def _check_labels(y, n: int, num_classes: int, k: int, source: str, what: str, p
     if per_class and int((counts >= k + 1).sum()) < 2:
         raise UserError(
             f"the {what} of the {n} calibration images put fewer than two classes at {k + 1} or more images each, "
-            f"so SMI(L;Y) cannot be estimated with k={k}; "
-            + ("pass more calibration images" if "clusters" in what else
-               "pass more images per class, or --label-term logits to measure the label term against "
-               "clusters of the float model's logits")
+            f"so SMI(L;Y) cannot be estimated with k={k}; {hint}"
         )
     return y.numpy()
 
@@ -211,7 +213,8 @@ def _logit_clusters(logits: torch.Tensor, k: int, seed: int, source: str) -> tup
         warnings.simplefilter("ignore")  # an empty cluster is harmless: ids are renumbered below
         _, ids = kmeans2(z, n_clusters, minit="++", seed=np.random.default_rng(derive_seed(seed, "logit-clusters")))
     ids = np.unique(ids, return_inverse=True)[1].astype(np.int64)
-    y = _check_labels(ids, len(z), int(ids.max()) + 1, k, source, "k-means clusters of the float model's logits")
+    y = _check_labels(ids, len(z), int(ids.max()) + 1, k, source, "k-means clusters of the float model's logits",
+                      hint="pass more calibration images")
     return y, int(ids.max()) + 1
 
 
